@@ -1,0 +1,1 @@
+"""Command-line interface of emunet (each sub-command in its own module)."""

@@ -1,0 +1,1 @@
+"""Engine-level volume work: Zarr volumes, planning, Dask execution, stitching and metrics. Never imports Prefect."""

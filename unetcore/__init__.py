@@ -1,0 +1,1 @@
+"""The shared U-Net core: model, geometry, training recipe and prediction (PyTorch only)."""
