@@ -1,0 +1,42 @@
+"""Helpers shared by the sub-commands: clear errors at the boundary, console output."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+# Errors that carry a message written for the user ("expected X, got Y ... fix: ...").
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    PermissionError,
+    KeyError,
+    TypeError,
+)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn a user-facing error into a one-paragraph message and exit code 2 (no traceback)."""
+    try:
+        yield
+    except USER_ERRORS as exc:  # pragma: no cover - exercised through the CLI tests
+        name = type(exc).__name__
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        console.print(f"[bold red]error[/] ({name}): {message}", highlight=False)
+        raise typer.Exit(code=2) from None
+
+
+def echo_json(obj: object) -> None:
+    """Print one JSON object on stdout (nothing else goes to stdout with --json)."""
+    import json
+
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    sys.stdout.flush()

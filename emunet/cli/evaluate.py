@@ -1,0 +1,140 @@
+"""`emunet evaluate PRED GT`: the ISBI 2012 challenge metrics of a proposal stack.
+
+PRED (cell probability in [0, 1], uint8/uint16 scaled, or a binary map) and GT (0 =
+membrane, > 0 = cell) are TIFF stacks (``.tif``/``.tiff``) or Zarr arrays (``path.zarr``
+or ``store.zarr:path/in/group``); a 2D image is one slice. numpy, tifffile and zarr are
+imported inside the command so ``emunet --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+import typer
+
+from emunet.cli.common import echo_json, user_errors
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+_ROWS: tuple[tuple[str, str, str | None], ...] = (
+    ("Pixel error", "pixel_error", "pixel_threshold"),
+    ("Rand error (V_rand, thinned)", "rand_error", "rand_threshold"),
+    ("Information error (V_info, thinned)", "info_error", "info_threshold"),
+    ("Rand error 2012 (no thinning)", "rand_error_2012", "rand_2012_threshold"),
+    ("Warping error (splits + merges)", "warping_error", "warping_threshold"),
+    ("Warping error (Jain, th = 0.5)", "warping_error_jain", "jain_threshold"),
+)
+
+
+def _split_zarr(spec: str) -> tuple[str, str | None]:
+    """``'a.zarr:grp/arr'`` -> ``('a.zarr', 'grp/arr')``; ``'a.zarr'`` -> ``('a.zarr', None)``."""
+    marker = spec.rfind(".zarr:")
+    if marker >= 0:
+        cut = marker + len(".zarr")
+        return spec[:cut], spec[cut + 1 :] or None
+    return spec, None
+
+
+def load_array(spec: str, what: str) -> Any:
+    """Read a TIFF file or a Zarr array into a numpy array (user-facing errors)."""
+    from pathlib import Path
+
+    import numpy as np
+
+    store, inner = _split_zarr(spec)
+    path = Path(store)
+    if inner is None and path.suffix.lower() in TIFF_SUFFIXES:
+        if not path.is_file():
+            raise FileNotFoundError(f"expected {what} to be an existing TIFF file, got {spec!r} (not found)")
+        import tifffile
+
+        return np.asarray(tifffile.imread(path))
+    if inner is not None or path.suffix.lower() == ".zarr" or (path / "zarr.json").is_file() or (path / ".zarray").is_file():
+        if not path.exists():
+            raise FileNotFoundError(f"expected {what} to be an existing Zarr store, got {store!r} (not found)")
+        import zarr
+
+        try:
+            array = zarr.open_array(store=str(path), path=inner or "", mode="r")
+        except (ValueError, KeyError, FileNotFoundError) as exc:
+            where = f"{store}:{inner}" if inner else store
+            raise ValueError(f"expected {what} to name a Zarr array, got {where!r} ({exc})") from None
+        return np.asarray(array[...])
+    raise ValueError(
+        f"expected {what} as a .tif/.tiff file or a Zarr array (path.zarr or store.zarr:path/in/group), got {spec!r}"
+    )
+
+
+def _jsonable(obj: Any) -> Any:
+    """Replace NaN/inf by None so the output is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def _print_table(result: dict[str, Any], pred: str, gt: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"ISBI 2012 metrics: {pred} vs {gt}")
+    table.add_column("Metric")
+    table.add_column("Value", justify="right")
+    table.add_column("Threshold", justify="right")
+    for label, key, th_key in _ROWS:
+        th = result.get(th_key) if th_key else None
+        table.add_row(label, f"{result[key]:.6g}", "" if th is None else repr(th))
+    table.caption = (
+        f"{result['n_slices']} slice(s) of {result['height']}×{result['width']}; "
+        f"V_rand = {result['v_rand']:.6g}, V_info = {result['v_info']:.6g}; "
+        f"splits = {result['warping_splits']}, merges = {result['warping_merges']}"
+        + ("; binary proposal" if result["binary_proposal"] else "")
+    )
+    console = Console()
+    console.print(table)
+    curves = result.get("curves")
+    if curves:
+        sweep = Table(title="Errors per threshold")
+        sweep.add_column("Threshold", justify="right")
+        columns = (("pixel", "pixel_error"), ("V_rand", "rand_error"), ("V_info", "info_error"),
+                   ("Rand 2012", "rand_error_2012"), ("warping", "warping_error"), ("Jain", "warping_error_jain"))
+        for title, _ in columns:
+            sweep.add_column(title, justify="right")
+        for k, th in enumerate(curves["pixel_error"]["thresholds"]):
+            cells = []
+            for _, name in columns:
+                values = curves[name]["values"]
+                cells.append(f"{values[k]:.4g}" if k < len(values) else "")
+            sweep.add_row(repr(th), *cells)
+        console.print(sweep)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``evaluate`` command to ``app``."""
+
+    @app.command("evaluate")
+    def evaluate(
+        pred: Annotated[
+            str,
+            typer.Argument(metavar="PRED", help="Proposal: cell probability (float in [0, 1], uint8, uint16 or binary); "
+                                ".tif/.tiff or Zarr (path.zarr or store.zarr:path/in/group)."),
+        ],
+        gt: Annotated[str, typer.Argument(metavar="GT", help="Ground truth, 0 = membrane, > 0 = cell; same formats as PRED.")],
+        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+        curves: Annotated[bool, typer.Option("--curves", help="Also report the error at every threshold.")] = False,
+    ) -> None:
+        """ISBI 2012 metrics (pixel, V_rand, V_info, 2012 Rand, warping) of PRED against GT."""
+        with user_errors():
+            from pipeline.metrics.evaluate import evaluate_stack
+
+            pred_arr = load_array(pred, "PRED")
+            gt_arr = load_array(gt, "GT")
+            result = evaluate_stack(pred_arr, gt_arr, curves=curves)
+            if as_json:
+                echo_json(_jsonable({"pred": pred, "gt": gt, **result}))
+            else:
+                _print_table(result, pred, gt)

@@ -1,0 +1,117 @@
+"""`emunet weights`: border weight maps (U-Net paper, Eq. 2) of a label TIFF."""
+
+from __future__ import annotations
+
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from emunet.cli.common import console, user_errors
+
+
+class ClassBalanceChoice(str, Enum):
+    """How w_c balances membrane and cell pixels."""
+
+    frequency = "frequency"
+    none = "none"
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `weights` command to ``app``."""
+
+    @app.command("weights")
+    def weights(
+        labels: Annotated[
+            Path,
+            typer.Argument(
+                help="Label TIFF: one 2D image or a (z, y, x) stack; 0 = membrane, >0 = cell.",
+                show_default=False,
+            ),
+        ],
+        out: Annotated[
+            Path,
+            typer.Argument(
+                help="Output float32 TIFF: one weight map per slice (or one 3D map with --3d).",
+                show_default=False,
+            ),
+        ],
+        w0: Annotated[float, typer.Option("--w0", help="Peak of the border term.")] = 10.0,
+        sigma: Annotated[
+            float, typer.Option("--sigma", help="Width of the border term (pixels).")
+        ] = 5.0,
+        class_balance: Annotated[
+            ClassBalanceChoice,
+            typer.Option("--class-balance", help="w_c: inverse class frequency, or none (1)."),
+        ] = ClassBalanceChoice.frequency,
+        instances: Annotated[
+            bool,
+            typer.Option(
+                "--instances/--binary",
+                help="Each non-zero id is a cell (instances), or cells are the 4-connected "
+                "components of label > 0 (binary).",
+            ),
+        ] = False,
+        volume: Annotated[
+            bool,
+            typer.Option("--3d", help="One 3D map with true 3D distances (a stack of instances)."),
+        ] = False,
+        overwrite: Annotated[
+            bool, typer.Option("--overwrite", help="Replace OUT if it exists.")
+        ] = False,
+    ) -> None:
+        """Compute the U-Net border weight map w = w_c + w0 exp(-(d1+d2)^2 / 2 sigma^2)."""
+        with user_errors():
+            import numpy as np
+            import tifffile
+
+            from unetcore.weightmap import WeightMapConfig, border_weight_map, weight_map_stack
+
+            if not labels.is_file():
+                raise FileNotFoundError(f"expected a label TIFF at {labels}, got no such file")
+            if out.exists() and not overwrite:
+                raise FileExistsError(
+                    f"expected OUT not to exist, got an existing {out}; pass --overwrite "
+                    "to replace it"
+                )
+            config = WeightMapConfig(w0=w0, sigma=sigma, class_balance=class_balance.value)
+            try:
+                with tifffile.TiffFile(labels) as tif:
+                    axes, data = tif.series[0].axes, tif.series[0].asarray()
+            except (tifffile.TiffFileError, OSError) as exc:
+                raise ValueError(f"expected a readable TIFF at {labels}, got: {exc}") from None
+            if "S" in axes:
+                raise ValueError(
+                    f"expected grey-level labels, got colour samples (axes {axes!r}) in {labels}"
+                )
+            start = time.perf_counter()
+            if volume:
+                if data.ndim != 3:
+                    raise ValueError(
+                        f"expected a (z, y, x) volume with --3d, got shape {data.shape}"
+                    )
+                result = border_weight_map(data, config, instances=instances)
+                slices = 1
+            elif data.ndim == 2:
+                result = border_weight_map(data, config, instances=instances)
+                slices = 1
+            elif data.ndim == 3:
+                result = weight_map_stack(data, config, instances=instances)
+                slices = data.shape[0]
+            else:
+                raise ValueError(
+                    f"expected a 2D image or a (z, y, x) stack, got shape {data.shape}"
+                )
+            elapsed = time.perf_counter() - start
+            out.parent.mkdir(parents=True, exist_ok=True)
+            result = np.asarray(result, dtype=np.float32)
+            tifffile.imwrite(out, result, photometric="minisblack")
+            kind = "3D volume" if volume else f"{slices} slice(s)"
+            console.print(
+                f"weights: {kind} {tuple(data.shape)} -> {out} | min {result.min():.3f} "
+                f"max {result.max():.3f} mean {result.mean():.3f} | {elapsed:.2f} s",
+                highlight=False,
+                soft_wrap=True,
+            )

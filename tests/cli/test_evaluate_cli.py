@@ -1,0 +1,96 @@
+"""`emunet evaluate` on tiny TIFF and Zarr files (a local Typer app, CliRunner)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import typer
+import zarr
+from typer.testing import CliRunner
+
+from emunet.cli.evaluate import register
+
+app = typer.Typer()
+register(app)
+
+
+@app.callback()
+def _root() -> None:  # keep "evaluate" as an explicit sub-command
+    """Test app."""
+
+
+runner = CliRunner()
+
+
+def _gt() -> np.ndarray:
+    gt = np.full((2, 24, 30), 255, np.uint8)
+    gt[:, :, 14:16] = 0  # two cells per slice
+    return gt
+
+
+@pytest.fixture()
+def files(tmp_path):
+    gt = _gt()
+    pred = np.where(gt > 0, 0.95, 0.05).astype(np.float32)
+    pred[1, 10:13, 14:16] = 0.95  # a merge in slice 1
+    tifffile.imwrite(tmp_path / "gt.tif", gt)
+    tifffile.imwrite(tmp_path / "pred.tiff", pred)
+    group = zarr.open_group(str(tmp_path / "vol.zarr"), mode="w")
+    group.create_array("pred/p0", shape=pred.shape, dtype="float32")[...] = pred
+    zarr.save_array(str(tmp_path / "gt.zarr"), gt)
+    return tmp_path
+
+
+def test_json_output_from_tiff(files):
+    res = runner.invoke(app, ["evaluate", str(files / "pred.tiff"), str(files / "gt.tif"), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["n_slices"] == 2 and out["warping_merges"] > 0 and out["rand_error"] > 0
+    assert out["pixel_error"] < 0.05
+    assert "curves" not in out
+
+
+def test_zarr_group_path_and_curves(files):
+    pred = f"{files / 'vol.zarr'}:pred/p0"
+    res = runner.invoke(app, ["evaluate", pred, str(files / "gt.zarr"), "--json", "--curves"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert len(out["curves"]["rand_error"]["thresholds"]) == 11
+    assert len(out["curves"]["warping_error"]["values"]) == 10
+    tiff = json.loads(runner.invoke(app, ["evaluate", str(files / "pred.tiff"), str(files / "gt.tif"), "--json"]).stdout)
+    assert {k: v for k, v in out.items() if k not in ("pred", "gt", "curves")} == \
+        {k: v for k, v in tiff.items() if k not in ("pred", "gt")}
+
+
+def test_table_output_and_2d_image(files):
+    tifffile.imwrite(files / "gt2d.tif", _gt()[0])
+    res = runner.invoke(app, ["evaluate", str(files / "gt2d.tif"), str(files / "gt2d.tif"), "--curves"])
+    assert res.exit_code == 0, res.output
+    assert "Pixel error" in res.stdout and "Warping error" in res.stdout and "1 slice(s)" in res.stdout
+
+
+@pytest.mark.parametrize(
+    ("make_args", "message"),
+    [
+        (lambda d: [str(d / "missing.tif"), str(d / "gt.tif")], "expected PRED to be an existing TIFF file"),
+        (lambda d: [str(d / "pred.png"), str(d / "gt.tif")], "expected PRED as a .tif/.tiff file or a Zarr array"),
+        (lambda d: [f"{d / 'vol.zarr'}:nope", str(d / "gt.tif")], "expected PRED to name a Zarr array"),
+        (lambda d: [str(d / "pred.tiff"), str(d / "gt2d.tif")], "expected pred and gt of the same shape"),
+    ],
+)
+def test_bad_input_exits_with_code_2(files, make_args, message):
+    tifffile.imwrite(files / "gt2d.tif", _gt()[0])
+    res = runner.invoke(app, ["evaluate", *make_args(files)])
+    assert res.exit_code == 2
+    assert message in " ".join(res.output.split())
+
+
+def test_values_outside_unit_interval_are_rejected(files):
+    tifffile.imwrite(files / "bad.tif", np.full((24, 30), 2.0, np.float32))
+    tifffile.imwrite(files / "gt2d.tif", _gt()[0])
+    res = runner.invoke(app, ["evaluate", str(files / "bad.tif"), str(files / "gt2d.tif")])
+    assert res.exit_code == 2
+    assert "expected pred values in [0, 1]" in " ".join(res.output.split())

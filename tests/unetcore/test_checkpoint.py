@@ -1,0 +1,102 @@
+"""Checkpoints round-trip, verify their hash, and are never unpickled."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from unetcore.checkpoint import CheckpointError, file_sha256, load_checkpoint, read_header, save_checkpoint
+from unetcore.config import preset
+from unetcore.model import UNet
+from unetcore.normalization import Normalization
+
+
+@pytest.fixture()
+def saved(tmp_path):
+    torch.manual_seed(0)
+    model = UNet(preset("tiny").replace(base_channels=4))
+    path = save_checkpoint(tmp_path / "m.safetensors", model, Normalization(0.4, 0.2), {"note": "test"})
+    return model, path
+
+
+def test_round_trip(saved) -> None:
+    model, path = saved
+    ckpt = load_checkpoint(path)
+    assert ckpt.config == model.config
+    assert ckpt.normalization == Normalization(0.4, 0.2)
+    assert ckpt.metadata == {"note": "test"}
+    x = torch.randn(1, 1, 100, 92)
+    model.eval()
+    assert torch.equal(model(x), ckpt.model(x))
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    assert sidecar["file_sha256"] == file_sha256(path)
+    assert sidecar["content_sha256"] == ckpt.content_hash
+
+
+def test_half_precision_shipping(tmp_path, saved) -> None:
+    model, _ = saved
+    path = save_checkpoint(tmp_path / "h.safetensors", model, Normalization(), half=True)
+    ckpt = load_checkpoint(path)
+    assert all(p.dtype == torch.float32 for p in ckpt.model.parameters())
+    x = torch.randn(1, 1, 92, 92)
+    assert torch.allclose(model.eval()(x), ckpt.model(x), atol=1e-2)
+
+
+def test_pickle_refused_without_unpickling(tmp_path) -> None:
+    path = tmp_path / "evil.safetensors"
+
+    class Boom:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('unpickled!')",))
+
+    path.write_bytes(pickle.dumps(Boom()))
+    with pytest.raises(CheckpointError, match="never unpickles"):
+        load_checkpoint(path)
+    torch_file = tmp_path / "t.safetensors"
+    torch.save({"w": torch.zeros(2)}, torch_file)
+    with pytest.raises(CheckpointError, match="pickle"):
+        load_checkpoint(torch_file)
+
+
+def test_truncated_and_modified_files(tmp_path, saved) -> None:
+    _, path = saved
+    data = path.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError):
+        load_checkpoint(cut)
+    flipped = tmp_path / "flip.safetensors"
+    flipped.write_bytes(data[:-8] + bytes(8))
+    with pytest.raises(CheckpointError, match="corrupt or was modified"):
+        load_checkpoint(flipped)
+    with pytest.raises(FileNotFoundError):
+        read_header(tmp_path / "missing.safetensors")
+
+
+def test_config_that_does_not_match_weights(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    model = UNet(preset("tiny").replace(base_channels=4))
+    path = save_checkpoint(tmp_path / "a.safetensors", model, Normalization())
+    header = read_header(path)
+    header["model_config"]["base_channels"] = 8
+    from unetcore.checkpoint import tensor_hash
+
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    header["content_sha256"] = tensor_hash(tensors)
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad), metadata={"emunet": json.dumps(header)})
+    with pytest.raises(CheckpointError, match="expected weights matching the checkpoint's model config"):
+        load_checkpoint(bad)
+
+
+def test_plain_safetensors_refused(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(3)}, str(path))
+    with pytest.raises(CheckpointError, match="expected an emunet checkpoint"):
+        load_checkpoint(path)

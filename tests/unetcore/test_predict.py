@@ -1,0 +1,107 @@
+"""The overlap-tile predictor: tiled = whole, exact regions, mirror only at true borders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from unetcore import geometry
+from unetcore.config import preset
+from unetcore.model import UNet
+from unetcore.normalization import Normalization
+from unetcore.predict import PredictConfig, TilePredictor, plan_tiles
+
+
+def _model(upsampling: str) -> UNet:
+    torch.manual_seed(1)
+    return UNet(preset("tiny").replace(base_channels=4, upsampling=upsampling)).eval()
+
+
+MODELS = {up: _model(up) for up in ("upconv", "transposed")}
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    h=st.integers(5, 90),
+    w=st.integers(5, 90),
+    tile_y=st.sampled_from([116, 124, 132, 140]),
+    tile_x=st.sampled_from([116, 124, 140]),
+    batch=st.integers(1, 5),
+    upsampling=st.sampled_from(["upconv", "transposed"]),
+    seed=st.integers(0, 10_000),
+)
+def test_tiled_equals_whole(h, w, tile_y, tile_x, batch, upsampling, seed) -> None:
+    model = MODELS[upsampling]
+    image = np.random.default_rng(seed).integers(0, 256, (h, w)).astype(np.uint8)
+    whole = TilePredictor(model, Normalization(), PredictConfig(default_tile=4096)).predict(image)
+    plan = plan_tiles(model.config, image.shape, None, PredictConfig(default_tile=4096))
+    assert len(list(plan.origins())) == 1  # really one pass
+    tiled = TilePredictor(model, Normalization(), PredictConfig(tile_shape=(tile_y, tile_x), batch_size=batch)).predict(image)
+    np.testing.assert_allclose(tiled, whole, atol=2e-5)
+    assert tiled.shape == image.shape and tiled.dtype == np.float32
+    assert 0 <= tiled.min() and tiled.max() <= 1
+
+
+@pytest.mark.parametrize("upsampling", ["upconv", "transposed"])
+def test_region_with_exact_context_equals_whole(upsampling: str) -> None:
+    model = MODELS[upsampling]
+    image = np.random.default_rng(0).integers(0, 256, (70, 90)).astype(np.uint8)
+    whole = TilePredictor(model, Normalization(), PredictConfig(default_tile=4096)).predict(image)
+    (lo_y, hi_y), (lo_x, hi_x) = geometry.exact_context(model.config)
+    big = np.pad(image, 200, mode="symmetric")
+    predictor = TilePredictor(model, Normalization(), PredictConfig(tile_shape=(108, 116)))
+    for y0, y1, x0, x1 in [(8, 40, 16, 64), (0, 70, 0, 90), (64, 70, 88, 90)]:  # y0, x0 on the lattice
+        block = big[200 + y0 - lo_y : 200 + y1 + hi_y, 200 + x0 - lo_x : 200 + x1 + hi_x]
+        region = predictor.predict_region([block], (lo_y, lo_x), (hi_y, hi_x))[0]
+        np.testing.assert_allclose(region, whole[y0:y1, x0:x1], atol=2e-5)
+
+
+def test_mirror_only_at_true_borders() -> None:
+    """A tile's context inside the image is real data: changing far pixels changes nothing."""
+    model = MODELS["transposed"]
+    image = np.random.default_rng(3).integers(0, 256, (120, 120)).astype(np.uint8)
+    predictor = TilePredictor(model, Normalization(), PredictConfig(tile_shape=(140, 140)))
+    base = predictor.predict(image)
+    changed = image.copy()
+    changed[:, 110:] = 0  # more than the context away from columns < 40
+    other = predictor.predict(changed)
+    np.testing.assert_allclose(base[:, :40], other[:, :40], atol=2e-5)
+    assert not np.allclose(base[:, 100:], other[:, 100:])
+
+
+def test_stack_batches_slices_and_tta() -> None:
+    model = MODELS["transposed"]
+    stack = np.random.default_rng(0).integers(0, 256, (3, 40, 50)).astype(np.uint8)
+    predictor = TilePredictor(model, Normalization(), PredictConfig(batch_size=3))
+    out = predictor.predict_stack(stack)
+    assert out.shape == stack.shape
+    np.testing.assert_allclose(out[1], predictor.predict(stack[1]), atol=2e-5)
+    tta = TilePredictor(model, Normalization(), PredictConfig(tta=True)).predict(stack[0])
+    assert tta.shape == stack[0].shape and not np.allclose(tta, out[0])
+
+
+def test_bad_input() -> None:
+    predictor = TilePredictor(MODELS["upconv"], Normalization())
+    with pytest.raises(ValueError, match="expected a 2D image"):
+        predictor.predict(np.zeros((2, 3, 4)))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        predictor.predict(np.full((20, 20), np.nan, np.float32))
+    with pytest.raises(ValueError, match="expected a non-empty image"):
+        predictor.predict(np.zeros((0, 5), np.uint8))
+    with pytest.raises(geometry.IllegalTileSizeError, match="nearest legal"):
+        TilePredictor(MODELS["upconv"], Normalization(), PredictConfig(tile_shape=(93, 93))).predict(np.zeros((20, 20), np.uint8))
+
+
+def test_3d_model_tiles_exactly() -> None:
+    torch.manual_seed(0)
+    config = preset("aniso3d").replace(depth=2, base_channels=2, pool_factors=((1, 2, 2), (2, 2, 2)))
+    model = UNet(config).eval()
+    vol = np.random.default_rng(0).integers(0, 256, (9, 30, 34)).astype(np.uint8)
+    whole = TilePredictor(model, Normalization(), PredictConfig(default_tile=4096)).predict(vol)
+    smallest = geometry.smallest_input_shape(config)
+    tile = tuple(s + 2 * lat for s, lat in zip(smallest, geometry.phase_lattice(config)))
+    tiled = TilePredictor(model, Normalization(), PredictConfig(tile_shape=tile)).predict(vol)
+    np.testing.assert_allclose(tiled, whole, atol=2e-5)

@@ -1,0 +1,105 @@
+"""The trainer: learns, resumes bit for bit, writes checkpoints and a metrics log."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from unetcore.augment import AugmentConfig
+from unetcore.checkpoint import load_checkpoint
+from unetcore.config import preset
+from unetcore.model import UNet
+from unetcore.synthetic import synthetic_em_2d
+from unetcore.trainer import TrainConfig, TrainData, Trainer
+from unetcore.weightmap import border_weight_map
+
+CONFIG = preset("tiny").replace(base_channels=4)
+
+
+@pytest.fixture(scope="module")
+def data() -> TrainData:
+    images, labels, weights = [], [], []
+    for seed in range(3):
+        em = synthetic_em_2d((96, 96), seed=seed)
+        images.append(em.image)
+        labels.append((em.labels > 0).astype(np.int64))
+        weights.append(border_weight_map(em.labels, instances=True))
+    return TrainData(images, labels, weights)
+
+
+def _trainer(tmp_path, data, steps, **kw) -> Trainer:
+    torch.manual_seed(0)
+    config = TrainConfig(steps=steps, tile=100, lr=0.01, warmup_steps=5, val_every=0, checkpoint_every=5,
+                         log_every=1, device="cpu", **kw)
+    return Trainer(UNet(CONFIG), data, config, tmp_path, progress=False)
+
+
+def test_loss_goes_down(tmp_path, data) -> None:
+    trainer = _trainer(tmp_path, data, 40, augment=AugmentConfig.off())
+    first = np.mean([trainer.train_step() for _ in range(8)])
+    for _ in range(24):
+        trainer.train_step()
+    last = np.mean([trainer.train_step() for _ in range(8)])
+    assert last < 0.8 * first
+
+
+def test_resume_is_bit_identical(tmp_path, data) -> None:
+    straight = _trainer(tmp_path / "a", data, 10)
+    straight.fit()
+    first_half = _trainer(tmp_path / "b", data, 5)
+    first_half.fit()
+    resumed = _trainer(tmp_path / "b", data, 10)
+    resumed.fit(resume=True)
+    assert resumed.step == 10
+    for p, q in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_outputs_written(tmp_path, data) -> None:
+    val = TrainData(data.images[:1], data.labels[:1])
+    torch.manual_seed(0)
+    trainer = Trainer(UNet(CONFIG), data, TrainConfig(steps=4, tile=100, val_every=2, checkpoint_every=2, log_every=1, device="cpu"),
+                      tmp_path, val=val, progress=False, metadata={"dataset": "synthetic"})
+    result = trainer.fit()
+    assert {"pixel_error", "iou"} <= set(result["validation"])
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any("validation" in line for line in lines) and any("loss" in line for line in lines)
+    best = load_checkpoint(tmp_path / "best.safetensors")
+    assert best.metadata["dataset"] == "synthetic" and best.metadata["kind"] == "best"
+    last = load_checkpoint(tmp_path / "last.safetensors")
+    assert last.metadata["step"] == 4 and any(k.startswith("optim.") for k in last.extra)
+
+
+def test_bad_configs(tmp_path, data) -> None:
+    with pytest.raises(ValueError, match="expected lr > 0"):
+        TrainConfig(lr=0)
+    with pytest.raises(ValueError, match="legal U-Net input size"):
+        Trainer(UNet(CONFIG), data, TrainConfig(tile=101), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="expected image and labels of one shape"):
+        TrainData([np.zeros((4, 4))], [np.zeros((4, 5))])
+
+
+def test_learning_rate_schedule() -> None:
+    config = TrainConfig(steps=1000, lr=0.01, warmup_steps=100)
+    assert config.learning_rate(0) == pytest.approx(1e-4)
+    assert config.learning_rate(99) == pytest.approx(0.01)
+    assert config.learning_rate(999) == pytest.approx(1e-4, rel=0.05)
+
+
+def test_prefetch_workers_give_the_same_run(tmp_path, data) -> None:
+    plain = _trainer(tmp_path / "a", data, 6)
+    plain.fit()
+    threaded = _trainer(tmp_path / "b", data, 6, num_workers=2)
+    threaded.fit()
+    for p, q in zip(plain.model.parameters(), threaded.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_time_budget_shrinks_the_schedule(tmp_path, data) -> None:
+    trainer = _trainer(tmp_path, data, 10_000, max_seconds=3.0)
+    result = trainer.fit()
+    assert 20 < result["steps"] < 10_000
+    assert trainer.total_steps == result["steps"]

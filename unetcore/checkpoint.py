@@ -1,0 +1,185 @@
+"""Checkpoints: safetensors weights whose header carries the model's JSON description.
+
+One file, ``NAME.safetensors``, holds the tensors and, in its metadata under ``"emunet"``,
+a JSON object: format version, model config, normalisation, training metadata and the
+SHA-256 of the tensor contents. A human-readable copy of that JSON (plus the file's own
+SHA-256) is written beside it as ``NAME.json``. Loading never unpickles anything: the
+safetensors format holds raw tensors only, and a pickle is refused by its magic bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from unetcore.config import UNetConfig
+from unetcore.model import UNet
+from unetcore.normalization import Normalization
+
+FORMAT = "emunet-checkpoint/1"
+_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # a raw pickle; torch.save's zip container
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded safely (names the problem and the fix)."""
+
+
+def tensor_hash(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the tensors' names, dtypes, shapes and bytes, in sorted name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model (eval mode), its config, normalisation and metadata."""
+
+    model: UNet
+    config: UNetConfig
+    normalization: Normalization
+    metadata: dict[str, Any] = field(default_factory=dict)
+    content_hash: str = ""
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model: UNet,
+    normalization: Normalization,
+    metadata: dict[str, Any] | None = None,
+    *,
+    extra: dict[str, torch.Tensor] | None = None,
+    half: bool = False,
+) -> Path:
+    """Write ``path`` (.safetensors) and its ``.json`` sidecar atomically; returns the path.
+
+    `extra` holds further tensors (e.g. optimizer momentum under ``optim.``) for resuming;
+    `half` stores the model's float weights as float16 (smaller files for shipping).
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"expected a checkpoint path ending in .safetensors, got {path}")
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if half:
+        tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+    for k, v in (extra or {}).items():
+        tensors[k] = v.detach().cpu().contiguous()
+    header = {
+        "format": FORMAT,
+        "model_config": model.config.to_dict(),
+        "normalization": normalization.to_dict(),
+        "metadata": metadata or {},
+        "content_sha256": tensor_hash(tensors),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"emunet": json.dumps(header)})
+    os.replace(tmp, path)
+    sidecar = dict(header, file_sha256=file_sha256(path))
+    tmp_json = path.with_suffix(".json.tmp")
+    tmp_json.write_text(json.dumps(sidecar, indent=2) + "\n")
+    os.replace(tmp_json, path.with_suffix(".json"))
+    return path
+
+
+def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The checkpoint's JSON header, read without loading tensors (no unpickling ever)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"expected a checkpoint file, got no file at {path}")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:1] in _PICKLE_MAGIC or head[:4] in _PICKLE_MAGIC:
+        raise CheckpointError(
+            f"expected a safetensors checkpoint, got a pickle/torch.save file at {path}; "
+            "emunet never unpickles (it can run code). Load it once in a trusted "
+            "environment and re-save it with unetcore.checkpoint.save_checkpoint"
+        )
+    if len(head) < 8:
+        raise CheckpointError(f"expected a safetensors checkpoint, got a truncated file at {path}")
+    header_len = int.from_bytes(head, "little")
+    size = path.stat().st_size
+    if header_len <= 0 or 8 + header_len > size:
+        raise CheckpointError(
+            f"expected a safetensors header of ≤ {size - 8} bytes, got a length of {header_len} "
+            f"at {path} (truncated or not a safetensors file)"
+        )
+    with open(path, "rb") as f:
+        f.seek(8)
+        try:
+            raw = json.loads(f.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"expected a JSON safetensors header at {path}, got {exc}") from None
+    meta = (raw.get("__metadata__") or {}).get("emunet")
+    if meta is None:
+        raise CheckpointError(
+            f"expected an emunet checkpoint (metadata key 'emunet') at {path}, got a plain "
+            "safetensors file; save it with unetcore.checkpoint.save_checkpoint"
+        )
+    header = json.loads(meta)
+    if header.get("format") != FORMAT:
+        raise CheckpointError(f"expected checkpoint format {FORMAT!r}, got {header.get('format')!r}")
+    return header
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], *, device: str | torch.device = "cpu", verify: bool = True
+) -> Checkpoint:
+    """Load a checkpoint written by `save_checkpoint`; the model is returned in eval mode."""
+    header = read_header(path)
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"expected a readable safetensors file at {path}, got: {exc}") from None
+    if verify and tensor_hash(tensors) != header["content_sha256"]:
+        raise CheckpointError(
+            f"expected tensor contents with SHA-256 {header['content_sha256'][:12]}…, got "
+            f"different contents in {path}: the file is corrupt or was modified"
+        )
+    config = UNetConfig.from_dict(header["model_config"])
+    model = UNet(config)
+    state = {k[len("model.") :]: v.float() for k, v in tensors.items() if k.startswith("model.")}
+    expected = model.state_dict()
+    mismatched = [
+        f"{k}: expected {tuple(expected[k].shape)}, got {tuple(v.shape)}"
+        for k, v in state.items()
+        if k in expected and expected[k].shape != v.shape
+    ]
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if mismatched or missing or unexpected:
+        detail = "; ".join(mismatched[:3] + [f"missing {m}" for m in missing[:3]] + [f"unexpected {u}" for u in unexpected[:3]])
+        raise CheckpointError(
+            f"expected weights matching the checkpoint's model config, got a mismatch in {path}: {detail}"
+        )
+    model.load_state_dict(state)
+    model.to(device).eval()
+    extra = {k: v for k, v in tensors.items() if not k.startswith("model.")}
+    return Checkpoint(
+        model=model,
+        config=config,
+        normalization=Normalization.from_dict(header["normalization"]),
+        metadata=header.get("metadata", {}),
+        content_hash=header["content_sha256"],
+        extra=extra,
+    )

@@ -1,0 +1,254 @@
+"""The overlap-tile strategy: predict an image of any size with legal tiles.
+
+One axis of the picture (``halo`` = context the valid convs consume, ``step`` = the output
+stride between tiles, a multiple of the pooling lattice so every tile sees the same pooling
+phase as a whole-image pass)::
+
+     mirror │              image               │ mirror
+    ┌───────┼──────────────────────────────────┼───────┐
+    │◄halo─►│◄── step ──►│◄── step ──►│◄ step ►│       │   output windows (disjoint)
+    │  input tile 0 ─────────┐                 │       │   input = window grown by halo
+    │               └─ input tile 1 ──────┐    │       │
+    └───────┴──────────────────────────────────┴───────┘
+
+Context is mirrored only where a tile leaves the image; inside, it is real neighbouring
+pixels. With valid convolutions the result equals a single whole-image pass.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from unetcore import geometry
+from unetcore.model import UNet
+from unetcore.normalization import Normalization
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """How to tile, batch and run the model."""
+
+    tile_shape: tuple[int, ...] | None = None  # input tile; None = largest legal ≤ default_tile
+    default_tile: int = 572  # per-axis size aimed at when tile_shape is None (the paper's)
+    batch_size: int = 4  # tiles per forward pass
+    device: str = "auto"  # "auto" (CUDA if present), "cpu", "cuda", "cuda:1", …
+    amp: bool = True  # bf16 autocast on CUDA (ignored on the CPU)
+    channels_last: bool = True  # channels-last memory format on CUDA (2D)
+    same_context: int = 32  # context per side for padding="same" models (no exact halo)
+    tta: bool = False  # average over the 8 flips/rotations (2D)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"expected batch_size ≥ 1, got {self.batch_size}")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"expected a CUDA device for device={name!r}, got none on this machine; use 'cpu'")
+    return device
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Tiles for an image of `shape`: output windows start at multiples of `step`."""
+
+    shape: tuple[int, ...]
+    in_tile: tuple[int, ...]
+    out_tile: tuple[int, ...]
+    context: tuple[int, ...]  # input voxels before the output window (the halo)
+    step: tuple[int, ...]
+
+    @property
+    def counts(self) -> tuple[int, ...]:
+        return tuple(math.ceil(s / st) for s, st in zip(self.shape, self.step, strict=True))
+
+    def origins(self) -> Iterator[tuple[int, ...]]:
+        """Output-window origins, in C order."""
+        ranges = [range(0, n * st, st) for n, st in zip(self.counts, self.step, strict=True)]
+        return itertools.product(*ranges)
+
+    def padding(self) -> list[tuple[int, int]]:
+        """Mirror padding (lo, hi) per axis so that every input tile lies inside."""
+        pads = []
+        for s, n, st, ctx, it in zip(
+            self.shape, self.counts, self.step, self.context, self.in_tile, strict=True
+        ):
+            last_end = (n - 1) * st - ctx + it
+            pads.append((ctx, max(last_end - s, 0)))
+        return pads
+
+
+def plan_tiles(
+    model_config, shape: tuple[int, ...], in_tile: tuple[int, ...] | None, config: PredictConfig
+) -> TilePlan:
+    """Choose a legal tile (clipped to what the image needs) and the lattice-aligned step."""
+    lattice = geometry.phase_lattice(model_config)
+    margin = tuple(hi - lo for lo, hi in geometry.exact_context(model_config))
+    valid = model_config.padding == "valid"
+    context = geometry.halo(model_config) if valid else (config.same_context,) * len(shape)
+    if in_tile is None:
+        # The smallest legal tile covering the whole image, capped at the default size.
+        want = tuple(
+            min(s + m + (0 if valid else 2 * c), config.default_tile)
+            for s, m, c in zip(shape, margin, context, strict=True)
+        )
+        if valid:
+            in_tile = geometry.input_shape_for_output(model_config, want)
+        else:
+            in_tile = tuple(geometry.nearest_legal(model_config, w, a)[1] for a, w in enumerate(want))
+    out = geometry.output_shape(model_config, in_tile)
+    if valid:
+        step = geometry.exact_step(model_config, in_tile)
+    else:
+        out = tuple(o - 2 * c for o, c in zip(out, context, strict=True))
+        step = tuple(o // lat * lat for o, lat in zip(out, lattice, strict=True))
+    if min(step) < 1:
+        raise ValueError(
+            f"expected an input tile whose exact output spans at least one pooling lattice "
+            f"period {lattice}, got tile {in_tile} → output {out}; use a larger tile"
+        )
+    return TilePlan(tuple(shape), tuple(in_tile), tuple(out), tuple(context), step)
+
+
+class TilePredictor:
+    """Cell probability (class 1 of the softmax) for images or stacks of any size."""
+
+    def __init__(self, model: UNet, normalization: Normalization, config: PredictConfig = PredictConfig()):
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.model = model.to(self.device).eval()
+        self.normalization = normalization
+        self.dims = model.config.spatial_dims
+        if self.device.type == "cuda" and config.channels_last and self.dims == 2:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    # -- public API -----------------------------------------------------------------------
+    def predict(self, image: np.ndarray, *, class_index: int = 1) -> np.ndarray:
+        """Probability map (float32, the image's spatial shape) for one image/volume."""
+        return self.predict_many([image], class_index=class_index)[0]
+
+    def predict_stack(self, stack: np.ndarray, *, class_index: int = 1) -> np.ndarray:
+        """A 2D model over a (Z, Y, X) stack slice by slice; a 3D model over the volume."""
+        if self.dims == 3:
+            return self.predict(stack, class_index=class_index)
+        if stack.ndim == 2:
+            return self.predict(stack, class_index=class_index)
+        return np.stack(self.predict_many(list(stack), class_index=class_index))
+
+    def predict_many(self, images: list[np.ndarray], *, class_index: int = 1) -> list[np.ndarray]:
+        """Several images of one size; their tiles share batches."""
+        for image in images:
+            self._check(image)
+        if not self.config.tta:
+            return self._predict_plain(images, class_index)
+        if self.dims != 2:
+            raise ValueError(f"expected a 2D model for test-time augmentation, got {self.dims}D")
+        total = [np.zeros(img.shape, np.float32) for img in images]
+        for k, flip in itertools.product(range(4), (False, True)):
+            views = [np.rot90(img[:, ::-1] if flip else img, k) for img in images]
+            preds = self._predict_plain([np.ascontiguousarray(v) for v in views], class_index)
+            for t, p in zip(total, preds, strict=True):
+                back = np.rot90(p, -k)
+                t += back[:, ::-1] if flip else back
+        return [t / 8 for t in total]
+
+    # -- internals ------------------------------------------------------------------------
+    def _check(self, image: np.ndarray) -> None:
+        if image.ndim != self.dims:
+            raise ValueError(f"expected a {self.dims}D image for this {self.dims}D model, got shape {image.shape}")
+        if image.size == 0:
+            raise ValueError(f"expected a non-empty image, got shape {image.shape}")
+        if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+            raise ValueError("expected finite grey values, got NaN or inf in the image")
+
+    def _predict_plain(self, images: list[np.ndarray], class_index: int) -> list[np.ndarray]:
+        shapes = {img.shape for img in images}
+        if len(shapes) > 1:
+            return [self._predict_plain([img], class_index)[0] for img in images]
+        zero = (0,) * self.dims
+        return self.predict_region(images, zero, zero, class_index=class_index)
+
+    def predict_region(
+        self,
+        arrays: list[np.ndarray],
+        context_lo: tuple[int, ...],
+        context_hi: tuple[int, ...],
+        *,
+        class_index: int = 1,
+    ) -> list[np.ndarray]:
+        """Predict the inner region of arrays that already carry context around it.
+
+        Each array holds ``context_lo`` voxels before and ``context_hi`` after the region to
+        predict (real neighbouring data, or mirrored data at a volume's edge). Missing
+        context (less than the model needs) is mirrored here. With valid convolutions the
+        result equals a whole-volume pass when the region's origin lies on the model's
+        phase lattice and the context covers `unetcore.geometry.exact_context` (the halo on
+        the low side, a little more on the high side): what the block pipeline relies on.
+        """
+        for a in arrays:
+            self._check(a)
+        out_shape = tuple(s - lo - hi for s, lo, hi in zip(arrays[0].shape, context_lo, context_hi, strict=True))
+        if min(out_shape) < 1 or any(a.shape != arrays[0].shape for a in arrays):
+            raise ValueError(
+                f"expected arrays of one shape larger than their context {context_lo}+{context_hi}, "
+                f"got shapes {[a.shape for a in arrays]}"
+            )
+        plan = plan_tiles(self.model.config, out_shape, self.config.tile_shape, self.config)
+        needed = plan.padding()  # relative to the region: (lo, hi) per axis
+        pads = [
+            (max(need_lo - lo, 0), max(need_hi - hi, 0))
+            for (need_lo, need_hi), lo, hi in zip(needed, context_lo, context_hi, strict=True)
+        ]
+        # Offset of the region's origin inside the padded array, minus the plan's context.
+        shift = tuple(lo + p_lo - c for lo, (p_lo, _), c in zip(context_lo, pads, plan.context, strict=True))
+        padded = [np.pad(self.normalization.apply(a), pads, mode="symmetric") for a in arrays]
+        outputs = [np.zeros(out_shape, np.float32) for _ in arrays]
+        jobs = [(i, o) for i in range(len(arrays)) for o in plan.origins()]
+        for start in range(0, len(jobs), self.config.batch_size):
+            batch = jobs[start : start + self.config.batch_size]
+            tiles = np.stack(
+                [self._input_tile(padded[i], tuple(a + b for a, b in zip(o, shift, strict=True)), plan) for i, o in batch]
+            )
+            probs = self._forward(tiles, class_index)
+            for (i, origin), prob in zip(batch, probs, strict=True):
+                self._write(outputs[i], prob, origin, plan)
+        return outputs
+
+    @staticmethod
+    def _input_tile(padded: np.ndarray, origin: tuple[int, ...], plan: TilePlan) -> np.ndarray:
+        # Padded coordinates = image coordinates + context, so the input starts at `origin`.
+        return padded[tuple(slice(o, o + n) for o, n in zip(origin, plan.in_tile, strict=True))]
+
+    @staticmethod
+    def _write(out: np.ndarray, prob: np.ndarray, origin: tuple[int, ...], plan: TilePlan) -> None:
+        dst, src = [], []
+        for o, st, s in zip(origin, plan.step, out.shape, strict=True):
+            n = min(st, s - o)
+            dst.append(slice(o, o + n))
+            src.append(slice(0, n))
+        out[tuple(dst)] = prob[tuple(src)]
+
+    @torch.inference_mode()
+    def _forward(self, tiles: np.ndarray, class_index: int) -> np.ndarray:
+        x = torch.from_numpy(tiles[:, None]).to(self.device, non_blocking=True)
+        if self.device.type == "cuda" and self.config.channels_last and self.dims == 2:
+            x = x.contiguous(memory_format=torch.channels_last)
+        use_amp = self.config.amp and self.device.type == "cuda"
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            logits = self.model(x)
+        probs = torch.softmax(logits.float(), dim=1)[:, class_index]
+        if self.model.config.padding == "same":
+            probs = probs[(slice(None),) + tuple(slice(c, -c or None) for c in self._same_context())]
+        return probs.cpu().numpy()
+
+    def _same_context(self) -> tuple[int, ...]:
+        return (self.config.same_context,) * self.dims

@@ -1,0 +1,317 @@
+"""The paper's training recipe: SGD with momentum 0.99, batch 1 of large tiles, weighted loss.
+
+`Trainer.fit` samples augmented tiles (`unetcore.augment`), minimises the weighted
+cross-entropy (`unetcore.loss`), validates every `val_every` steps with the tile predictor,
+and writes to `out_dir`:
+
+* ``last.safetensors`` – weights + momentum buffers + step: `Trainer.fit(resume=True)`
+  continues from it, bit for bit (randomness is derived from (seed, step));
+* ``best.safetensors`` – the weights with the best validation score so far;
+* ``metrics.jsonl`` – one JSON object per logged step and per validation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from unetcore import geometry
+from unetcore.augment import AugmentConfig, sample_tile
+from unetcore.checkpoint import load_checkpoint, save_checkpoint
+from unetcore.loss import weighted_cross_entropy
+from unetcore.model import UNet
+from unetcore.normalization import Normalization
+from unetcore.predict import PredictConfig, TilePredictor, resolve_device
+
+MetricFn = Callable[[list[np.ndarray], list[np.ndarray]], dict[str, float]]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and bookkeeping (paper defaults where the paper says)."""
+
+    steps: int = 2000  # optimizer steps
+    tile: int | tuple[int, ...] = 572  # input tile (legal; the paper: 572)
+    batch_size: int = 1  # the paper: a single large tile
+    lr: float = 0.01  # peak learning rate (loss is a per-pixel mean)
+    momentum: float = 0.99  # the paper
+    weight_decay: float = 0.0
+    lr_schedule: str = "cosine"  # "cosine" (to 1 % of lr), "constant" or "step" (÷10 at 2/3)
+    warmup_steps: int = 100  # linear warm-up (momentum 0.99 amplifies early steps 100×)
+    grad_clip: float | None = 10.0  # max global gradient norm (None = off)
+    val_every: int = 250  # validate every N steps (0 = only at the end)
+    log_every: int = 10  # write the training loss every N steps
+    checkpoint_every: int = 250  # write last.safetensors every N steps
+    select_metric: str = "pixel_error"  # validation key that picks best.safetensors (lower = better)
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA
+    num_workers: int = 0  # threads that sample and augment the next tiles ahead of the model
+    max_seconds: float | None = None  # time budget: shrink the schedule to fit (measured after warm-up)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"expected steps ≥ 1 and batch_size ≥ 1, got {self.steps}, {self.batch_size}")
+        if self.lr <= 0 or not 0 <= self.momentum < 1:
+            raise ValueError(f"expected lr > 0 and momentum in [0, 1), got {self.lr}, {self.momentum}")
+        if self.lr_schedule not in ("cosine", "constant", "step"):
+            raise ValueError(f"expected lr_schedule cosine, constant or step, got {self.lr_schedule!r}")
+
+    def learning_rate(self, step: int, total: int | None = None) -> float:
+        """Learning rate at `step` of a run of `total` steps (default: `steps`)."""
+        total = self.steps if total is None else total
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.lr_schedule == "constant":
+            return self.lr
+        if self.lr_schedule == "step":
+            return self.lr * (0.1 if step >= 2 * total // 3 else 1.0)
+        t = (step - self.warmup_steps) / max(total - self.warmup_steps, 1)
+        return self.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainData:
+    """Images (uint8/uint16/float), class labels (0 = membrane, 1 = cell) and weight maps."""
+
+    images: list[np.ndarray]
+    labels: list[np.ndarray]
+    weights: list[np.ndarray] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.images or len(self.images) != len(self.labels):
+            raise ValueError(
+                f"expected as many label images as images (≥ 1), got {len(self.images)} and {len(self.labels)}"
+            )
+        for i, (img, lab) in enumerate(zip(self.images, self.labels, strict=True)):
+            if img.shape != lab.shape:
+                raise ValueError(f"expected image and labels of one shape at index {i}, got {img.shape} and {lab.shape}")
+        if self.weights is not None and [w.shape for w in self.weights] != [i.shape for i in self.images]:
+            raise ValueError("expected one weight map per image, of the image's shape")
+
+
+class Trainer:
+    """Trains a `UNet` on `TrainData`; see the module docstring for what it writes."""
+
+    def __init__(
+        self,
+        model: UNet,
+        train: TrainData,
+        config: TrainConfig,
+        out_dir: str | Path,
+        *,
+        val: TrainData | None = None,
+        normalization: Normalization | None = None,
+        metric_fn: MetricFn | None = None,
+        metadata: dict[str, Any] | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.model = model.to(self.device)
+        self.train_data = train
+        self.val_data = val
+        self.normalization = normalization or Normalization.fit(train.images)
+        self.metric_fn = metric_fn
+        self.metadata = dict(metadata or {})
+        self.progress = progress
+        self.out_dir = Path(out_dir)
+        dims = model.config.spatial_dims
+        tile = config.tile if isinstance(config.tile, tuple) else (config.tile,) * dims
+        self.in_tile = tuple(int(t) for t in tile)
+        self.out_tile = geometry.output_shape(model.config, self.in_tile)  # raises if illegal
+        self._norm_images = [self.normalization.apply(img) for img in train.images]
+        self.optimizer = torch.optim.SGD(
+            model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+        self.step = 0
+        self.total_steps = config.steps  # shrinks to fit `max_seconds`, if set
+        self.best: float | None = None
+        self._pool = None
+        self._ahead: dict[int, Any] = {}
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def _meta(self, kind: str) -> dict[str, Any]:
+        return dict(
+            self.metadata,
+            kind=kind,
+            step=self.step,
+            best=self.best,
+            train_config=self.config.to_dict(),
+            input_tile=list(self.in_tile),
+            total_steps=self.total_steps,
+        )
+
+    def save_last(self) -> Path:
+        extra = {}
+        for i, p in enumerate(self.model.parameters()):
+            buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                extra[f"optim.momentum.{i}"] = buf
+        return save_checkpoint(self.out_dir / "last.safetensors", self.model, self.normalization, self._meta("last"), extra=extra)
+
+    def load_last(self) -> None:
+        ckpt = load_checkpoint(self.out_dir / "last.safetensors", device=self.device)
+        if ckpt.config != self.model.config:
+            raise ValueError(f"expected a checkpoint of config {self.model.config}, got {ckpt.config}")
+        self.model.load_state_dict(ckpt.model.state_dict())
+        for i, p in enumerate(self.model.parameters()):
+            buf = ckpt.extra.get(f"optim.momentum.{i}")
+            if buf is not None:
+                self.optimizer.state[p]["momentum_buffer"] = buf.to(self.device)
+        self.step = int(ckpt.metadata["step"])
+        if self.config.max_seconds is not None:  # keep the schedule the budget chose
+            self.total_steps = min(self.config.steps, int(ckpt.metadata.get("total_steps", self.config.steps)))
+        self.best = ckpt.metadata.get("best")
+        self.normalization = ckpt.normalization
+        self._norm_images = [self.normalization.apply(img) for img in self.train_data.images]
+
+    # -- the loop -------------------------------------------------------------------------
+    def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch of `step`, sampled ahead by worker threads when num_workers > 0."""
+        if self.config.num_workers <= 0:
+            arrays = self._sample(step)
+        else:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(self.config.num_workers, thread_name_prefix="tiles")
+            for ahead in range(step, min(step + 2 * self.config.num_workers, self.total_steps)):
+                if ahead not in self._ahead:
+                    self._ahead[ahead] = self._pool.submit(self._sample, ahead)
+            arrays = self._ahead.pop(step).result()
+        return tuple(torch.from_numpy(a).to(self.device, non_blocking=True) for a in arrays)  # type: ignore[return-value]
+
+    def _sample(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Tiles of one step; randomness depends only on (seed, step), so resuming is exact."""
+        rng = np.random.default_rng([self.config.seed, step])
+        tiles = []
+        for _ in range(self.config.batch_size):
+            i = int(rng.integers(len(self._norm_images)))
+            w = None if self.train_data.weights is None else self.train_data.weights[i]
+            tiles.append(
+                sample_tile(self._norm_images[i], self.train_data.labels[i], w, self.in_tile, self.out_tile, rng, self.config.augment)
+            )
+        return (
+            np.stack([t.image for t in tiles]),
+            np.stack([t.labels for t in tiles]),
+            np.stack([t.weights for t in tiles]),
+        )
+
+    def train_step(self) -> float:
+        self.model.train()
+        torch.manual_seed(self.config.seed * 1_000_003 + self.step)  # dropout masks
+        x, y, w = self._batch(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.learning_rate(self.step, self.total_steps)
+        use_amp = self.config.amp and self.device.type == "cuda"
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            logits = self.model(x)  # (B, K, *out_tile)
+        loss = weighted_cross_entropy(logits, y, w)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"expected a finite loss, got {loss.item()} at step {self.step}; lower the learning rate "
+                f"(now {self.config.learning_rate(self.step, self.total_steps):g}) or enable grad_clip"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        return float(loss.detach())
+
+    def validate(self) -> dict[str, float]:
+        """Predict the validation images; pixel error at 0.5, foreground IoU, `metric_fn`."""
+        if self.val_data is None:
+            return {}
+        self.model.eval()
+        predictor = TilePredictor(self.model, self.normalization, PredictConfig(device=str(self.device), batch_size=2))
+        probs = predictor.predict_many(list(self.val_data.images))
+        cells = [lab > 0 for lab in self.val_data.labels]
+        pred = [p > 0.5 for p in probs]
+        errors = sum(int((p != c).sum()) for p, c in zip(pred, cells, strict=True))
+        inter = sum(int((p & c).sum()) for p, c in zip(pred, cells, strict=True))
+        union = sum(int((p | c).sum()) for p, c in zip(pred, cells, strict=True))
+        result = {
+            "pixel_error_at_0.5": errors / sum(c.size for c in cells),
+            "iou": inter / max(union, 1),
+        }
+        if self.metric_fn is not None:
+            result.update(self.metric_fn(probs, list(self.val_data.labels)))
+        result.setdefault("pixel_error", result["pixel_error_at_0.5"])
+        return result
+
+    def _fit_budget(self, start: float, start_step: int) -> None:
+        """With `max_seconds`, once warm-up is done, shrink the schedule to fit the budget."""
+        budget = self.config.max_seconds
+        calibrate = max(self.config.warmup_steps, 20) + start_step
+        if budget is None or self.step != calibrate:
+            return
+        per_step = (time.perf_counter() - start) / max(self.step - start_step, 1)
+        fits = self.step + int((budget - (time.perf_counter() - start)) / per_step * 0.95)
+        self.total_steps = max(self.step + 1, min(self.total_steps, fits))
+
+    def fit(self, *, resume: bool = False) -> dict[str, Any]:
+        """Run to `config.steps` (or what fits `max_seconds`); returns validation scores and timings."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if resume and (self.out_dir / "last.safetensors").is_file():
+            self.load_last()
+        log = open(self.out_dir / "metrics.jsonl", "a" if resume else "w")
+        scores: dict[str, float] = {}
+        start, start_step = time.perf_counter(), self.step
+        try:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            bar = Progress(
+                TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.4f}"),
+                TimeElapsedColumn(), TimeRemainingColumn(), disable=not self.progress, transient=False,
+            )
+            with bar:
+                task = bar.add_task("train", total=self.total_steps, completed=self.step, loss=float("nan"))
+                running = None
+                while self.step < self.total_steps:
+                    loss = self.train_step()
+                    self._fit_budget(start, start_step)
+                    bar.update(task, total=self.total_steps)
+                    running = loss if running is None else 0.95 * running + 0.05 * loss
+                    bar.update(task, completed=self.step, loss=running)
+                    if self.step % self.config.log_every == 0:
+                        log.write(json.dumps({"step": self.step, "loss": loss, "loss_ema": running,
+                                              "lr": self.config.learning_rate(self.step - 1, self.total_steps),
+                                              "elapsed_s": time.perf_counter() - start}) + "\n")
+                        log.flush()
+                    last = self.step == self.total_steps
+                    if self.val_data is not None and (last or (self.config.val_every and self.step % self.config.val_every == 0)):
+                        scores = self.validate()
+                        key = scores.get(self.config.select_metric)
+                        if key is not None and (self.best is None or key < self.best):
+                            self.best = float(key)
+                            save_checkpoint(self.out_dir / "best.safetensors", self.model, self.normalization,
+                                            dict(self._meta("best"), validation=scores))
+                        log.write(json.dumps({"step": self.step, "validation": scores}) + "\n")
+                        log.flush()
+                    if last or self.step % self.config.checkpoint_every == 0:
+                        self.save_last()
+        finally:
+            log.close()
+            if self._pool is not None:
+                self._pool.shutdown(cancel_futures=True)
+                self._pool, self._ahead = None, {}
+        if self.val_data is None:
+            save_checkpoint(self.out_dir / "best.safetensors", self.model, self.normalization, self._meta("final"))
+        elapsed = time.perf_counter() - start
+        return {"validation": scores, "steps": self.step, "seconds": elapsed,
+                "seconds_per_step": elapsed / max(self.step - start_step, 1), "best": self.best}
