@@ -47,18 +47,29 @@ class AugmentConfig:
         return cls(elastic_sigma=0.0, rotate=False, flip=False, gamma=0.0, contrast=0.0, brightness=0.0)
 
 
+def _cubic_basis(n: int, grid: int) -> np.ndarray:
+    """(n, grid) weights: cubic-spline interpolation from `grid` nodes to `n` pixels (1D)."""
+    where = np.linspace(0, grid - 1, n)[None]
+    return np.stack(
+        [ndimage.map_coordinates(np.eye(grid)[k], where, order=3, mode="nearest") for k in range(grid)], axis=1
+    )
+
+
 def elastic_displacement(
     shape: tuple[int, ...], rng: np.random.Generator, grid: int = 3, sigma: float = 10.0
 ) -> np.ndarray:
-    """Per-pixel displacements (ndim, *shape) interpolated from a coarse N(0, σ²) grid."""
+    """Per-pixel displacements (ndim, *shape) interpolated from a coarse N(0, σ²) grid.
+
+    Cubic-spline interpolation is a tensor product of 1D interpolations, so the field is
+    the coarse grid contracted with one small (n, grid) basis per axis: the same numbers as
+    `scipy.ndimage.map_coordinates(order=3)` on the whole grid, at a fraction of the cost.
+    """
     ndim = len(shape)
     coarse = rng.normal(0.0, sigma, size=(ndim,) + (grid,) * ndim)
-    # Positions of every pixel in coarse-grid units (grid spans the tile corner to corner).
-    axes = [np.linspace(0, grid - 1, n, dtype=np.float64) for n in shape]
-    where = np.stack(np.meshgrid(*axes, indexing="ij"))
-    return np.stack(
-        [ndimage.map_coordinates(c, where, order=3, mode="nearest") for c in coarse]
-    ).astype(np.float32)
+    bases = [_cubic_basis(n, grid) for n in shape]
+    letters = "abcd"[:ndim]
+    spec = "z" + letters + "," + ",".join(f"{o}{i}" for o, i in zip("pqrs", letters)) + "->z" + "pqrs"[:ndim]
+    return np.einsum(spec, coarse, *bases, optimize=True).astype(np.float32)
 
 
 def _rotation(ndim: int, angle: float) -> np.ndarray:

@@ -94,6 +94,9 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"emunet": json.dumps(header)})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # a shareable file, like any other the user writes
     os.replace(tmp, path)
     sidecar = dict(header, file_sha256=file_sha256(path))
     tmp_json = path.with_suffix(".json.tmp")

@@ -30,7 +30,7 @@ def user_errors() -> Iterator[None]:
     except USER_ERRORS as exc:  # pragma: no cover - exercised through the CLI tests
         name = type(exc).__name__
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        console.print(f"[bold red]error[/] ({name}): {message}", highlight=False)
+        console.print(f"[bold red]error[/] ({name}): {message}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
 
 

@@ -1,0 +1,96 @@
+"""`emunet segment`: cell probability for a whole Zarr volume, block by block on Dask."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from emunet.cli.common import console, echo_json, user_errors
+
+
+class Dtype(str, Enum):
+    uint8 = "uint8"
+    float16 = "float16"
+    float32 = "float32"
+
+
+def segment(
+    input: Annotated[str, typer.Argument(help="Input Zarr volume: a path or URL, an array or an OME-Zarr image.")],
+    output: Annotated[str, typer.Argument(help="Output OME-Zarr group (probability, optional mask, ledger).")],
+    model: Annotated[Path, typer.Option(help="Checkpoint (.safetensors).")],
+    workers: Annotated[Optional[int], typer.Option(envvar="EMUNET_SEGMENT_WORKERS", help="Local workers to start (default: one per GPU, 2 on a CPU).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(envvar="EMUNET_SEGMENT_SCHEDULER", help="Address of a running Dask scheduler, e.g. tcp://host:8786.")] = None,
+    block: Annotated[Optional[tuple[int, int, int]], typer.Option(envvar="EMUNET_SEGMENT_BLOCK_SHAPE", metavar="Z Y X", help="Block shape in voxels (default 8 512 512, aligned).")] = None,
+    tile: Annotated[Optional[tuple[int, int]], typer.Option(envvar="EMUNET_SEGMENT_TILE_SHAPE", metavar="Y X", help="Model input tile (legal sizes; default: largest ≤ 572).")] = None,
+    batch_size: Annotated[int, typer.Option(envvar="EMUNET_SEGMENT_BATCH_SIZE", help="Tiles per forward pass.")] = 4,
+    dtype: Annotated[Dtype, typer.Option(envvar="EMUNET_SEGMENT_DTYPE", help="Stored probability: uint8 = p·255, float16 or float32.")] = Dtype.uint8,
+    mask: Annotated[bool, typer.Option("--mask", help="Also store mask = p ≥ 0.5.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an existing output (skip blocks done).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    pyramid: Annotated[int, typer.Option(envvar="EMUNET_SEGMENT_PYRAMID_LEVELS", help="2× (y, x) mean pyramid levels written at the end.")] = 0,
+    max_in_flight: Annotated[Optional[int], typer.Option(envvar="EMUNET_SEGMENT_MAX_IN_FLIGHT", help="Tasks submitted at once (default 3 × GPU slots).")] = None,
+    blocks_per_task: Annotated[int, typer.Option(envvar="EMUNET_SEGMENT_BLOCKS_PER_TASK", help="Consecutive blocks per task (I/O overlaps compute inside).")] = 4,
+    device: Annotated[str, typer.Option(envvar="EMUNET_SEGMENT_DEVICE", help="Device on each worker: auto, cpu or cuda.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")] = False,
+) -> None:
+    """Predict every block of IN.zarr into OUT.zarr with the overlap-tile strategy.
+
+    Options may also come from EMUNET_SEGMENT_<NAME> variables (the command line wins).
+
+    Exit codes: 0 all blocks done, 1 some blocks failed (listed; rerun with --resume),
+    2 a usage or input error.
+    """
+    with user_errors():
+        from pipeline.segment import SegmentConfig, describe_result
+        from pipeline.segment import segment as run_segment
+
+        if workers is not None and scheduler is not None:
+            raise ValueError(f"expected --workers or --scheduler, got both ({workers}, {scheduler!r})")
+        config = SegmentConfig.from_env(
+            block_shape=block,
+            tile_shape=tile,
+            batch_size=batch_size,
+            dtype=dtype.value,
+            mask=mask,
+            resume=resume,
+            overwrite=overwrite,
+            pyramid_levels=pyramid,
+            workers=workers,
+            scheduler=scheduler,
+            max_in_flight=max_in_flight,
+            blocks_per_task=blocks_per_task,
+            device=device,
+            progress=not as_json,
+        )
+        try:
+            result = run_segment(input, output, model, config)
+        except (ConnectionError, TimeoutError) as exc:  # no scheduler / no GPU workers
+            raise ValueError(str(exc)) from None
+    if as_json:
+        echo_json(result.to_dict())
+    else:
+        console.print(describe_result(result), highlight=False, markup=False)
+        _print_failures(result)
+    if result.failed:
+        raise typer.Exit(code=1)
+
+
+def _print_failures(result) -> None:
+    if not result.failed:
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{len(result.failed)} failed block(s): rerun with --resume to retry them")
+    for name in ("block", "stage", "write offset", "shape", "error"):
+        table.add_column(name)
+    for f in result.failed[:20]:
+        roi = f.where.get("write_roi") or {}
+        table.add_row(str(f.block_id), f.stage, str(roi.get("offset", "")), str(roi.get("shape", "")), f.error[:120])
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("segment")(segment)
