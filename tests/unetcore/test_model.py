@@ -63,3 +63,21 @@ def test_3d_from_the_same_code() -> None:
 def test_wrong_channels_rejected() -> None:
     with pytest.raises(ValueError, match=r"expected input \(B, 1, S, S\)"):
         UNet(preset("tiny").replace(base_channels=2))(torch.zeros(1, 3, 92, 92))
+
+
+def test_flops_counted_from_modules_match_a_hand_count() -> None:
+    """depth 1, base 2, 18×22 tile: two convs, pool, two convs, up, two convs, head."""
+    from unetcore.flops import forward_flops
+
+    config = UNetConfig(depth=1, base_channels=2, upsampling="transposed", dropout=0.0)
+    model = UNet(config)
+    # sizes per axis: 18→16→14 │pool 7→5→3 │up 6 (concat 2+2) →4→2 ; 22→20→18 │9→7→5 │10→8→6
+    convs = [
+        (16 * 20, 1, 2), (14 * 18, 2, 2),          # level 0: 3×3, cin→cout
+        (5 * 7, 2, 4), (3 * 5, 4, 4),              # bottleneck
+        (4 * 8, 4, 2), (2 * 6, 2, 2),              # decoder convs (concat 4 channels in)
+    ]
+    expected = sum(2 * n * cin * 9 * cout for n, cin, cout in convs)
+    expected += 2 * (3 * 5) * 2 * 4 * 4  # transposed 2×2: every input voxel × out channels × taps × in channels
+    expected += 2 * (2 * 6) * 2 * 2  # 1×1 head
+    assert forward_flops(model, (18, 22)) == expected
