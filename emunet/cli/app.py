@@ -44,6 +44,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "evaluate",
     "synthetic",
     "demo",
+    "import_",
+    "status",
 )
 
 

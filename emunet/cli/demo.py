@@ -32,14 +32,15 @@ def demo_input(shape: tuple[int, int, int] = DEMO_SHAPE, seed: int = DEMO_SEED):
 
 
 def write_overlay(path: Path, image, prob, labels) -> None:
-    """Image | prediction overlay (membrane in magenta) | ground truth, for the first slice."""
+    """Image | prediction overlay (membrane in magenta) [| ground truth] for one slice."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.3))
+    panels = 2 if labels is None else 3
+    fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 4.3))
     axes[0].imshow(image, cmap="gray")
     axes[0].set_title("input")
     rgb = np.repeat((image / 255.0)[..., None], 3, axis=2)

@@ -1,0 +1,281 @@
+"""Import TIFF stacks, HDF5 datasets and N5 datasets into chunked, compressed OME-Zarr (v3).
+
+The result is a group with one array ``0`` (the full-resolution level) and NGFF
+``multiscales`` metadata (0.4 style at the top level, 0.5 under ``ome``) whose scale is the
+voxel size in nm; ``dimension_names`` are (z, y, x)::
+
+    DST.zarr/
+    ├── zarr.json   {"multiscales": [{"axes": [z, y, x in nanometer], "datasets":
+    │               [{"path": "0", "coordinateTransformations": [{"scale": [vz, vy, vx]}]}]}],
+    │               "ome": {...same, 0.5...}, "emunet_import": {"source": ..., ...}}
+    └── 0/          (z, y, x) uint8/uint16/float32, zstd
+
+Streaming: HDF5 and N5 are copied one output chunk at a time, TIFF one slab of ``chunks[0]``
+pages at a time (memory-mapped when the file allows): never the whole volume in memory.
+
+Atomic: everything is written under a temporary sibling name and renamed to DST at the end,
+so a half-written import never looks complete. An existing DST is refused unless
+``overwrite``. (On object stores the final "rename" is a copy; the temporary prefix is only
+moved once complete.)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.n5 import N5Dataset, is_n5, split_n5
+from pipeline.output import AXES, ome_attrs, ome_dataset, ome_multiscale, open_group, zstd
+from pipeline.volume import (
+    SUPPORTED_DTYPES,
+    UnsupportedVolumeError,
+    Volume,
+    fsspec_filesystem,
+    is_remote,
+    open_volume,
+    redact_url,
+)
+from unetcore.io import HDF5_SUFFIXES, TIFF_SUFFIXES, split_hdf5
+
+DEFAULT_CHUNKS = (32, 256, 256)
+
+
+@dataclass
+class Source:
+    """A readable 3D source: shape, dtype, a slicing reader, a voxel size if it knows one."""
+
+    description: str
+    shape: tuple[int, int, int]
+    dtype: np.dtype
+    read: Callable[[tuple[slice, ...]], np.ndarray]
+    voxel_size: tuple[float, float, float] | None = None
+    close: Callable[[], None] = lambda: None
+    slab_reader: bool = False  # True: reads whole z-slabs (TIFF pages) cheaply
+
+
+def _check_shape_dtype(shape: Sequence[int], dtype: np.dtype, what: str) -> tuple[int, int, int]:
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 2:
+        shape = (1, *shape)
+    if len(shape) != 3:
+        raise UnsupportedVolumeError(
+            f"expected a 2D image or a 3D (z, y, x) volume in {what}, got shape {shape}; "
+            "extract one channel/time point first"
+        )
+    if np.dtype(dtype).name not in SUPPORTED_DTYPES:
+        raise UnsupportedVolumeError(
+            f"expected {', '.join(SUPPORTED_DTYPES)} voxels in {what}, got {np.dtype(dtype)}; "
+            "convert it first (e.g. rescale to uint8)"
+        )
+    return shape  # type: ignore[return-value]
+
+
+def _tiff_source(path: Path) -> Source:
+    import tifffile
+
+    try:
+        tif = tifffile.TiffFile(path)
+    except (tifffile.TiffFileError, OSError) as exc:
+        raise ValueError(f"expected a readable TIFF at {path}, got: {exc}") from None
+    series = tif.series[0]
+    if "S" in series.axes:
+        tif.close()
+        raise UnsupportedVolumeError(f"expected grey-level images, got colour samples (axes {series.axes!r}) in {path}")
+    shape = _check_shape_dtype(series.shape, series.dtype, str(path))
+    try:
+        mm = tifffile.memmap(path, mode="r")
+        flat = mm.reshape(shape)
+
+        def read(key: tuple[slice, ...]) -> np.ndarray:
+            return np.array(flat[key])
+
+    except ValueError:  # compressed or not contiguous: read the pages of the slab
+
+        def read(key: tuple[slice, ...]) -> np.ndarray:
+            z0, z1, _ = key[0].indices(shape[0])
+            pages = tif.asarray(key=list(range(z0, z1)), series=0) if shape[0] > 1 else tif.asarray(series=0)
+            return np.asarray(pages).reshape((z1 - z0, *shape[1:]))[(slice(None), *key[1:])]
+
+    return Source(f"TIFF {path}", shape, np.dtype(series.dtype), read, None, tif.close, slab_reader=True)
+
+
+def _hdf5_source(spec: str) -> Source:
+    import h5py
+
+    path, dataset = split_hdf5(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"expected an HDF5 file at {path}, got no such file")
+    f = h5py.File(path, "r")
+    if dataset is None:
+        names: list[str] = []
+        f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+        if len(names) != 1:
+            f.close()
+            raise ValueError(f"expected one dataset in {path} or a name as {path}:/dataset, got {names[:8]}")
+        dataset = names[0]
+    if dataset not in f or not isinstance(f[dataset], h5py.Dataset):
+        keys = list(f.keys())[:8]
+        f.close()
+        raise KeyError(f"expected a dataset {dataset!r} in {path}, got only {keys}")
+    ds = f[dataset]
+    shape = _check_shape_dtype(ds.shape, ds.dtype, f"{path}:{dataset}")
+    res = ds.attrs.get("resolution")
+    voxel = tuple(float(r) for r in res) if res is not None and len(res) == 3 else None
+
+    def read(key: tuple[slice, ...]) -> np.ndarray:
+        return np.asarray(ds[key[-ds.ndim :]]).reshape(tuple(s.indices(n)[1] - s.indices(n)[0] for s, n in zip(key, shape, strict=True)))
+
+    return Source(f"HDF5 {path}:{dataset}", shape, np.dtype(ds.dtype), read, voxel, f.close)  # type: ignore[arg-type]
+
+
+def _n5_source(spec: str) -> Source:
+    ds = N5Dataset.open(spec)
+    shape = _check_shape_dtype(ds.shape, ds.dtype, spec)
+
+    def read(key: tuple[slice, ...]) -> np.ndarray:
+        return ds[key[-ds.ndim :]].reshape(tuple(s.indices(n)[1] - s.indices(n)[0] for s, n in zip(key, shape, strict=True)))
+
+    return Source(f"N5 {spec}", shape, ds.dtype, read, ds.resolution())  # type: ignore[arg-type]
+
+
+def open_source(src: str | os.PathLike[str]) -> Source:
+    """A TIFF (.tif/.tiff), HDF5 (file.h5[:/dataset]) or N5 (c.n5[:dataset]) source."""
+    spec = str(src)
+    if ".n5" in spec and is_n5(spec):
+        return _n5_source(spec)
+    path, _ = split_hdf5(spec)
+    suffix = path.suffix.lower()
+    if not path.exists() and not split_n5(spec)[0].exists():
+        raise FileNotFoundError(f"expected a TIFF, HDF5 or N5 source at {spec}, got no such path")
+    if suffix in TIFF_SUFFIXES:
+        return _tiff_source(path)
+    if suffix in HDF5_SUFFIXES:
+        return _hdf5_source(spec)
+    raise ValueError(
+        f"expected a TIFF (.tif, .tiff), HDF5 (.h5, .hdf5, file.h5:/dataset) or N5 "
+        f"(container.n5:dataset) source, got {path.name!r}; Zarr inputs need no import"
+    )
+
+
+def _regions(shape: Sequence[int], step: Sequence[int]) -> Iterator[tuple[slice, ...]]:
+    for z in range(0, shape[0], step[0]):
+        for y in range(0, shape[1], step[1]):
+            for x in range(0, shape[2], step[2]):
+                yield tuple(slice(o, min(o + s, n)) for o, s, n in zip((z, y, x), step, shape, strict=True))
+
+
+@contextmanager
+def _staging(dst: str, overwrite: bool, storage_options: Mapping[str, Any] | None) -> Iterator[str]:
+    """A temporary sibling of ``dst`` that becomes ``dst`` only if the block succeeds."""
+    remote = is_remote(dst)
+    fs, path = fsspec_filesystem(dst, storage_options)
+    path = path.rstrip("/")
+    if fs.exists(path) and not overwrite:
+        raise FileExistsError(
+            f"expected a new destination, got an existing {redact_url(dst)}; pass --overwrite to replace it"
+        )
+    parent, name = path.rsplit("/", 1)
+    tmp_name = f".{name}.partial-{uuid.uuid4().hex[:8]}"
+    tmp_path = f"{parent}/{tmp_name}"
+    tmp_url = f"{dst.rstrip('/').rsplit('/', 1)[0]}/{tmp_name}" if remote else tmp_path
+    if not remote:
+        Path(parent).mkdir(parents=True, exist_ok=True)
+    try:
+        yield tmp_url
+    except BaseException:
+        if fs.exists(tmp_path):
+            fs.rm(tmp_path, recursive=True)
+        raise
+    if remote:  # object stores cannot rename: copy the finished objects, then delete them
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+        fs.invalidate_cache()
+        keys = sorted(fs.find(tmp_path), key=lambda k: k.endswith(f"{tmp_name}/zarr.json"))
+        for key in keys:  # the root zarr.json (the image's metadata) goes last
+            fs.copy(key, path + key[len(tmp_path) :])
+        fs.rm(tmp_path, recursive=True)
+        return
+    old = None
+    if os.path.exists(path):
+        old = f"{parent}/.{name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(path, old)
+    os.replace(tmp_path, path)  # atomic: DST appears complete or not at all
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def import_volume(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    voxel_size: Sequence[float] | None = None,
+    chunks: Sequence[int] | None = None,
+    overwrite: bool = False,
+    compression_level: int = 3,
+    storage_options: Mapping[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Volume:
+    """Copy a TIFF/HDF5/N5 volume into an OME-Zarr v3 image at ``dst``; returns it opened.
+
+    ``voxel_size`` (z, y, x nm) overrides what the source knows (HDF5/N5 ``resolution``);
+    without either it is 1 nm and marked as a default. ``chunks`` default (32, 256, 256),
+    clipped to the volume.
+    """
+    dst = str(dst)
+    if not dst.rstrip("/").endswith(".zarr"):
+        raise ValueError(f"expected a destination ending in .zarr, got {dst!r}")
+    source = open_source(src)
+    try:
+        if voxel_size is not None:
+            voxel = tuple(float(v) for v in voxel_size)
+            voxel_source = "given"
+        elif source.voxel_size is not None:
+            voxel, voxel_source = source.voxel_size, "source"
+        else:
+            voxel, voxel_source = (1.0, 1.0, 1.0), "default"
+        if len(voxel) != 3 or any(not np.isfinite(v) or v <= 0 for v in voxel):
+            raise ValueError(f"expected 3 positive voxel sizes (z, y, x nm), got {voxel}")
+        chunk = tuple(int(c) for c in (chunks or DEFAULT_CHUNKS))
+        if len(chunk) != 3 or min(chunk) < 1:
+            raise ValueError(f"expected 3 positive chunk sizes (z, y, x), got {chunks}")
+        chunk = tuple(min(c, s) for c, s in zip(chunk, source.shape, strict=True))
+        with _staging(dst, overwrite, storage_options) as tmp:
+            group = open_group(tmp, "w", storage_options)
+            array = group.create_array(
+                "0", shape=source.shape, chunks=chunk, dtype=source.dtype, fill_value=0,
+                dimension_names=AXES, compressors=zstd(compression_level),
+            )
+            step = (chunk[0], source.shape[1], source.shape[2]) if source.slab_reader else chunk
+            regions = list(_regions(source.shape, step)) if progress else _regions(source.shape, step)
+            total = len(regions) if progress else 0
+            for i, key in enumerate(regions):
+                array[key] = source.read(key)
+                if progress:
+                    progress(i + 1, total)
+            from emunet import __version__
+
+            multiscale = ome_multiscale("image", [ome_dataset("0", voxel)])
+            group.attrs.update(
+                ome_attrs([multiscale])
+                | {
+                    "emunet_import": {
+                        "source": redact_url(str(src)),
+                        "source_kind": source.description.split(" ", 1)[0],
+                        "voxel_size_source": voxel_source,
+                        "version": __version__,
+                        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    }
+                }
+            )
+    finally:
+        source.close()
+    return open_volume(dst, storage_options=storage_options)

@@ -1,0 +1,197 @@
+"""The resume ledger: which blocks of an output are done, and which failed and why.
+
+It lives inside the output store, under ``ledger/``, as **one small object per block**::
+
+    ledger/done/<id // 10000>/<id>     {"block": id, "time": …, "seconds": …}
+    ledger/failed/<id>.json            {"block": id, "write_roi": …, "error": "…", "time": …}
+
+One object per block is safe for any number of concurrent writers on a file system or an
+object store (S3 has no atomic read-modify-write: a shared bitmap chunk written by two
+workers at once would lose marks). A block is marked done only after its chunks are
+written, so a crash between the two only repeats that block. A failure marker stays until
+the block succeeds; `summary` counts a block as failed only if it is not done.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import traceback
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.geometry import Roi
+from pipeline.volume import fsspec_filesystem, is_remote, redact_url
+
+PREFIX = "ledger"
+GROUP_SIZE = 10_000  # done markers per sub-directory
+
+
+@dataclass(frozen=True)
+class FailedBlock:
+    block_id: int
+    error: str
+    write_roi: dict[str, list[int]] | None = None
+    time: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"block_id": self.block_id, "error": self.error, "write_roi": self.write_roi, "time": self.time}
+
+
+@dataclass(frozen=True)
+class LedgerSummary:
+    """``done`` of ``total`` blocks; ``failed`` blocks (not done since) with their errors."""
+
+    done: int
+    total: int
+    failed: tuple[FailedBlock, ...] = field(default_factory=tuple)
+
+    @property
+    def complete(self) -> bool:
+        return self.done == self.total
+
+    @property
+    def failed_ids(self) -> list[int]:
+        return [f.block_id for f in self.failed]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "done": self.done,
+            "total": self.total,
+            "todo": self.total - self.done,
+            "complete": self.complete,
+            "failed": [f.to_dict() for f in self.failed],
+        }
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class Ledger:
+    """Done/failed markers of the blocks of one output (``num_blocks`` blocks)."""
+
+    def __init__(self, output_url: str, num_blocks: int, storage_options: Mapping[str, Any] | None = None):
+        if num_blocks < 0:
+            raise ValueError(f"expected a non-negative number of blocks, got {num_blocks}")
+        self.url = str(output_url)
+        self.num_blocks = int(num_blocks)
+        self._remote = is_remote(self.url)
+        self.fs, root = fsspec_filesystem(self.url, storage_options)
+        self.root = f"{root.rstrip('/')}/{PREFIX}"
+
+    def __repr__(self) -> str:
+        return f"Ledger({redact_url(self.url)!r}, num_blocks={self.num_blocks})"
+
+    @classmethod
+    def open(cls, output_url: str, storage_options: Mapping[str, Any] | None = None) -> Ledger:
+        """The ledger of an output created by `pipeline.output.create_output`."""
+        from pipeline.output import load_plan
+
+        plan = load_plan(output_url, storage_options)
+        return cls(output_url, plan.num_blocks, storage_options)
+
+    # -- keys -------------------------------------------------------------------------
+    def _check(self, block_id: int) -> int:
+        block_id = int(block_id)
+        if not 0 <= block_id < self.num_blocks:
+            raise IndexError(f"expected a block id in 0..{self.num_blocks - 1}, got {block_id}")
+        return block_id
+
+    def _done_key(self, block_id: int) -> str:
+        return f"{self.root}/done/{block_id // GROUP_SIZE}/{block_id}"
+
+    def _failed_key(self, block_id: int) -> str:
+        return f"{self.root}/failed/{block_id}.json"
+
+    def _put(self, key: str, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        if self._remote:
+            self.fs.pipe_file(key, data)
+            return
+        path = Path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)  # atomic on a local file system
+
+    def _list(self, prefix: str) -> list[str]:
+        if self._remote:
+            self.fs.invalidate_cache(prefix)
+        try:
+            return list(self.fs.find(prefix))
+        except FileNotFoundError:
+            return []
+
+    # -- marks ------------------------------------------------------------------------
+    def mark_done(self, block_id: int, **info: Any) -> None:
+        """Record that the block's chunks are written (call only after writing them)."""
+        block_id = self._check(block_id)
+        self._put(self._done_key(block_id), {"block": block_id, "time": _now(), **info})
+
+    def mark_failed(self, block_id: int, error: BaseException | str, write_roi: Roi | None = None) -> None:
+        """Record a failure (block id, write ROI and the error text with its traceback)."""
+        block_id = self._check(block_id)
+        if isinstance(error, BaseException):
+            text = "".join(traceback.format_exception_only(type(error), error)).strip()
+            tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        else:
+            text, tb = str(error), ""
+        roi = None if write_roi is None else {"offset": list(write_roi.offset), "shape": list(write_roi.shape)}
+        self._put(
+            self._failed_key(block_id),
+            {"block": block_id, "write_roi": roi, "error": text, "traceback": tb[-4000:], "time": _now()},
+        )
+
+    def is_done(self, block_id: int) -> bool:
+        return bool(self.fs.exists(self._done_key(self._check(block_id))))
+
+    def done_mask(self) -> np.ndarray:
+        """Boolean array, one entry per block: True where done (one listing of the store)."""
+        mask = np.zeros(self.num_blocks, dtype=bool)
+        for key in self._list(f"{self.root}/done"):
+            name = key.rsplit("/", 1)[-1]
+            if name.isdigit() and int(name) < self.num_blocks:
+                mask[int(name)] = True
+        return mask
+
+    def done_ids(self) -> list[int]:
+        return [int(i) for i in np.flatnonzero(self.done_mask())]
+
+    def pending_ids(self, block_ids: Iterable[int] | None = None) -> Iterator[int]:
+        """The given block ids (default: all) that are not done, in order."""
+        done = self.done_mask()
+        ids = range(self.num_blocks) if block_ids is None else block_ids
+        return (int(i) for i in ids if not done[int(i)])
+
+    def failures(self) -> dict[int, FailedBlock]:
+        out: dict[int, FailedBlock] = {}
+        for key in self._list(f"{self.root}/failed"):
+            if not key.endswith(".json"):
+                continue
+            try:
+                record = json.loads(self.fs.cat_file(key))
+            except (FileNotFoundError, json.JSONDecodeError):  # being rewritten right now
+                continue
+            block = int(record["block"])
+            out[block] = FailedBlock(block, record.get("error", ""), record.get("write_roi"), record.get("time", ""))
+        return out
+
+    def summary(self) -> LedgerSummary:
+        """Done/total, and the failed blocks (those not done since) with their errors."""
+        done = self.done_mask()
+        failed = tuple(f for i, f in sorted(self.failures().items()) if i < self.num_blocks and not done[i])
+        return LedgerSummary(done=int(done.sum()), total=self.num_blocks, failed=failed)
+
+    def reset(self) -> None:
+        """Forget every mark (the output's chunks stay)."""
+        for sub in ("done", "failed"):
+            path = f"{self.root}/{sub}"
+            if self.fs.exists(path):
+                self.fs.rm(path, recursive=True)

@@ -1,0 +1,412 @@
+"""The output store: a Zarr v3 group that viewers (OME-Zarr) and analysts (xarray) open.
+
+Layout of ``OUT.zarr`` (all arrays Zarr v3, zstd-compressed)::
+
+    OUT.zarr/
+    ├── zarr.json             group attrs: OME multiscales (0.4 style, and 0.5 under "ome"),
+    │                         "emunet" provenance (version, checkpoint SHA-256, model config,
+    │                         input URL, time, plan with block shape)
+    ├── probability/          (z, y, x) uint8 = round(p·255) (or float16/float32), chunks = the
+    │                         plan's chunks (sub-chunks inside shards if sharded)
+    ├── mask/                 optional (z, y, x) uint8, 1 where p ≥ 0.5
+    ├── z/ y/ x/              1-D float64 coordinates in nm (voxel centres = index·voxel size),
+    │                         dimension_names ("z",) … so xarray shows physical coordinates
+    ├── pyramid/probability/1 … n   optional 2× (y, x) mean levels for viewers
+    └── ledger/               resume ledger (see `pipeline.ledger`)
+
+Every array has ``dimension_names`` so ``xarray.open_zarr(OUT, consolidated=False)`` gives
+dims (z, y, x). Credentials (``storage_options``) are never written.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.geometry import Roi
+from pipeline.plan import SegmentPlan
+from pipeline.volume import fsspec_filesystem, is_remote, local_path, multiscales_of, redact_url
+
+AXES = ("z", "y", "x")
+OUTPUT_DTYPES = ("uint8", "float16", "float32")
+LEDGER_GROUP = "ledger"
+PYRAMID_GROUP = "pyramid"
+
+
+class OutputExistsError(FileExistsError):
+    """The output exists and neither resume nor overwrite was asked for."""
+
+
+class PlanMismatchError(ValueError):
+    """``resume=True`` on an output written for a different plan (names what differs)."""
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """What the output holds."""
+
+    name: str = "probability"  # the probability array's name
+    dtype: str = "uint8"  # "uint8" = round(p·255), "float16" or "float32" = p
+    mask: bool = False  # also write "mask": uint8 1 where p ≥ mask_threshold
+    mask_threshold: float = 0.5
+    compression_level: int = 3  # zstd level
+
+    def __post_init__(self) -> None:
+        if self.dtype not in OUTPUT_DTYPES:
+            raise ValueError(f"expected an output dtype in {OUTPUT_DTYPES}, got {self.dtype!r}")
+        if not self.name or "/" in self.name or self.name in (*AXES, "mask", LEDGER_GROUP, PYRAMID_GROUP):
+            raise ValueError(f"expected a plain array name other than z/y/x/mask/ledger/pyramid, got {self.name!r}")
+        if not 0.0 < self.mask_threshold < 1.0:
+            raise ValueError(f"expected a mask threshold in (0, 1), got {self.mask_threshold}")
+
+
+# --------------------------------------------------------------------------- OME helpers
+
+
+def ome_axes() -> list[dict[str, str]]:
+    return [{"name": a, "type": "space", "unit": "nanometer"} for a in AXES]
+
+
+def ome_dataset(path: str, voxel_size: Sequence[float], factor: Sequence[int] = (1, 1, 1)) -> dict[str, Any]:
+    """One multiscale level: its scale, and the half-voxel shift of a mean-downsampled level."""
+    scale = [float(v) * f for v, f in zip(voxel_size, factor, strict=True)]
+    transforms: list[dict[str, Any]] = [{"type": "scale", "scale": scale}]
+    if any(f != 1 for f in factor):
+        shift = [float(v) * (f - 1) / 2 for v, f in zip(voxel_size, factor, strict=True)]
+        transforms.append({"type": "translation", "translation": shift})
+    return {"path": path, "coordinateTransformations": transforms}
+
+
+def ome_multiscale(name: str, datasets: list[dict[str, Any]], *, kind: str | None = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"version": "0.4", "name": name, "axes": ome_axes(), "datasets": datasets}
+    if kind:
+        entry["type"] = kind
+    return entry
+
+
+def ome_attrs(multiscales: list[dict[str, Any]]) -> dict[str, Any]:
+    """Group attributes for NGFF 0.4 readers (top level) and 0.5 readers (``ome``)."""
+    v05 = [{k: v for k, v in m.items() if k != "version"} for m in multiscales]
+    return {"multiscales": multiscales, "ome": {"version": "0.5", "multiscales": v05}}
+
+
+def zstd(level: int = 3) -> Any:
+    from zarr.codecs import ZstdCodec
+
+    return ZstdCodec(level=level)
+
+
+def write_coordinates(group: Any, shape: Sequence[int], voxel_size: Sequence[float]) -> None:
+    """1-D float64 ``z``, ``y``, ``x`` arrays in nm (voxel centres at index·voxel size)."""
+    for axis, n, v in zip(AXES, shape, voxel_size, strict=True):
+        coord = group.create_array(
+            axis,
+            shape=(int(n),),
+            chunks=(min(int(n), 1 << 20),),
+            dtype="float64",
+            dimension_names=(axis,),
+            attributes={"units": "nanometer", "long_name": f"{axis} (voxel centre)"},
+            compressors=zstd(),
+            overwrite=True,
+        )
+        coord[:] = np.arange(int(n), dtype=np.float64) * float(v)
+
+
+# --------------------------------------------------------------------------- stores
+
+
+def store_exists(url: str, storage_options: Mapping[str, Any] | None = None) -> bool:
+    fs, path = fsspec_filesystem(url, storage_options)
+    return bool(fs.exists(path))
+
+
+def remove_store(url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    fs, path = fsspec_filesystem(url, storage_options)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def open_group(url: str, mode: str, storage_options: Mapping[str, Any] | None = None) -> Any:
+    import zarr
+
+    remote = is_remote(url)
+    try:
+        return zarr.open_group(
+            store=url if remote else local_path(url),
+            mode=mode,
+            zarr_format=3 if mode in ("w", "w-", "a") else None,
+            storage_options=dict(storage_options) if remote and storage_options else None,
+        )
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"expected a Zarr group at {redact_url(url)}, got nothing there (or no group metadata)"
+        ) from None
+
+
+def to_output_dtype(probability: np.ndarray, dtype: str) -> np.ndarray:
+    """float32 probability → the stored dtype (uint8: round(p·255), clipped)."""
+    if dtype == "uint8":
+        return np.clip(np.rint(probability * np.float32(255)), 0, 255).astype(np.uint8)
+    return probability.astype(dtype)
+
+
+def from_output_dtype(stored: np.ndarray) -> np.ndarray:
+    """Stored values → float32 probability."""
+    if stored.dtype == np.uint8:
+        return stored.astype(np.float32) / np.float32(255)
+    return stored.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- the output
+
+
+@dataclass
+class Output:
+    """An opened output group; `write` puts one block's probabilities in place."""
+
+    url: str
+    group: Any = field(repr=False)
+    plan: SegmentPlan
+    options: OutputOptions
+    _arrays: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def array(self, name: str) -> Any:
+        if name not in self._arrays:
+            self._arrays[name] = self.group[name]
+        return self._arrays[name]
+
+    def write(self, roi: Roi, probability: np.ndarray) -> None:
+        """Write float32 probabilities of ``roi`` (chunk-aligned: whole chunks only)."""
+        if tuple(probability.shape) != tuple(roi.shape):
+            raise ValueError(f"expected a result of shape {tuple(roi.shape)} for {roi}, got {probability.shape}")
+        slices = roi.to_slices()
+        self.array(self.options.name)[slices] = to_output_dtype(probability, self.options.dtype)
+        if self.options.mask:
+            mask = (probability >= np.float32(self.options.mask_threshold)).astype(np.uint8)
+            self.array("mask")[slices] = mask
+
+    def read(self, roi: Roi | None = None) -> np.ndarray:
+        """Stored probabilities of ``roi`` (default: everything) as float32."""
+        roi = roi or self.plan.total_roi
+        return from_output_dtype(np.asarray(self.array(self.options.name)[roi.to_slices()]))
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.group.attrs.asdict())
+
+
+def provenance(
+    plan: SegmentPlan,
+    options: OutputOptions,
+    model_config: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``emunet`` attribute: what produced this output (no credentials, ever)."""
+    from emunet import __version__
+
+    safe_plan = plan.to_dict()
+    safe_plan["input_url"] = redact_url(plan.input_url)
+    safe_plan["output_url"] = redact_url(plan.output_url)
+    return {
+        "version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "input_url": redact_url(plan.input_url),
+        "checkpoint_sha256": plan.checkpoint_sha256,
+        "model_config": dict(model_config) if model_config is not None else None,
+        "block_shape": list(plan.block_shape),
+        "voxel_size_nm": list(plan.voxel_size),
+        "plan": safe_plan,
+        "output": asdict(options),
+        **dict(extra or {}),
+    }
+
+
+RESUME_KEYS = ("input_url", "checkpoint_sha256", "volume_shape", "block_shape", "chunk_shape", "shard_shape", "context")
+
+
+def _check_resume(url: str, attrs: Mapping[str, Any], plan: SegmentPlan, options: OutputOptions) -> None:
+    stored = (attrs.get("emunet") or {}).get("plan")
+    if stored is None:
+        raise PlanMismatchError(
+            f"expected an emunet output at {redact_url(url)} to resume, got a store without emunet "
+            "provenance; choose another output or pass overwrite=True (--overwrite)"
+        )
+    new = plan.to_dict()
+    new["input_url"] = redact_url(plan.input_url)
+    diffs = [f"{k}: stored {stored.get(k)!r}, now {new.get(k)!r}" for k in RESUME_KEYS if stored.get(k) != new.get(k)]
+    stored_opts = (attrs.get("emunet") or {}).get("output") or {}
+    for k in ("name", "dtype", "mask"):
+        if stored_opts.get(k) != getattr(options, k):
+            diffs.append(f"output {k}: stored {stored_opts.get(k)!r}, now {getattr(options, k)!r}")
+    if diffs:
+        raise PlanMismatchError(
+            f"expected to resume {redact_url(url)} with the plan it was started with, got differences: "
+            + "; ".join(diffs)
+            + ". Use the same input, checkpoint and block shape, or pass overwrite=True (--overwrite)"
+        )
+
+
+def _array_attrs(name: str, dtype: str, options: OutputOptions) -> dict[str, str]:
+    if name == "mask":
+        return {"long_name": f"cell mask (probability >= {options.mask_threshold})", "values": "0 = membrane, 1 = cell"}
+    stored = "round(p * 255)" if dtype == "uint8" else "p"
+    return {"long_name": "cell probability p (class 1 of the softmax)", "stored_as": stored}
+
+
+def create_output(
+    plan: SegmentPlan,
+    options: OutputOptions = OutputOptions(),
+    *,
+    model_config: Mapping[str, Any] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+    extra_attrs: Mapping[str, Any] | None = None,
+) -> Output:
+    """Create (or, with ``resume``, reopen after checking the plan) the output group.
+
+    An existing output is refused (`OutputExistsError`) unless ``resume`` (the stored plan
+    must match: same input, checkpoint hash, shape, block/chunk shape — `PlanMismatchError`
+    names what differs) or ``overwrite`` (deleted and recreated).
+    """
+    url = plan.output_url
+    if resume and overwrite:
+        raise ValueError("expected at most one of resume and overwrite, got both")
+    if store_exists(url, storage_options):
+        if resume:
+            group = open_group(url, "r+", storage_options)
+            _check_resume(url, dict(group.attrs.asdict()), plan, options)
+            return Output(url, group, plan, options)
+        if not overwrite:
+            raise OutputExistsError(
+                f"expected no output at {redact_url(url)}, got an existing store; pass resume=True "
+                "(--resume) to continue it or overwrite=True (--overwrite) to replace it"
+            )
+        remove_store(url, storage_options)
+    group = open_group(url, "w", storage_options)
+    shape = plan.volume_shape
+    arrays = [(options.name, options.dtype)] + ([("mask", "uint8")] if options.mask else [])
+    for name, dtype in arrays:
+        group.create_array(
+            name,
+            shape=shape,
+            chunks=plan.chunk_shape,
+            shards=plan.shard_shape,
+            dtype=dtype,
+            fill_value=0,
+            dimension_names=AXES,
+            compressors=zstd(options.compression_level),
+            attributes=_array_attrs(name, dtype, options),
+        )
+    write_coordinates(group, shape, plan.voxel_size)
+    ledger = group.create_group(LEDGER_GROUP)
+    ledger.attrs.update({"layout": "one marker object per block: done/<id // 10000>/<id>, failed/<id>.json", "num_blocks": plan.num_blocks})
+    multiscales = [ome_multiscale(options.name, [ome_dataset(options.name, plan.voxel_size)])]
+    if options.mask:
+        multiscales.append(ome_multiscale("mask", [ome_dataset("mask", plan.voxel_size)]))
+    group.attrs.update(ome_attrs(multiscales) | {"emunet": provenance(plan, options, model_config, extra_attrs)})
+    return Output(url, group, plan, options)
+
+
+def load_plan(url: str, storage_options: Mapping[str, Any] | None = None) -> SegmentPlan:
+    """The plan stored in an output's attributes (with the credential-free URLs)."""
+    group = open_group(url, "r", storage_options)
+    meta = dict(group.attrs.asdict()).get("emunet") or {}
+    if "plan" not in meta:
+        raise ValueError(f"expected an emunet output at {redact_url(url)}, got a store without an emunet plan")
+    return SegmentPlan.from_dict(meta["plan"])
+
+
+def open_output(url: str, *, mode: str = "r+", storage_options: Mapping[str, Any] | None = None) -> Output:
+    """Reopen an output (e.g. on a worker) from its URL; plan and options from its attrs."""
+    group = open_group(url, mode, storage_options)
+    meta = dict(group.attrs.asdict()).get("emunet") or {}
+    if "plan" not in meta:
+        raise ValueError(f"expected an emunet output at {redact_url(url)}, got a store without an emunet plan")
+    plan = SegmentPlan.from_dict(meta["plan"])
+    options = OutputOptions(**meta.get("output", {}))
+    return Output(url, group, plan, options)
+
+
+# --------------------------------------------------------------------------- pyramid
+
+
+def _downsample_mean(block: np.ndarray, out_shape: Sequence[int]) -> np.ndarray:
+    """2× mean in y and x; an odd edge row/column averages the voxels that exist."""
+    z, y, x = out_shape
+    pad = [(0, 0), (0, 2 * y - block.shape[1]), (0, 2 * x - block.shape[2])]
+    padded = np.pad(block.astype(np.float32), pad, mode="edge")
+    return padded.reshape(z, y, 2, x, 2).mean(axis=(2, 4))
+
+
+def write_pyramid(
+    output_url: str,
+    levels: int,
+    *,
+    name: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """Write levels 1..``levels`` (2× mean in y, x) of the probability array, chunk by chunk.
+
+    Run after all blocks finished. Levels go to ``pyramid/<name>/<k>`` and are added to the
+    OME multiscales of ``name``. Returns the level paths.
+    """
+    if levels < 1:
+        raise ValueError(f"expected at least 1 pyramid level, got {levels}")
+    group = open_group(output_url, "r+", storage_options)
+    attrs = dict(group.attrs.asdict())
+    meta = attrs.get("emunet") or {}
+    name = name or (meta.get("output") or {}).get("name", "probability")
+    voxel = tuple(meta.get("voxel_size_nm") or (1.0, 1.0, 1.0))
+    source = group[name]
+    paths = [name]
+    for k in range(1, levels + 1):
+        prev = source
+        shape = (prev.shape[0], -(-prev.shape[1] // 2), -(-prev.shape[2] // 2))
+        chunks = tuple(min(c, s) for c, s in zip(source.chunks, shape, strict=True))
+        path = f"{PYRAMID_GROUP}/{name}/{k}"
+        level = group.create_array(
+            path, shape=shape, chunks=chunks, dtype=prev.dtype, fill_value=0,
+            dimension_names=AXES, compressors=zstd(), overwrite=True,
+        )
+        grid = [range(0, s, c) for s, c in zip(shape, chunks, strict=True)]
+        for z0 in grid[0]:
+            for y0 in grid[1]:
+                for x0 in grid[2]:
+                    out = tuple(min(c, s - o) for c, s, o in zip(chunks, shape, (z0, y0, x0), strict=True))
+                    src = np.asarray(prev[z0 : z0 + out[0], 2 * y0 : 2 * (y0 + out[1]), 2 * x0 : 2 * (x0 + out[2])])
+                    mean = _downsample_mean(src, out)
+                    if np.issubdtype(level.dtype, np.integer):
+                        mean = np.rint(mean)
+                    level[z0 : z0 + out[0], y0 : y0 + out[1], x0 : x0 + out[2]] = mean.astype(level.dtype)
+        source = level
+        paths.append(path)
+    datasets = [ome_dataset(p, voxel, (1, 2**k, 2**k)) for k, p in enumerate(paths)]
+    multiscales = [m for m in (multiscales_of(attrs) or []) if m.get("name") != name]
+    multiscales.insert(0, ome_multiscale(name, datasets, kind="mean"))
+    for m in multiscales:
+        m.setdefault("version", "0.4")
+    group.attrs.update(ome_attrs(multiscales))
+    return paths
+
+
+def physical_extent(plan: SegmentPlan) -> tuple[float, float, float]:
+    """Size of the volume in nm per axis."""
+    return tuple(float(n) * v for n, v in zip(plan.volume_shape, plan.voxel_size, strict=True))  # type: ignore[return-value]
+
+
+__all__ = [
+    "AXES",
+    "Output",
+    "OutputExistsError",
+    "OutputOptions",
+    "PlanMismatchError",
+    "create_output",
+    "load_plan",
+    "open_output",
+    "write_pyramid",
+]

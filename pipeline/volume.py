@@ -1,0 +1,385 @@
+"""Opening EM volumes: Zarr v2/v3 arrays and OME-Zarr multiscale images, local or remote.
+
+A volume is named by one URL string:
+
+* a local path or ``file://`` URL: ``/data/fib.zarr``, ``file:///data/fib.zarr``;
+* any fsspec URL, e.g. ``s3://bucket/fib.zarr`` (credentials go in ``storage_options``,
+  never in the URL, and are never stored or logged);
+* an array inside a group: ``store.zarr/path/to/array`` or ``store.zarr:path/to/array``;
+* an OME-Zarr multiscale image (a group with ``multiscales`` metadata, NGFF 0.4 at the top
+  level of the attributes or 0.5 under ``ome``): the level is chosen with ``level``
+  (default 0, the full resolution) and the voxel size is read from its ``scale``.
+
+Only 3D (z, y, x) volumes of uint8, uint16 or float32 are accepted; anything else is refused
+at the boundary with "expected X, got Y" and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+
+from pipeline.geometry import Roi
+
+SUPPORTED_DTYPES: tuple[str, ...] = ("uint8", "uint16", "float32")
+LABEL_DTYPES: tuple[str, ...] = ("bool", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64")
+DEFAULT_AXES: tuple[str, str, str] = ("z", "y", "x")
+
+# Length units of NGFF axes, as factors to nanometres.
+UNIT_TO_NM: dict[str, float] = {
+    "angstrom": 0.1,
+    "picometer": 1e-3,
+    "nanometer": 1.0,
+    "micrometer": 1e3,
+    "millimeter": 1e6,
+    "centimeter": 1e7,
+    "meter": 1e9,
+    "nm": 1.0,
+    "um": 1e3,
+    "µm": 1e3,
+}
+
+
+class VolumeNotFoundError(FileNotFoundError):
+    """Nothing exists at the volume's URL (or at the array path inside it)."""
+
+
+class NotAZarrError(ValueError):
+    """Something exists at the URL, but it is not a Zarr array or group."""
+
+
+class UnsupportedVolumeError(ValueError):
+    """A Zarr array that is not a 3D (z, y, x) uint8/uint16/float32 volume."""
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+def is_remote(url: str) -> bool:
+    """True for fsspec URLs other than local files (``s3://``, ``gs://``, ``memory://``…)."""
+    return "://" in url and not url.startswith("file://")
+
+
+def local_path(url: str) -> str:
+    """``file:///a/b`` → ``/a/b``; other strings are returned unchanged."""
+    if url.startswith("file://"):
+        return url[len("file://") :] or "/"
+    return url
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """Split a volume URL into (store URL, path inside the store).
+
+    ``a.zarr:raw/s0`` → (``a.zarr``, ``raw/s0``); ``a.zarr/raw/s0`` → (``a.zarr``,
+    ``raw/s0``); anything without ``.zarr`` followed by a path is the store itself.
+    """
+    url = str(url)
+    if not url:
+        raise ValueError("expected a volume URL or path, got an empty string")
+    colon = re.search(r"\.zarr:(?!//)", url)
+    if colon:
+        store, path = url[: colon.start() + 5], url[colon.end() :]
+        return local_path(store), path.strip("/")
+    slash = re.search(r"\.zarr/", url)
+    if slash:
+        store, path = url[: slash.start() + 5], url[slash.end() :]
+        return local_path(store), path.strip("/")
+    return local_path(url.rstrip("/") or url), ""
+
+
+def redact_url(url: str) -> str:
+    """The URL without user info, query or fragment (what goes into attrs and logs)."""
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def join_url(url: str, *names: str) -> str:
+    """Append path components to a store URL (local path or fsspec URL)."""
+    out = url.rstrip("/")
+    for name in names:
+        if name:
+            out = f"{out}/{name.strip('/')}"
+    return out
+
+
+def fsspec_filesystem(url: str, storage_options: Mapping[str, Any] | None = None):
+    """(filesystem, path) for a store URL; local paths use the local filesystem."""
+    import fsspec
+
+    if is_remote(url):
+        return fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    fs = fsspec.filesystem("file")
+    return fs, str(Path(local_path(url)).absolute())
+
+
+# --------------------------------------------------------------------------- the value
+
+
+@dataclass(frozen=True)
+class Volume:
+    """An opened 3D volume: where it lives, its array and the facts about it.
+
+    ``voxel_size`` is in nanometres per (z, y, x) voxel; ``voxel_size_source`` says where
+    it came from ("ome" metadata, a "resolution" attribute, or "default" = 1 nm).
+    """
+
+    url: str  # the URL as given (credential-free: storage_options are never kept)
+    array: Any = field(repr=False, compare=False)  # the zarr.Array (read-only)
+    shape: tuple[int, int, int]
+    dtype: np.dtype
+    chunks: tuple[int, int, int]
+    shards: tuple[int, int, int] | None
+    voxel_size: tuple[float, float, float]
+    axes: tuple[str, str, str]
+    zarr_format: int
+    level: int | None = None  # the multiscale level, None for a plain array
+    voxel_size_source: str = "default"
+
+    @property
+    def total_roi(self) -> Roi:
+        return Roi((0, 0, 0), self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+    def read(self, roi: Roi) -> np.ndarray:
+        """The voxels of ``roi`` (which must lie inside the volume)."""
+        if not self.total_roi.contains(roi):
+            raise ValueError(f"expected a ROI inside the volume {self.total_roi}, got {roi}")
+        return np.asarray(self.array[roi.to_slices()])
+
+
+# --------------------------------------------------------------------------- OME metadata
+
+
+def multiscales_of(attrs: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """The NGFF ``multiscales`` list of a group's attributes (0.4 top level or 0.5 ``ome``)."""
+    ome = attrs.get("ome")
+    if isinstance(ome, Mapping) and isinstance(ome.get("multiscales"), list):
+        return list(ome["multiscales"])
+    if isinstance(attrs.get("multiscales"), list):
+        return list(attrs["multiscales"])
+    return None
+
+
+def _scale_of(transforms: Any, ndim: int) -> tuple[float, ...]:
+    scale = [1.0] * ndim
+    for t in transforms or []:
+        if t.get("type") == "scale" and "scale" in t:
+            values = [float(v) for v in t["scale"]]
+            if len(values) != ndim:
+                raise NotAZarrError(
+                    f"expected a scale of {ndim} values in the OME metadata, got {values}"
+                )
+            scale = [a * b for a, b in zip(scale, values, strict=True)]
+    return tuple(scale)
+
+
+def ome_level(multiscale: Mapping[str, Any], level: int) -> tuple[str, tuple[str, ...], tuple[float, ...]]:
+    """(dataset path, axis names, voxel size in nm) of one level of a multiscale image."""
+    datasets = multiscale.get("datasets") or []
+    if not 0 <= level < len(datasets):
+        raise ValueError(
+            f"expected a multiscale level in 0..{len(datasets) - 1}, got {level}; "
+            f"levels: {[d.get('path') for d in datasets]}"
+        )
+    axes_meta = multiscale.get("axes") or [{"name": a} for a in DEFAULT_AXES]
+    axes = tuple(a["name"] if isinstance(a, Mapping) else str(a) for a in axes_meta)
+    ndim = len(axes)
+    scale = _scale_of(datasets[level].get("coordinateTransformations"), ndim)
+    outer = _scale_of(multiscale.get("coordinateTransformations"), ndim)
+    units = [a.get("unit") if isinstance(a, Mapping) else None for a in axes_meta]
+    factors = [UNIT_TO_NM.get(u, 1.0) if u else 1.0 for u in units]
+    voxel = tuple(s * o * f for s, o, f in zip(scale, outer, factors, strict=True))
+    return str(datasets[level]["path"]), axes, voxel
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def _open_node(store_url: str, path: str, storage_options: Mapping[str, Any] | None, url: str):
+    import zarr
+
+    remote = is_remote(store_url)
+    if not remote and not Path(store_url).exists():
+        raise VolumeNotFoundError(
+            f"expected a Zarr volume at {url}, got no such path ({Path(store_url).absolute()}); "
+            "check the path, or import a TIFF/HDF5/N5 file first with `emunet import`"
+        )
+    try:
+        return zarr.open(
+            store=store_url,
+            path=path,
+            mode="r",
+            storage_options=dict(storage_options) if remote and storage_options else None,
+        )
+    except FileNotFoundError as exc:
+        where = join_url(store_url, path)
+        if not remote and Path(local_path(where)).exists():
+            raise NotAZarrError(
+                f"expected a Zarr array or group at {url}, got a path without Zarr metadata "
+                f"(no zarr.json, .zarray or .zgroup); import it with `emunet import` ({exc})"
+            ) from None
+        raise VolumeNotFoundError(
+            f"expected a Zarr volume at {redact_url(url)}, got nothing there "
+            f"(store {redact_url(store_url)}, path {path!r})"
+        ) from None
+
+
+def _array_names(group: Any) -> list[str]:
+    try:
+        return sorted(str(k) for k in group.array_keys())
+    except Exception:  # pragma: no cover - listing unsupported by the store
+        return []
+
+
+def _attrs(node: Any) -> dict[str, Any]:
+    return dict(node.attrs.asdict()) if hasattr(node.attrs, "asdict") else dict(node.attrs)
+
+
+def _parent_voxel_size(
+    store_url: str, path: str, storage_options: Mapping[str, Any] | None
+) -> tuple[tuple[str, ...], tuple[float, ...], int] | None:
+    """Axes, voxel size and level from the parent group's multiscales, if it lists `path`."""
+    import zarr
+
+    if "/" in path:
+        parent, name = path.rsplit("/", 1)
+    elif path:
+        parent, name = "", path
+    else:
+        return None
+    try:
+        group = zarr.open_group(
+            store=store_url,
+            path=parent,
+            mode="r",
+            storage_options=dict(storage_options) if is_remote(store_url) and storage_options else None,
+        )
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+    for multiscale in multiscales_of(_attrs(group)) or []:
+        for level, ds in enumerate(multiscale.get("datasets") or []):
+            if str(ds.get("path")).strip("/") == name:
+                _, axes, voxel = ome_level(multiscale, level)
+                return axes, voxel, level
+    return None
+
+
+def _check_array(array: Any, url: str, axes: tuple[str, ...], dtypes: tuple[str, ...]) -> None:
+    shape = tuple(array.shape)
+    if len(shape) != 3:
+        raise UnsupportedVolumeError(
+            f"expected a 3D (z, y, x) volume at {redact_url(url)}, got {len(shape)}D shape "
+            f"{shape} (axes {axes}); select a 3D array, or squeeze/re-import it with "
+            "`emunet import`"
+        )
+    dtype = np.dtype(array.dtype)
+    if dtype.name not in dtypes:
+        raise UnsupportedVolumeError(
+            f"expected a volume of dtype {', '.join(dtypes)}, got {dtype} at "
+            f"{redact_url(url)}; convert it (e.g. rescale to uint8) before segmenting"
+        )
+
+
+def open_volume(
+    url: str | Path,
+    *,
+    level: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    dtypes: tuple[str, ...] = SUPPORTED_DTYPES,
+) -> Volume:
+    """Open a 3D EM volume (see the module docstring for the accepted URLs).
+
+    ``level`` selects a multiscale level (default 0) when the URL names an OME-Zarr image.
+    ``dtypes``: the accepted dtypes (label volumes pass `LABEL_DTYPES`).
+    Raises `VolumeNotFoundError` (a FileNotFoundError), `NotAZarrError` or
+    `UnsupportedVolumeError` (ValueErrors) with the fix in the message.
+    """
+    import zarr
+
+    url = str(url)
+    store_url, path = split_url(url)
+    node = _open_node(store_url, path, storage_options, url)
+    voxel: tuple[float, ...] | None = None
+    axes: tuple[str, ...] | None = None
+    source = "default"
+    chosen: int | None = None
+    if isinstance(node, zarr.Group):
+        multiscales = multiscales_of(_attrs(node))
+        if not multiscales:
+            raise NotAZarrError(
+                f"expected a Zarr array or an OME-Zarr multiscale image at {redact_url(url)}, "
+                f"got a group without multiscales metadata holding arrays "
+                f"{_array_names(node)[:10]}; name one as {redact_url(url)}/NAME"
+            )
+        chosen = 0 if level is None else int(level)
+        ds_path, axes, voxel = ome_level(multiscales[0], chosen)
+        try:
+            array = node[ds_path]
+        except KeyError:
+            raise NotAZarrError(
+                f"expected the multiscale level {chosen} array {ds_path!r} in {redact_url(url)}, "
+                "got nothing there (incomplete OME-Zarr image)"
+            ) from None
+        source = "ome"
+    else:
+        array = node
+        parent = _parent_voxel_size(store_url, path, storage_options)
+        if parent is not None:
+            axes, voxel, chosen = parent
+            source = "ome"
+        if level is not None and level != (chosen or 0):
+            raise ValueError(
+                f"expected a multiscale group for level={level}, got the array of level "
+                f"{chosen or 0} at {redact_url(url)}; name the group, or the level's array"
+            )
+    attrs = _attrs(array)
+    if axes is None:
+        dims = getattr(array.metadata, "dimension_names", None) or attrs.get("_ARRAY_DIMENSIONS")
+        axes = tuple(str(d) for d in dims) if dims and all(dims) else DEFAULT_AXES[-array.ndim :]
+    _check_array(array, url, axes, tuple(dtypes))
+    if voxel is None and "resolution" in attrs:
+        voxel, source = tuple(float(v) for v in attrs["resolution"]), "resolution"
+    if voxel is None or len(voxel) != 3:
+        voxel, source = (1.0, 1.0, 1.0), "default"
+    if any(not np.isfinite(v) or v <= 0 for v in voxel):
+        raise UnsupportedVolumeError(f"expected positive voxel sizes, got {voxel} at {redact_url(url)}")
+    shards = getattr(array, "shards", None)
+    return Volume(
+        url=url,
+        array=array,
+        shape=tuple(int(s) for s in array.shape),  # type: ignore[arg-type]
+        dtype=np.dtype(array.dtype),
+        chunks=tuple(int(c) for c in array.chunks),  # type: ignore[arg-type]
+        shards=tuple(int(s) for s in shards) if shards else None,  # type: ignore[arg-type]
+        voxel_size=tuple(float(v) for v in voxel),  # type: ignore[arg-type]
+        axes=tuple(axes),  # type: ignore[arg-type]
+        zarr_format=int(array.metadata.zarr_format),
+        level=chosen,
+        voxel_size_source=source,
+    )
+
+
+def describe(volume: Volume) -> str:
+    """One line for logs: URL (redacted), shape, dtype, chunks, voxel size."""
+    return json.dumps(
+        {
+            "url": redact_url(volume.url),
+            "shape": volume.shape,
+            "dtype": volume.dtype.name,
+            "chunks": volume.chunks,
+            "voxel_size_nm": volume.voxel_size,
+        }
+    )

@@ -1,0 +1,137 @@
+"""`emunet segment` on a local Typer app: JSON result, progress, exit codes 0 / 1 / 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+import zarr
+from typer.testing import CliRunner
+
+from emunet.cli.segment import register
+from pipeline.cluster import ClusterConfig, local_cluster
+
+SHAPE = (4, 48, 48)
+
+
+@pytest.fixture(scope="module")
+def app() -> typer.Typer:
+    app = typer.Typer()
+
+    @app.callback()
+    def main() -> None:  # a group, so the command is invoked as `segment ...` like in emunet
+        """Test app."""
+
+    register(app)
+    return app
+
+
+@pytest.fixture(scope="module")
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    import torch
+
+    from unetcore.checkpoint import save_checkpoint
+    from unetcore.config import preset
+    from unetcore.model import UNet
+    from unetcore.normalization import Normalization
+
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    return save_checkpoint(path, UNet(preset("tiny").replace(base_channels=4)), Normalization())
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory) -> Path:
+    from unetcore.synthetic import synthetic_em_volume
+
+    path = tmp_path_factory.mktemp("vol") / "in.zarr"
+    zarr.create_array(str(path), shape=SHAPE, chunks=(1, 48, 48), dtype="uint8")[:] = synthetic_em_volume(SHAPE, seed=2).image
+    return path
+
+
+@pytest.fixture(scope="module")
+def scheduler() -> str:
+    cluster, _, _ = local_cluster(ClusterConfig(workers=2, torch_threads=1))
+    with cluster:
+        yield cluster.scheduler_address
+
+
+def args(volume: Path, out: Path, checkpoint: Path, *extra: str) -> list[str]:
+    return ["segment", str(volume), str(out), "--model", str(checkpoint), "--block", "2", "24", "24", *extra]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread(monkeypatch) -> None:
+    """Workers share 2 cores with other jobs here: oversubscribed threads slow torch down 4×."""
+    monkeypatch.setenv("EMUNET_SEGMENT_TORCH_THREADS", "1")
+
+
+def test_json_result_against_a_scheduler(app, runner, volume, checkpoint, scheduler, tmp_path) -> None:
+    out = tmp_path / "out.zarr"
+    extra = ("--scheduler", scheduler, "--dtype", "float16", "--mask", "--tile", "116", "116", "--json")
+    result = runner.invoke(app, args(volume, out, checkpoint, *extra))
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["ok"] and data["computed"] == data["total_blocks"] == 8 and data["cluster"] == "scheduler"
+    group = zarr.open_group(str(out), mode="r")
+    assert group["probability"].dtype == np.float16 and "mask" in group
+
+
+def test_local_workers_with_progress(app, runner, volume, checkpoint, tmp_path) -> None:
+    out = tmp_path / "out.zarr"
+    result = runner.invoke(app, args(volume, out, checkpoint, "--workers", "1"))
+    assert result.exit_code == 0, result.output
+    assert "8 blocks written" in result.output and "local-cpu" in result.output
+
+
+def test_failed_blocks_exit_1_and_resume_finishes(app, runner, volume, checkpoint, scheduler, tmp_path) -> None:
+    chunk = volume / "c" / "1" / "0" / "0"
+    good = chunk.read_bytes()
+    chunk.write_bytes(b"garbage!" * 4)
+    out = tmp_path / "out.zarr"
+    try:
+        result = runner.invoke(app, args(volume, out, checkpoint, "--scheduler", scheduler))
+    finally:
+        chunk.write_bytes(good)
+    assert result.exit_code == 1, result.output
+    assert "4 failed" in result.output and "--resume" in result.output
+    result = runner.invoke(app, args(volume, out, checkpoint, "--scheduler", scheduler, "--resume", "--json"))
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert (data["computed"], data["skipped"]) == (4, 4)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--block", "2", "20", "24"], "phase lattice"),
+        (["--workers", "1", "--scheduler", "tcp://127.0.0.1:1"], "got both"),
+        (["--dtype", "int16"], "int16"),
+    ],
+)
+def test_usage_errors_exit_2(app, runner, volume, checkpoint, tmp_path, extra, message) -> None:
+    result = runner.invoke(app, args(volume, tmp_path / "out.zarr", checkpoint) + extra)
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_missing_input_and_existing_output_exit_2(app, runner, volume, checkpoint, tmp_path) -> None:
+    result = runner.invoke(app, args(tmp_path / "missing.zarr", tmp_path / "o.zarr", checkpoint))
+    assert result.exit_code == 2 and "expected a Zarr volume" in result.output
+    (tmp_path / "o.zarr").mkdir()
+    (tmp_path / "o.zarr" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
+    result = runner.invoke(app, args(volume, tmp_path / "o.zarr", checkpoint))
+    assert result.exit_code == 2 and "--resume" in result.output
+
+
+def test_unreachable_scheduler_exit_2(app, runner, volume, checkpoint, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("EMUNET_SEGMENT_TIMEOUT_S", "1")
+    result = runner.invoke(app, args(volume, tmp_path / "out.zarr", checkpoint, "--scheduler", "tcp://127.0.0.1:1"))
+    assert result.exit_code == 2 and "dask scheduler" in result.output, result.output

@@ -1,0 +1,307 @@
+"""The execution plane: the three-stage engine, the model plugin, resources, bounded submission.
+
+The engine tests need no Dask. The cluster tests share one real `LocalCluster` (2 worker
+processes, each declaring one "GPU" slot) and run plain z-slab blocks of a tiny model over a
+Zarr array, so they test the machinery independently of the planner.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+
+from pipeline.cluster import ClusterConfig, connect, local_cluster
+from pipeline.execute import BlockOps, GroupReport, RetryPolicy, run_group, with_retries
+from pipeline.submit import submit_bounded, task_restrictions
+from pipeline.worker import CheckpointMismatchError, GroupJob, ModelPlugin, ModelSpec, process_group
+
+
+# -- the engine, without Dask ---------------------------------------------------------------
+def test_retries_transient_errors_only() -> None:
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise TimeoutError("slow store")
+        return "ok"
+
+    assert with_retries(flaky, RetryPolicy(attempts=3), sleep=lambda s: None) == ("ok", 3)
+    calls.clear()
+    with pytest.raises(TimeoutError) as info:
+        with_retries(flaky, RetryPolicy(attempts=2), sleep=lambda s: None)
+    assert info.value.tries == 2
+    calls.clear()
+
+    def missing() -> None:
+        calls.append(1)
+        raise FileNotFoundError("no such chunk")
+
+    with pytest.raises(FileNotFoundError):
+        with_retries(missing, RetryPolicy(attempts=5), sleep=lambda s: None)
+    assert len(calls) == 1, "a deterministic error must not be retried"
+
+
+def test_policy_validates_and_backs_off() -> None:
+    with pytest.raises(ValueError, match="attempts"):
+        RetryPolicy(attempts=0)
+    p = RetryPolicy(backoff_s=0.5, max_backoff_s=1.5)
+    assert [p.wait(a) for a in (1, 2, 3)] == [0.5, 1.0, 1.5]
+
+
+def test_run_group_overlaps_stages_and_reports_failures() -> None:
+    """Reads and writes overlap compute; a failing block is reported, the others finish."""
+    active: dict[str, int] = {"read": 0, "compute": 0, "write": 0}
+    overlap = {"max": 0}
+    written: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def stage(name: str, seconds: float) -> None:
+        with lock:
+            active[name] += 1
+            overlap["max"] = max(overlap["max"], sum(1 for v in active.values() if v))
+        time.sleep(seconds)
+        with lock:
+            active[name] -= 1
+
+    def read(b: int) -> int:
+        if b == 3:
+            raise ValueError("corrupt chunk")
+        stage("read", 0.02)
+        return b
+
+    def compute(b: int, x: int) -> int:
+        if b == 5:
+            raise RuntimeError("model blew up")
+        stage("compute", 0.02)
+        return 10 * x
+
+    def write(b: int, y: int) -> None:
+        stage("write", 0.02)
+        written[b] = y
+
+    ops = BlockOps(read, compute, write, describe=lambda b: {"z": b}, voxels=lambda b: 100)
+    report = run_group(range(8), ops, worker="w")
+    assert sorted(report.done) == [0, 1, 2, 4, 6, 7]
+    assert written == {b: 10 * b for b in report.done}
+    assert {(f.block_id, f.stage) for f in report.failed} == {(3, "read"), (5, "compute")}
+    failure = next(f for f in report.failed if f.block_id == 3)
+    assert failure.where == {"z": 3} and "corrupt chunk" in failure.error and failure.worker == "w"
+    assert report.voxels == 600
+    assert overlap["max"] >= 2, "stages never ran at the same time"
+    assert GroupReport.from_dict(report.to_dict()) == report
+
+
+def test_run_group_bounds_blocks_held() -> None:
+    """With depth 1 the reader is at most a few blocks ahead of the writer."""
+    lead = {"max": 0}
+    state = {"read": 0, "written": 0}
+
+    def read(b: int) -> int:
+        state["read"] += 1
+        lead["max"] = max(lead["max"], state["read"] - state["written"])
+        return b
+
+    def write(b: int, y: int) -> None:
+        time.sleep(0.01)
+        state["written"] += 1
+
+    run_group(range(30), BlockOps(read, lambda b, x: x, write), depth=1)
+    assert lead["max"] <= 2 * 1 + 3
+
+
+def test_mark_done_runs_after_write_and_failures_are_not_marked() -> None:
+    order: list[tuple[str, int]] = []
+
+    def write(b: int, y: Any) -> None:
+        if b == 1:
+            raise PermissionError("read-only store")
+        order.append(("write", b))
+
+    ops = BlockOps(lambda b: b, lambda b, x: x, write, mark_done=lambda b: order.append(("done", b)))
+    report = run_group([0, 1, 2], ops)
+    assert order == [("write", 0), ("done", 0), ("write", 2), ("done", 2)]
+    assert [(f.block_id, f.stage, f.tries) for f in report.failed] == [(1, "write", 1)]
+
+
+# -- on a real cluster ----------------------------------------------------------------------
+SHAPE = (6, 60, 52)  # (z, y, x): six slices, slabs of two
+
+
+def slab_ops(plugin: ModelPlugin, plan: dict[str, Any]) -> BlockOps:
+    """Blocks = z-slabs of a Zarr array, predicted slice by slice by the worker's model."""
+    src = plugin.cached(("in", plan["input"]), lambda: zarr.open_array(plan["input"], mode="r"))
+    dst = plugin.cached(("out", plan["output"]), lambda: zarr.open_array(plan["output"], mode="r+"))
+    z = plan["slab"]
+
+    def read(b: int) -> np.ndarray:
+        if b in plan.get("fail", ()):
+            raise ValueError(f"unreadable slab {b}")
+        return src[b * z : (b + 1) * z]
+
+    def compute(b: int, data: np.ndarray) -> np.ndarray:
+        if plan.get("cheap"):
+            return data.astype(np.float32)
+        return plugin.predictor.predict_stack(data)
+
+    def write(b: int, out: np.ndarray) -> None:
+        dst[b * z : (b + 1) * z] = out
+
+    return BlockOps(read, compute, write, describe=lambda b: {"z": [b * z, (b + 1) * z]}, voxels=lambda b: z * 60 * 52)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    import torch
+
+    from unetcore.checkpoint import save_checkpoint
+    from unetcore.config import preset
+    from unetcore.model import UNet
+    from unetcore.normalization import Normalization
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    return save_checkpoint(path, UNet(preset("tiny").replace(base_channels=4)), Normalization())
+
+
+@pytest.fixture(scope="module")
+def spec(checkpoint: Path) -> ModelSpec:
+    from unetcore.checkpoint import file_sha256
+
+    return ModelSpec(str(checkpoint), file_sha256(checkpoint), predict={"batch_size": 2}, torch_threads=1)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    cluster, kind, _ = local_cluster(ClusterConfig(workers=2, torch_threads=1))
+    assert kind == "local-cpu"
+    with cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def client(cluster, spec: ModelSpec):
+    from distributed import Client
+
+    with Client(cluster) as client:
+        client.register_plugin(ModelPlugin(spec))
+        yield client
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory) -> tuple[str, np.ndarray]:
+    from unetcore.synthetic import synthetic_em_volume
+
+    image = synthetic_em_volume(SHAPE, seed=0).image
+    path = str(tmp_path_factory.mktemp("vol") / "in.zarr")
+    zarr.create_array(path, shape=SHAPE, chunks=(2, 60, 52), dtype="uint8")[:] = image
+    return path, image
+
+
+def _output(tmp_path: Path) -> str:
+    path = str(tmp_path / "out.zarr")
+    zarr.create_array(path, shape=SHAPE, chunks=(2, 60, 52), dtype="float32", fill_value=-1)
+    return path
+
+
+def _run(client, spec, plan, groups, max_in_flight=4):
+    reports, errors = [], []
+    stats = submit_bounded(
+        client,
+        process_group,
+        [GroupJob(tuple(g), plan, spec.name, slab_ops) for g in groups],
+        max_in_flight=max_in_flight,
+        on_result=lambda job, r: reports.append(GroupReport.from_dict(r)),
+        on_error=lambda job, e: errors.append(e),
+    )
+    return reports, errors, stats
+
+
+def test_cluster_output_equals_single_process_prediction(client, spec, volume, tmp_path) -> None:
+    from unetcore.checkpoint import load_checkpoint
+    from unetcore.predict import PredictConfig, TilePredictor
+
+    path, image = volume
+    out = _output(tmp_path)
+    reports, errors, _ = _run(client, spec, {"input": path, "output": out, "slab": 2}, [[0], [1, 2]])
+    assert not errors and sorted(b for r in reports for b in r.done) == [0, 1, 2]
+    ckpt = load_checkpoint(spec.checkpoint)
+    expected = TilePredictor(ckpt.model, ckpt.normalization, PredictConfig(batch_size=2)).predict_stack(image)
+    np.testing.assert_allclose(zarr.open_array(out)[:], expected, atol=1e-5)
+
+
+def test_tasks_carry_the_gpu_restriction(client, spec, volume, tmp_path) -> None:
+    path, _ = volume
+    plan = {"input": path, "output": _output(tmp_path), "slab": 2, "cheap": True}
+    seen: list[dict] = []
+    _run(client, spec, plan, [[0], [1], [2]], max_in_flight=3)
+    # Hold a future so the scheduler keeps its task state, then look at it there.
+    future = client.submit(process_group, GroupJob((0,), plan, spec.name, slab_ops), key="emunet-probe", pure=False, resources={"GPU": 1})
+    future.result()
+    seen.append(task_restrictions(client))
+    assert seen[0] == {"emunet-probe": {"GPU": 1}}
+    del future
+
+
+def test_submission_keeps_in_flight_bounded(client, spec, volume, tmp_path) -> None:
+    path, _ = volume
+    plan = {"input": path, "output": _output(tmp_path), "slab": 2, "cheap": True}
+    live: list[int] = []
+    jobs = [GroupJob((i % 3,), plan, spec.name, slab_ops) for i in range(60)]
+
+    def on_result(job, report) -> None:
+        if len(live) < 10:  # sample the scheduler a few times mid-run
+            live.append(len(task_restrictions(client, prefix="emunet-group")))
+
+    stats = submit_bounded(client, process_group, jobs, max_in_flight=3, on_result=on_result, on_error=lambda j, e: None)
+    assert stats.submitted == stats.finished == 60
+    assert stats.peak_in_flight <= 3
+    assert max(live) <= 3
+
+
+def test_model_loaded_once_per_worker(client, spec, volume, tmp_path) -> None:
+    path, _ = volume
+    plan = {"input": path, "output": _output(tmp_path), "slab": 2}
+    _run(client, spec, plan, [[0], [1], [2], [0, 1]])
+    client.register_plugin(ModelPlugin(spec))  # registering again keeps the loaded model
+    _run(client, spec, plan, [[2]])
+    loads = client.run(lambda: __import__("pipeline.worker").worker.LOADS)
+    assert sorted(loads.values()) == [1, 1]
+
+
+def test_failing_block_is_reported_and_others_finish(client, spec, volume, tmp_path) -> None:
+    path, _ = volume
+    plan = {"input": path, "output": _output(tmp_path), "slab": 2, "fail": [1]}
+    reports, errors, _ = _run(client, spec, plan, [[0, 1, 2]])
+    assert not errors
+    (report,) = reports
+    assert report.done == [0, 2]
+    (failure,) = report.failed
+    assert (failure.block_id, failure.stage, failure.where) == (1, "read", {"z": [2, 4]})
+    assert "unreadable slab 1" in failure.error
+
+
+def test_checkpoint_hash_mismatch_is_a_clear_error(client, spec) -> None:
+    bad = ModelSpec(spec.checkpoint, "0" * 64, predict=spec.predict)
+    with pytest.raises(CheckpointMismatchError, match="SHA-256"):
+        client.register_plugin(ModelPlugin(bad))
+    client.unregister_worker_plugin(bad.name)
+
+
+def test_existing_scheduler_address(cluster, spec, volume, tmp_path) -> None:
+    path, _ = volume
+    with connect(ClusterConfig(scheduler=cluster.scheduler_address)) as remote:
+        assert remote.kind == "scheduler" and remote.slots == 2
+        reports, errors, _ = _run(remote.client, spec, {"input": path, "output": _output(tmp_path), "slab": 2}, [[0, 1, 2]])
+    assert not errors and reports[0].done == [0, 1, 2]
+
+
+def test_cluster_config_rejects_both_targets() -> None:
+    with pytest.raises(ValueError, match="either workers"):
+        ClusterConfig(workers=2, scheduler="tcp://127.0.0.1:1")

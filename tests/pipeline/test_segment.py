@@ -1,0 +1,151 @@
+"""`pipeline.segment.segment` end to end on a real LocalCluster (2 worker processes).
+
+One cluster per module, reached through its scheduler address (the "existing scheduler"
+path); a tiny model and a 6×96×80 synthetic volume keep each run under a second.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from pipeline.cluster import ClusterConfig, local_cluster
+from pipeline.ledger import Ledger
+from pipeline.output import OutputExistsError
+from pipeline.segment import SegmentConfig, SegmentResult, describe_result, segment
+from pipeline.worker import CheckpointMismatchError
+
+SHAPE = (6, 96, 80)
+BLOCK = (2, 48, 40)  # a 3 × 2 × 2 grid: 12 blocks
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    import torch
+
+    from unetcore.checkpoint import save_checkpoint
+    from unetcore.config import preset
+    from unetcore.model import UNet
+    from unetcore.normalization import Normalization
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    return save_checkpoint(path, UNet(preset("tiny").replace(base_channels=4)), Normalization())
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """Input chunks of one z slice, so one corrupt chunk breaks exactly one z-slab of blocks."""
+    from unetcore.synthetic import synthetic_em_volume
+
+    image = synthetic_em_volume(SHAPE, seed=3).image
+    path = tmp_path_factory.mktemp("vol") / "in.zarr"
+    zarr.create_array(str(path), shape=SHAPE, chunks=(1, 96, 80), dtype="uint8")[:] = image
+    return path, image
+
+
+@pytest.fixture(scope="module")
+def expected(checkpoint: Path, volume) -> np.ndarray:
+    """The whole-volume prediction in this process (no blocks, no Dask)."""
+    from unetcore.checkpoint import load_checkpoint
+    from unetcore.predict import PredictConfig, TilePredictor
+
+    ckpt = load_checkpoint(checkpoint)
+    return TilePredictor(ckpt.model, ckpt.normalization, PredictConfig()).predict_stack(volume[1])
+
+
+@pytest.fixture(scope="module")
+def scheduler() -> str:
+    cluster, _, _ = local_cluster(ClusterConfig(workers=2, torch_threads=1))
+    with cluster:
+        yield cluster.scheduler_address
+
+
+def run(volume, out: Path, checkpoint: Path, scheduler: str, **kw) -> SegmentResult:
+    config = SegmentConfig(block_shape=BLOCK, scheduler=scheduler, progress=False, torch_threads=1, blocks_per_task=2, **kw)
+    return segment(volume[0], out, checkpoint, config)
+
+
+def stored(out: Path) -> np.ndarray:
+    return zarr.open_group(str(out), mode="r")["probability"][:]
+
+
+def test_blocked_output_equals_whole_volume_prediction(volume, checkpoint, scheduler, expected, tmp_path) -> None:
+    out = tmp_path / "out.zarr"
+    result = run(volume, out, checkpoint, scheduler, dtype="float32")
+    assert result.ok and (result.computed, result.skipped, result.total_blocks) == (12, 0, 12)
+    assert result.voxels == np.prod(SHAPE) and result.voxels_per_second > 0
+    assert result.cluster == "scheduler" and result.slots == 2
+    assert set(result.model_loads.values()) == {1}, "the model must load once per worker"
+    assert set(result.stage_seconds) == {"read", "compute", "write", "wall"}
+    np.testing.assert_allclose(stored(out), expected, atol=1e-5)
+    assert Ledger(str(out), 12).summary().complete
+    assert "12 blocks written" in describe_result(result)
+
+
+def test_failing_block_is_reported_and_resume_finishes_the_rest(volume, checkpoint, scheduler, expected, tmp_path) -> None:
+    chunk = volume[0] / "c" / "3" / "0" / "0"  # z = 3: the read regions of z-slab 1
+    good = chunk.read_bytes()
+    chunk.write_bytes(b"not zstd" * 8)
+    out = tmp_path / "out.zarr"
+    try:
+        first = run(volume, out, checkpoint, scheduler, dtype="float32")
+    finally:
+        chunk.write_bytes(good)
+    failed = {f.block_id: f for f in first.failed}
+    assert first.computed == 8 and sorted(failed) == [4, 5, 6, 7]
+    assert all(f.stage == "read" and f.tries == 1 and "decompression" in f.error for f in failed.values())
+    assert failed[5].where["write_roi"] == {"offset": [2, 0, 40], "shape": [2, 48, 40]}
+    summary = Ledger(str(out), 12).summary()
+    assert summary.done == 8 and summary.failed_ids == [4, 5, 6, 7]
+
+    second = run(volume, out, checkpoint, scheduler, dtype="float32", resume=True)
+    assert second.ok and (second.computed, second.skipped) == (4, 8)
+    np.testing.assert_allclose(stored(out), expected, atol=1e-5)
+    assert Ledger(str(out), 12).summary().complete
+
+
+def test_uint8_mask_and_pyramid(volume, checkpoint, scheduler, expected, tmp_path) -> None:
+    out = tmp_path / "out.zarr"
+    result = run(volume, out, checkpoint, scheduler, dtype="uint8", mask=True, pyramid_levels=1, max_in_flight=2)
+    assert result.ok and result.peak_in_flight <= 2
+    group = zarr.open_group(str(out), mode="r")
+    assert group["probability"].dtype == np.uint8
+    np.testing.assert_allclose(group["probability"][:] / 255.0, expected, atol=0.5 / 255 + 1e-6)
+    np.testing.assert_array_equal(group["mask"][:], (expected >= 0.5).astype(np.uint8))
+    assert group["pyramid/probability/1"].shape == (6, 48, 40)
+
+
+def test_existing_output_needs_resume_or_overwrite(volume, checkpoint, scheduler, tmp_path) -> None:
+    out = tmp_path / "out.zarr"
+    run(volume, out, checkpoint, scheduler)
+    with pytest.raises(OutputExistsError, match="--resume"):
+        run(volume, out, checkpoint, scheduler)
+    again = run(volume, out, checkpoint, scheduler, resume=True)
+    assert (again.computed, again.skipped) == (0, 12)
+    assert run(volume, out, checkpoint, scheduler, overwrite=True).computed == 12
+
+
+def test_checkpoint_hash_mismatch_fails_before_any_block(volume, checkpoint, scheduler, tmp_path) -> None:
+    with pytest.raises(CheckpointMismatchError, match="SHA-256"):
+        run(volume, tmp_path / "out.zarr", checkpoint, scheduler, checkpoint_sha256="f" * 64)
+    shutil.rmtree(tmp_path / "out.zarr")
+    assert run(volume, tmp_path / "out.zarr", checkpoint, scheduler).ok  # the cluster is still usable
+
+
+def test_config_validation_and_environment() -> None:
+    with pytest.raises(ValueError, match="dtype"):
+        SegmentConfig(dtype="int16")
+    with pytest.raises(ValueError, match="resume and overwrite"):
+        SegmentConfig(resume=True, overwrite=True)
+    with pytest.raises(ValueError, match="either workers"):
+        SegmentConfig(workers=2, scheduler="tcp://127.0.0.1:8786")
+    env = {"EMUNET_SEGMENT_BLOCK_SHAPE": "8,256,256", "EMUNET_SEGMENT_MASK": "true", "EMUNET_SEGMENT_WORKERS": "3"}
+    config = SegmentConfig.from_env(env, batch_size=2)
+    assert (config.block_shape, config.mask, config.workers, config.batch_size) == ((8, 256, 256), True, 3, 2)
+    with pytest.raises(ValueError, match="EMUNET_SEGMENT_BATCH_SIZE"):
+        SegmentConfig.from_env({"EMUNET_SEGMENT_BATCH_SIZE": "four"})
