@@ -24,9 +24,8 @@ computation (`unetcore.weightmap.border_weight_map` on the 3D volume, or
   over the volume first (per slice in "2d" mode, as `weight_map_stack` does; over the
   whole volume in "3d" mode) and passed to every block.
 
-The border term comes out of ``border_weight_map(..., class_balance="none")`` as
-``float32(1 + term)``; adding the global ``w_c`` back is exact up to one float32 rounding
-(≤ 1 ulp, ~1e-6 relative). With ``class_balance="none"`` the result is bitwise equal.
+Every block calls ``border_weight_map(..., class_counts=...)`` with those global counts,
+so the blockwise result is bitwise equal to the whole-volume map.
 
 A single-process driver, `compute_weight_maps`; the per-block functions take addresses
 (URLs, block ids) so they can be mapped on Dask.
@@ -164,14 +163,6 @@ def foreground_counts(plan: WeightPlan, labels: Volume) -> np.ndarray:
     return counts
 
 
-def class_weight_values(total: int, cells: int) -> tuple[np.float32, np.float32]:
-    """(w_c of membrane, w_c of cell) = N / (K · N_c), as `unetcore.weightmap.class_weights`."""
-    counts = (total - cells, cells)
-    present = sum(1 for c in counts if c > 0)
-    w = [total / (present * c) if c > 0 else 0.0 for c in counts]
-    return np.float32(w[0]), np.float32(w[1])
-
-
 # --------------------------------------------------------------------------- binary labels: global cells
 
 
@@ -256,27 +247,17 @@ def weight_block(
     """
     block = plan.block(block_id)
     ids = cells(block.read_roi)
-    plain = dataclasses.replace(plan.config, class_balance="none")
-    if plan.mode == "2d":
-        maps = np.stack([border_weight_map(plane, plain, instances=True) for plane in ids])
-    else:
-        maps = border_weight_map(ids, plain, instances=True, sampling=plan.sampling)
-    inner = block.write_roi.to_slices(relative_to=block.read_roi)
-    result = maps[inner]
-    if plan.config.class_balance == "none":
-        return result
-    term = result.astype(np.float64) - 1.0
-    fg = ids[inner] > 0
-    w = np.empty(fg.shape, dtype=np.float32)
     plane = plan.volume_shape[1] * plan.volume_shape[2]
     if plan.mode == "2d":
-        for k, z in enumerate(range(block.write_roi.begin[0], block.write_roi.end[0])):
-            bg, cell = class_weight_values(plane, int(counts[z]))
-            w[k] = np.where(fg[k], cell, bg)
+        z0 = block.read_roi.begin[0]
+        maps = np.stack([
+            border_weight_map(ids[k], plan.config, instances=True, class_counts=(plane, int(counts[z0 + k])))
+            for k in range(ids.shape[0])
+        ])
     else:
-        bg, cell = class_weight_values(plane * plan.volume_shape[0], int(counts.sum()))
-        w[...] = np.where(fg, cell, bg)
-    return (w.astype(np.float64) + term).astype(np.float32)
+        total = (plane * plan.volume_shape[0], int(counts.sum()))
+        maps = border_weight_map(ids, plan.config, instances=True, sampling=plan.sampling, class_counts=total)
+    return maps[block.write_roi.to_slices(relative_to=block.read_roi)]
 
 
 # --------------------------------------------------------------------------- driver

@@ -137,11 +137,30 @@ def cells_from_labels(labels: np.ndarray, instances: bool = False) -> tuple[np.n
     return arr.astype(np.int32, copy=False), int(arr.max())
 
 
-def class_weights(labels: np.ndarray, class_balance: ClassBalance = "frequency") -> np.ndarray:
+def class_weight_values(total: int, cells: int) -> tuple[np.float32, np.float32]:
+    """(w_c of membrane, w_c of cell) = ``N / (K · N_c)`` for ``total`` pixels, ``cells`` of them cell.
+
+    ``K`` is the number of classes present, so the mean of w_c over the pixels is 1.
+    """
+    if not 0 <= cells <= total or total < 1:
+        raise ValueError(f"expected 0 <= cells <= total and total >= 1, got cells={cells}, total={total}")
+    counts = (total - cells, cells)
+    present = sum(1 for c in counts if c > 0)
+    weights = [total / (present * c) if c > 0 else 0.0 for c in counts]
+    return np.float32(weights[0]), np.float32(weights[1])
+
+
+def class_weights(
+    labels: np.ndarray,
+    class_balance: ClassBalance = "frequency",
+    *,
+    class_counts: tuple[int, int] | None = None,
+) -> np.ndarray:
     """Per-pixel class-balance weight ``w_c`` (float32); label 0 = membrane, > 0 = cell.
 
     ``"frequency"``: ``N / (K * N_c)`` with ``K`` the number of classes present, so the mean
-    over the image is 1. ``"none"``: all ones.
+    over the image is 1. ``"none"``: all ones. ``class_counts = (N, N_cell)`` uses counts
+    measured elsewhere (e.g. over a whole volume processed block by block).
     """
     if class_balance not in CLASS_BALANCES:
         raise ValueError(f"expected class_balance in {CLASS_BALANCES}, got {class_balance!r}")
@@ -149,11 +168,9 @@ def class_weights(labels: np.ndarray, class_balance: ClassBalance = "frequency")
     if class_balance == "none":
         return np.ones(arr.shape, dtype=np.float32)
     cell = arr > 0
-    n_cell = int(np.count_nonzero(cell))
-    counts = (arr.size - n_cell, n_cell)
-    present = sum(1 for c in counts if c > 0)
-    weights = [arr.size / (present * c) if c > 0 else 0.0 for c in counts]
-    return np.where(cell, np.float32(weights[1]), np.float32(weights[0]))
+    total, n_cell = class_counts if class_counts is not None else (arr.size, int(np.count_nonzero(cell)))
+    membrane_w, cell_w = class_weight_values(int(total), int(n_cell))
+    return np.where(cell, cell_w, membrane_w)
 
 
 def _border_term(
@@ -206,19 +223,21 @@ def border_weight_map(
     *,
     instances: bool = False,
     sampling: Sequence[float] | None = None,
+    class_counts: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Eq. 2 weight map (float32, same shape) of one 2D image or one 3D volume.
 
     ``labels``: 0 = membrane/background, > 0 = cell (binary) or cell id (``instances``).
     ``sampling``: voxel size per axis (any unit; only ratios matter) for true anisotropic
     distances, expressed in pixels of the finest axis. Terms below ``config.cutoff`` are 0.
+    ``class_counts``: (pixels, cell pixels) for w_c, when measured over a larger volume.
     """
     if not isinstance(config, WeightMapConfig):
         raise ValueError(f"expected a WeightMapConfig, got {type(config).__name__}")
     arr = _as_labels(labels, (2, 3), "labels")
     spacing = _normalised_sampling(sampling, arr.ndim)
     cells, _ = cells_from_labels(arr, instances)
-    weights = class_weights(arr, config.class_balance).astype(np.float64)
+    weights = class_weights(arr, config.class_balance, class_counts=class_counts).astype(np.float64)
     reach = config.reach
     if config.w0 > 0 and reach > 0:
         d1, d2 = _two_nearest(cells, spacing, reach)

@@ -226,3 +226,15 @@ def test_bad_sampling_and_stack_are_refused() -> None:
         weight_map_stack(two_cells())
     with pytest.raises(ValueError, match="expected a WeightMapConfig"):
         border_weight_map(two_cells(), {"w0": 10})  # type: ignore[arg-type]
+
+
+def test_class_counts_measured_elsewhere() -> None:
+    from unetcore.weightmap import class_weight_values, class_weights
+
+    labels = np.array([[0, 1], [1, 1]])
+    # counts from a larger volume: 100 pixels, 80 cell → w_membrane = 100/40, w_cell = 100/160
+    w = class_weights(labels, class_counts=(100, 80))
+    assert w[0, 0] == np.float32(2.5) and w[0, 1] == np.float32(0.625)
+    assert class_weight_values(4, 4) == (np.float32(0.0), np.float32(1.0))
+    with pytest.raises(ValueError, match="expected 0 <= cells <= total"):
+        class_weight_values(4, 5)
