@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -73,6 +72,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.003)
     parser.add_argument("--workers", type=int, default=12)
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100/H200 SXM: 989)")
+    parser.add_argument("--preset", default="paper", help="model preset (paper, cpu, …)")
+    parser.add_argument("--tile", type=int, default=572, help="legal input tile")
+    parser.add_argument("--tag", default="gpu_isbi", help="name of the output files")
+    parser.add_argument("--steps", type=int, default=100_000, help="step cap (the time budget usually ends first)")
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--no-throughput", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="tiny run on the CPU to check the script")
     args = parser.parse_args()
     torch.backends.cudnn.benchmark = True
@@ -99,20 +104,20 @@ def main() -> None:
     train = TrainData([images[i] for i in train_idx], [(labels[i] > 0).astype(np.int64) for i in train_idx],
                       [border_weight_map(labels[i], wcfg) for i in train_idx])
     val = TrainData([images[i] for i in val_idx], [(labels[i] > 0).astype(np.int64) for i in val_idx])
-    config = preset("tiny") if args.smoke else preset("paper")
-    tile = 188 if args.smoke else 572
+    config = preset("tiny") if args.smoke else preset(args.preset)
+    tile = 188 if args.smoke else args.tile
     seconds = 20.0 if args.smoke else args.seconds
-    tcfg = TrainConfig(steps=100_000, tile=tile, lr=args.lr, warmup_steps=200 if not args.smoke else 5,
+    tcfg = TrainConfig(steps=args.steps, tile=tile, lr=args.lr, warmup_steps=args.warmup if not args.smoke else 5,
                        val_every=0, checkpoint_every=10**9, log_every=50, seed=0, num_workers=args.workers,
                        max_seconds=seconds, select_metric="pixel_error_at_0.5", augment=AugmentConfig())
     torch.manual_seed(0)
     model = UNet(config)
-    run_dir = Path("runs/gpu-isbi")
+    run_dir = Path("runs") / args.tag
     trainer = Trainer(model, train, tcfg, run_dir, val=None, progress=False,
                       metadata={"recipe": "paper", "data": "ISBI 2012 slices 0-15"})
     t0 = time.perf_counter()
     fit = trainer.fit()
-    result["train"] = {"preset": "paper" if not args.smoke else "tiny", "steps": fit["steps"],
+    result["train"] = {"preset": "tiny" if args.smoke else args.preset, "steps": fit["steps"],
                        "seconds": round(time.perf_counter() - t0, 1), "seconds_per_step": round(fit["seconds_per_step"], 4),
                        "tile": tile, "lr": args.lr, "seed": 0, "workers": args.workers}
     trainer.model.eval()
@@ -130,13 +135,15 @@ def main() -> None:
     tta = TilePredictor(trainer.model, trainer.normalization, PredictConfig(batch_size=8, tta=True))
     tta_scores = evaluate_stack(np.stack(tta.predict_many(list(val.images))), np.stack([labels[i] for i in val_idx]))
     result["validation_tta"] = {k: v for k, v in tta_scores.items() if isinstance(v, (int, float))}
-    write_overlay(out_dir / "gpu_isbi_val.png", val.images[0], probs[0], labels[val_idx[0]])
-    shutil.copy(run_dir / "metrics.jsonl", out_dir / "gpu_isbi_metrics.jsonl")
-    result["throughput"] = throughput([1, 4] if args.smoke else [1, 4, 8, 16], 188 if args.smoke else 572,
-                                      args.peak_tflops, 2 if args.smoke else 10)
+    write_overlay(out_dir / f"{args.tag}_val.png", val.images[0], probs[0], labels[val_idx[0]])
+    log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    result["loss_curve"] = [(e["step"], round(e["loss_ema"], 4)) for e in log if "loss_ema" in e and e["step"] % 500 == 0]
+    if not args.no_throughput:
+        result["throughput"] = throughput([1, 4] if args.smoke else [1, 4, 8, 16], 188 if args.smoke else 572,
+                                          args.peak_tflops, 2 if args.smoke else 10)
     text = json.dumps(result, indent=1)
     print(text)
-    (out_dir / "gpu_isbi.json").write_text(text + "\n")
+    (out_dir / f"{args.tag}.json").write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -255,23 +255,20 @@ class Trainer:
         return result
 
     def _fit_budget(self, start: float, start_step: int) -> None:
-        """With `max_seconds`, shrink the schedule so that the run ends within the budget.
+        """With `max_seconds`, fit the schedule's length to the budget.
 
-        Checked every 50 steps after warm-up with the pace of the last 50 steps, so a
-        machine that slows down (shared cores) still finishes in time; it never grows.
+        Every 50 steps after warm-up the run's average pace so far predicts how many steps
+        fit in the time left; the schedule's length follows it (never beyond `steps`), so a
+        machine that slows down or speeds up (shared cores) still ends within the budget.
         """
         budget = self.config.max_seconds
         first = max(self.config.warmup_steps, 20) + start_step
         if budget is None or self.step < first or (self.step - first) % 50:
-            if budget is not None and self.step == start_step + 1:
-                self._pace = (self.step, time.perf_counter())
             return
-        now = time.perf_counter()
-        last_step, last_time = getattr(self, "_pace", (start_step, start))
-        per_step = (now - last_time) / max(self.step - last_step, 1)
-        self._pace = (self.step, now)
-        fits = self.step + int((budget - (now - start)) / per_step * 0.95)
-        self.total_steps = max(self.step + 1, min(self.total_steps, fits))
+        elapsed = time.perf_counter() - start
+        per_step = elapsed / max(self.step - start_step, 1)
+        fits = self.step + int((budget - elapsed) / per_step * 0.95)
+        self.total_steps = max(self.step + 1, min(self.config.steps, fits))
 
     def fit(self, *, resume: bool = False) -> dict[str, Any]:
         """Run to `config.steps` (or what fits `max_seconds`); returns validation scores and timings."""
