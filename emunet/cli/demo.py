@@ -1,15 +1,27 @@
-"""`emunet demo`: segment the embedded default input and show something a person can judge.
+"""`emunet demo`: the real pipeline end to end on the embedded default input, or on yours.
 
-The default input is synthetic EM generated from a fixed seed (so it is embedded in the code,
-byte for byte reproducible) with its ground truth; the model is the committed
-`models/demo-synthetic.safetensors`, trained by `emunet train` (see docs/models/demo-synthetic.md).
+::
+
+    synthetic EM (seed 20150518) ─► demo-output/input.zarr, ground-truth.zarr
+      (or IN.zarr / IN.tif)             │
+                                        ▼
+    Prefect flow segment-volume: validate ─► plan ─► blocks on a local Dask cluster (2 workers)
+                                 ─► ledger ─► ISBI metrics ─► artifacts
+                                        │
+                                        ▼
+    demo-output/segmentation.zarr (OME-Zarr), overlay.png, report.json
+
+The default input is generated from a fixed seed (embedded in the code, byte for byte
+reproducible) with its ground truth; the model is the committed
+`models/demo-synthetic.safetensors`, trained by `emunet train` (docs/models/demo-synthetic.md).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -19,6 +31,8 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = REPO / "models" / "demo-synthetic.safetensors"
 DEMO_SEED = 20150518  # the U-Net paper's arXiv date
 DEMO_SHAPE = (4, 384, 384)
+DEMO_BLOCK = (1, 384, 384)  # 4 blocks: two for each of the 2 default workers
+REPORT_KEYS = ("pixel_error", "rand_error", "info_error", "rand_error_2012", "warping_error")
 
 
 def demo_input(shape: tuple[int, int, int] = DEMO_SHAPE, seed: int = DEMO_SEED):
@@ -60,58 +74,106 @@ def write_overlay(path: Path, image, prob, labels) -> None:
     plt.close(fig)
 
 
+def write_image(url: Path, array: Any, name: str = "image") -> str:
+    """A (z, y, x) array as a one-level OME-Zarr image (array ``0``, one chunk per slice)."""
+    from pipeline.output import AXES, ome_attrs, ome_dataset, ome_multiscale, open_group, remove_store, store_exists, zstd
+
+    if store_exists(str(url)):
+        remove_store(str(url))
+    group = open_group(str(url), "w")
+    chunks = (1, *array.shape[1:])
+    group.create_array("0", shape=array.shape, chunks=chunks, dtype=array.dtype, fill_value=0, dimension_names=AXES,
+                       compressors=zstd())[...] = array  # fmt: skip
+    group.attrs.update(ome_attrs([ome_multiscale(name, [ome_dataset("0", (1.0, 1.0, 1.0))])]))
+    return str(url)
+
+
+def _inputs(input: str | None, ground_truth: str | None, out: Path) -> tuple[str, str | None, str, tuple | None]:
+    """(input URL, ground-truth URL, description, block shape) of what the demo segments."""
+    from flows._common import is_file_source
+
+    if input is None:
+        images, labels = demo_input()
+        source = f"synthetic EM, seed {DEMO_SEED}, {images.shape}"
+        return write_image(out / "input.zarr", images), write_image(out / "ground-truth.zarr", labels, "labels"), source, DEMO_BLOCK
+    if is_file_source(input):  # a TIFF stack or HDF5 dataset: imported into OME-Zarr first
+        from pipeline.importer import import_volume
+
+        import_volume(input, out / "input.zarr", overwrite=True)
+        return str(out / "input.zarr"), ground_truth, input, None
+    return input, ground_truth, input, None
+
+
 def demo(
-    input: Annotated[Optional[str], typer.Argument(help="A TIFF stack to segment instead of the embedded input.")] = None,
-    ground_truth: Annotated[Optional[str], typer.Option(help="Ground truth for INPUT (0 = membrane, >0 = cell).")] = None,
+    input: Annotated[Optional[str], typer.Argument(help="A Zarr volume (or TIFF stack) to segment instead of the embedded input.")] = None,
+    ground_truth: Annotated[Optional[str], typer.Option(help="Ground truth for INPUT (Zarr or TIFF; 0 = membrane, >0 = cell).")] = None,
     model: Annotated[Path, typer.Option(help="Checkpoint (.safetensors).")] = DEFAULT_MODEL,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("demo-output"),
+    workers: Annotated[int, typer.Option(min=1, help="Local Dask workers.")] = 2,
 ) -> None:
-    """Segment the embedded default input (or INPUT), write a PNG overlay and the metrics."""
+    """Run the segment-volume flow on the embedded default input (or INPUT): OME-Zarr output,
+    ISBI metrics, a PNG overlay and how to open the result."""
     with user_errors():
-        import json
-
-        import numpy as np
-
-        from pipeline.metrics.evaluate import evaluate_stack
-        from unetcore.checkpoint import load_checkpoint
-        from unetcore.io import read_array, write_tiff
-        from unetcore.predict import PredictConfig, TilePredictor
+        from emunet.cli.flow_commands import import_prefect, run_flow
 
         t0 = time.perf_counter()
-        if input is None:
-            images, labels = demo_input()
-            source = f"synthetic EM, seed {DEMO_SEED}, {images.shape}"
-        else:
-            images = read_array(input)
-            labels = read_array(ground_truth) if ground_truth else None
-            images = images[None] if images.ndim == 2 else images
-            labels = labels[None] if labels is not None and labels.ndim == 2 else labels
-            source = input
-        ckpt = load_checkpoint(model)
+        import_prefect()
         out.mkdir(parents=True, exist_ok=True)
-        predictor = TilePredictor(ckpt.model, ckpt.normalization, PredictConfig(batch_size=4))
-        t1 = time.perf_counter()
-        prob = predictor.predict_stack(images).astype(np.float32)
-        seconds = time.perf_counter() - t1
-        write_tiff(out / "input.tif", images, overwrite=True)
-        write_tiff(out / "probability.tif", prob, overwrite=True)
-        write_overlay(out / "overlay.png", images[0], prob[0], None if labels is None else labels[0])
-        report = {"input": source, "model": str(model), "seconds_predict": round(seconds, 2),
-                  "megapixels_per_second": round(prob.size / seconds / 1e6, 3)}
-        if labels is not None:
-            write_tiff(out / "ground-truth.tif", (labels > 0).astype(np.uint8) * 255, overwrite=True)
-            scores = evaluate_stack(prob, labels)
-            keys = ("pixel_error", "rand_error", "info_error", "rand_error_2012", "warping_error")
-            report.update({k: round(float(scores[k]), 6) for k in keys})
-        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        from rich.table import Table
+        input_url, gt_url, source, block = _inputs(input, ground_truth, out)
+        output_url = str(out / "segmentation.zarr")
 
-        table = Table(title="emunet demo", show_header=False)
-        for key, value in report.items():
-            table.add_row(key, str(value))
-        table.add_row("outputs", f"{out}/probability.tif, {out}/overlay.png, {out}/report.json")
-        table.add_row("total seconds", f"{time.perf_counter() - t0:.1f}")
-        console.print(table)
+        from flows._common import ClusterParams, as_stack, read_any
+        from flows.segment_volume import SegmentVolumeParams, segment_volume, xarray_snippet
+
+        params = SegmentVolumeParams(
+            input_url=input_url, output_url=output_url, checkpoint=str(model), block_shape=block, blocks_per_task=1,
+            cluster=ClusterParams(workers=workers), overwrite=True, ground_truth_url=gt_url,
+        )  # fmt: skip
+        summary = run_flow(segment_volume, params)
+        report = _report(summary, source, model, output_url, out)
+        _overlay(out / "overlay.png", input_url, output_url, as_stack(read_any(gt_url, "labels"))[0] if gt_url else None)
+        report["total_seconds"] = round(time.perf_counter() - t0, 1)
+        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        _print(report, out, xarray_snippet(output_url, params.dtype))
+
+
+def _report(summary: dict[str, Any], source: str, model: Path, output_url: str, out: Path) -> dict[str, Any]:
+    result = summary["result"]
+    report: dict[str, Any] = {
+        "input": source,
+        "model": str(model),
+        "output": output_url,
+        "blocks": f"{result['computed']} of {result['total_blocks']} ({result['slots']} workers, {result['cluster']})",
+        "seconds_segment": round(result["seconds"], 2),
+        "megavoxels_per_second": round(result["voxels_per_second"] / 1e6, 3),
+    }
+    if summary.get("metrics"):
+        report.update({k: round(float(summary["metrics"][k]), 6) for k in REPORT_KEYS})
+    report["overlay"] = str(out / "overlay.png")
+    return report
+
+
+def _overlay(path: Path, input_url: str, output_url: str, labels: Any) -> None:
+    """The overlay of slice 0, read back from the input and output Zarr."""
+    from pipeline.geometry import Roi
+    from pipeline.output import open_output
+    from pipeline.volume import open_volume
+
+    volume = open_volume(input_url)
+    roi = Roi((0, 0, 0), (1, *volume.shape[1:]))
+    write_overlay(path, volume.read(roi)[0], open_output(output_url, mode="r").read(roi)[0], labels)
+
+
+def _print(report: dict[str, Any], out: Path, snippet: str) -> None:
+    from rich.table import Table
+
+    table = Table(title="emunet demo: segment-volume flow", show_header=False)
+    for key, value in report.items():
+        table.add_row(key, str(value))
+    console.print(table)
+    console.print(f"Open the result in Python:\n\n{snippet}\n", highlight=False, markup=False)
+    console.print(f"Files: {out}/segmentation.zarr, {out}/overlay.png, {out}/report.json", highlight=False, markup=False,
+                  soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

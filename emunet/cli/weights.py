@@ -1,4 +1,10 @@
-"""`emunet weights`: border weight maps (U-Net paper, Eq. 2) of a label TIFF."""
+"""`emunet weights`: border weight maps (U-Net paper, Eq. 2) of a label TIFF or Zarr volume.
+
+A TIFF is computed here in memory. Zarr labels (a path with ``.zarr``, a Zarr directory or
+an fsspec URL) run the Prefect flow `precompute-weights` (`flows/precompute_weights.py`,
+blockwise `pipeline.weights.compute_weight_maps`) into an OME-Zarr group; --no-flow calls
+the pipeline directly.
+"""
 
 from __future__ import annotations
 
@@ -25,16 +31,17 @@ def register(app: typer.Typer) -> None:
     @app.command("weights")
     def weights(
         labels: Annotated[
-            Path,
+            str,
             typer.Argument(
-                help="Label TIFF: one 2D image or a (z, y, x) stack; 0 = membrane, >0 = cell.",
+                help="Label TIFF (one 2D image or a (z, y, x) stack) or Zarr volume; 0 = membrane, >0 = cell.",
                 show_default=False,
             ),
         ],
         out: Annotated[
-            Path,
+            str,
             typer.Argument(
-                help="Output float32 TIFF: one weight map per slice (or one 3D map with --3d).",
+                help="Output float32 TIFF: one weight map per slice (or one 3D map with --3d); "
+                "an OME-Zarr group for Zarr labels.",
                 show_default=False,
             ),
         ],
@@ -61,14 +68,33 @@ def register(app: typer.Typer) -> None:
         overwrite: Annotated[
             bool, typer.Option("--overwrite", help="Replace OUT if it exists.")
         ] = False,
+        flow: Annotated[
+            bool,
+            typer.Option("--flow/--no-flow", help="Zarr labels: run the Prefect flow precompute-weights (or the pipeline directly)."),
+        ] = True,
     ) -> None:
         """Compute the U-Net border weight map w = w_c + w0 exp(-(d1+d2)^2 / 2 sigma^2)."""
         with user_errors():
+            from flows._common import looks_like_zarr
+
+            if looks_like_zarr(labels):
+                from emunet.cli.flow_commands import weights_with_flow
+
+                done = weights_with_flow(
+                    labels, out, flow=flow, w0=w0, sigma=sigma, class_balance=class_balance.value,
+                    instances=instances, mode="3d" if volume else "2d", overwrite=overwrite,
+                )  # fmt: skip
+                console.print(
+                    f"weights: {done['num_blocks']} block(s) of {tuple(done['block_shape'])} -> {out} | {done['seconds']:.2f} s",
+                    highlight=False, soft_wrap=True,
+                )  # fmt: skip
+                return
             import numpy as np
             import tifffile
 
             from unetcore.weightmap import WeightMapConfig, border_weight_map, weight_map_stack
 
+            labels, out = Path(labels), Path(out)
             if not labels.is_file():
                 raise FileNotFoundError(f"expected a label TIFF at {labels}, got no such file")
             if out.exists() and not overwrite:

@@ -88,12 +88,17 @@ def test_predict_refuses_a_pickle(tmp_path, trained) -> None:
 
 
 def test_demo_runs_on_user_input(trained, tmp_path) -> None:
-    result = invoke("demo", trained / "img.tif", "--ground-truth", trained / "lab.tif",
-                    "--model", trained / "run" / "best.safetensors", "--out", tmp_path / "demo")
+    """The segment-volume flow on a user's TIFF (imported to OME-Zarr) with a 1-worker Dask cluster."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        result = invoke("demo", trained / "img.tif", "--ground-truth", trained / "lab.tif", "--workers", "1",
+                        "--model", trained / "run" / "best.safetensors", "--out", tmp_path / "demo")
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
-    assert 0 <= report["pixel_error"] <= 1
+    assert 0 <= report["pixel_error"] <= 1 and report["blocks"].startswith("1 of 1")
     assert (tmp_path / "demo" / "overlay.png").stat().st_size > 1000
+    assert (tmp_path / "demo" / "segmentation.zarr" / "probability").is_dir()
 
 
 def test_train_and_predict_3d_on_real_fibsem(shared_data, tmp_path) -> None:

@@ -1,0 +1,274 @@
+"""What the flows share: cluster parameters, the transient-error retry rule, reading arrays
+from any source (TIFF, HDF5, Zarr), metric rows, a background progress reporter, and the
+Dask helpers (a local cluster for a block of work, one call on a GPU slot).
+
+Nothing here imports Prefect at module level, so the CLI can use it without paying for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ArrayKind = Literal["image", "labels", "weights"]
+
+# ISBI 2012 metrics shown in tables: (key, key of its threshold), lower is better.
+METRICS: tuple[tuple[str, str], ...] = (
+    ("pixel_error", "pixel_threshold"),
+    ("rand_error", "rand_threshold"),
+    ("info_error", "info_threshold"),
+    ("rand_error_2012", "rand_2012_threshold"),
+    ("warping_error", "warping_threshold"),
+    ("warping_error_jain", "jain_threshold"),
+)
+
+
+class ClusterParams(BaseModel):
+    """Where the Dask work runs: a running scheduler, or a local cluster started for the run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scheduler: str | None = Field(
+        None, description="Address of a running Dask scheduler (tcp://host:8786); its workers declare --resources GPU=1."
+    )
+    workers: int | None = Field(
+        None, ge=1, description="Local workers to start when no scheduler is given (default: one per GPU, 2 on a CPU)."
+    )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ClusterParams:
+        if self.scheduler is not None and self.workers is not None:
+            raise ValueError(
+                f"Expected a scheduler address or a number of local workers. Got both "
+                f"(scheduler={self.scheduler!r}, workers={self.workers}) instead."
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- logging
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The Prefect run logger inside a flow or task run, else a plain module logger."""
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("emunet.flows")
+
+
+# --------------------------------------------------------------------------- retries
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """True for errors a retry may cure: timeouts, dropped connections, other I/O hiccups.
+
+    Deterministic I/O errors (missing files, permissions, an existing output) are not
+    transient; neither is anything that is not an `OSError` (bad input, a bug).
+    """
+    from pipeline.execute import RetryPolicy
+
+    if exc is None:
+        return False
+    return isinstance(exc, (TimeoutError, ConnectionError)) or RetryPolicy.is_transient(exc)
+
+
+def failure_of(state: Any) -> BaseException | None:
+    """The exception carried by a failed Prefect state (None if there is none)."""
+    data = getattr(state, "data", None)
+    if isinstance(data, BaseException):
+        return data
+    try:
+        state.result()
+    except BaseException as exc:  # noqa: BLE001 - we only look at it
+        return exc
+    return None
+
+
+def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """`retry_condition_fn` for stage tasks: retry only transient errors (see `is_transient`)."""
+    exc = failure_of(state)
+    retry = is_transient(exc)
+    name = getattr(task, "name", "task")
+    if exc is not None:
+        kind, action = ("transient", "retrying") if retry else ("permanent", "not retrying")
+        run_logger().warning(f"{name}: {kind} error ({type(exc).__name__}: {exc}); {action}")
+    return retry
+
+
+def attempt() -> int:
+    """1 for the first run of the current task, 2 for its first retry, …"""
+    from prefect.runtime import task_run
+
+    count = task_run.run_count
+    return int(count) if count else 1
+
+
+# --------------------------------------------------------------------------- reading arrays
+
+
+def is_file_source(url: str) -> bool:
+    """True for a TIFF stack or an HDF5 dataset (``file.h5:/path``), False for Zarr."""
+    from unetcore.io import HDF5_SUFFIXES, TIFF_SUFFIXES, split_hdf5
+
+    path, _ = split_hdf5(str(url))
+    return path.suffix.lower() in TIFF_SUFFIXES + HDF5_SUFFIXES
+
+
+def looks_like_zarr(url: str) -> bool:
+    """A remote URL, a path with ``.zarr`` in it, or a directory holding Zarr metadata."""
+    from pipeline.volume import is_remote, local_path
+
+    url = str(url)
+    if is_remote(url) or ".zarr" in url:
+        return True
+    path = Path(local_path(url))
+    return path.is_dir() and any((path / name).exists() for name in ("zarr.json", ".zarray", ".zgroup"))
+
+
+def read_any(url: str, kind: ArrayKind = "image") -> np.ndarray:
+    """A whole array into memory from a TIFF, an HDF5 dataset or a Zarr volume (3D)."""
+    from unetcore.io import read_array
+
+    if is_file_source(url):
+        return read_array(url)
+    from pipeline.volume import LABEL_DTYPES, SUPPORTED_DTYPES, open_volume
+
+    volume = open_volume(str(url), dtypes=LABEL_DTYPES if kind == "labels" else SUPPORTED_DTYPES)
+    return np.asarray(volume.array[...])
+
+
+def shape_of(url: str, kind: ArrayKind = "image") -> tuple[int, ...]:
+    """The shape of what `read_any` would read, without reading the data."""
+    from unetcore.io import read_array, split_hdf5
+
+    if is_file_source(url):
+        path, dataset = split_hdf5(str(url))
+        if not path.exists():
+            raise FileNotFoundError(f"Expected an image file at {path}. Got no file instead.")
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                return tuple(tif.series[0].shape)
+        return tuple(read_array(url).shape)  # HDF5: small enough to read (training data)
+    from pipeline.volume import LABEL_DTYPES, SUPPORTED_DTYPES, open_volume
+
+    return tuple(open_volume(str(url), dtypes=LABEL_DTYPES if kind == "labels" else SUPPORTED_DTYPES).shape)
+
+
+def as_stack(array: np.ndarray) -> np.ndarray:
+    """(y, x) → (1, y, x); a stack is returned unchanged."""
+    return array[None] if array.ndim == 2 else array
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def isbi_scores(probability: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """The ISBI 2012 metrics (`pipeline.metrics.evaluate_stack`), scalars only."""
+    from pipeline.metrics.evaluate import evaluate_stack
+
+    scores = evaluate_stack(as_stack(probability), as_stack(labels))
+    return {k: float(v) for k, v in scores.items() if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)}
+
+
+def metric_rows(scores: Mapping[str, float]) -> list[dict[str, Any]]:
+    """Rows of a table artifact: metric, value, threshold of the optimum."""
+    return [
+        {"metric": key, "value": round(float(scores[key]), 6), "threshold": scores.get(threshold)}
+        for key, threshold in METRICS
+        if key in scores
+    ]
+
+
+def metric_line(scores: Mapping[str, float]) -> str:
+    return ", ".join(f"{key.replace('_', ' ')} {scores[key]:.4g}" for key, _ in METRICS if key in scores)
+
+
+# --------------------------------------------------------------------------- progress
+
+
+@contextlib.contextmanager
+def every(seconds: float, report: Callable[[], None]) -> Iterator[None]:
+    """Call ``report()`` every `seconds` in a daemon thread while the block runs."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(seconds):
+            try:
+                report()
+            except Exception:  # noqa: BLE001 - progress must never break the run
+                pass
+
+    thread = threading.Thread(target=loop, name="emunet-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+# --------------------------------------------------------------------------- Dask
+
+
+@contextlib.contextmanager
+def quiet_dask(level: int = logging.WARNING) -> Iterator[None]:
+    """Keep distributed's INFO chatter (workers starting, plugins) out of the run log."""
+    logger = logging.getLogger("distributed")
+    before = logger.level
+    logger.setLevel(max(level, before))
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+@contextlib.contextmanager
+def scheduler_address(cluster: ClusterParams | None) -> Iterator[str | None]:
+    """None (run in process), the given scheduler, or a local cluster started for the block."""
+    if cluster is None or (cluster.scheduler is None and cluster.workers is None):
+        yield None
+        return
+    if cluster.scheduler is not None:
+        yield cluster.scheduler
+        return
+    from pipeline.cluster import ClusterConfig, local_cluster
+
+    with quiet_dask():
+        local, kind, _ = local_cluster(ClusterConfig(workers=cluster.workers))
+    with local, quiet_dask():
+        run_logger().info(f"started a {kind} Dask cluster of {cluster.workers} worker(s) at {local.scheduler_address}")
+        yield local.scheduler_address
+
+
+def on_gpu_worker(address: str, fn: Callable[..., Any], *args: Any, timeout_s: float = 60.0) -> Any:
+    """``fn(*args)`` on one GPU slot of the cluster at `address` (``resources={"GPU": 1}``).
+
+    Submitted on its own, never through a graph (dask#7036 drops annotations on fusion).
+    """
+    import uuid
+
+    from distributed import Client
+
+    from pipeline.cluster import wait_for_gpu_slots
+    from pipeline.submit import GPU_RESOURCES
+
+    with Client(address, timeout=timeout_s) as client:
+        wait_for_gpu_slots(client, timeout_s)
+        key = f"emunet-{getattr(fn, '__name__', 'call').replace('_', '-')}-{uuid.uuid4().hex[:8]}"
+        future = client.submit(fn, *args, resources=GPU_RESOURCES, pure=False, key=key, retries=0)
+        try:
+            return future.result()
+        finally:
+            future.release()

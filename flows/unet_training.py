@@ -1,0 +1,205 @@
+"""Training as plain functions over a JSON-able `TrainSpec`: shared by `emunet train` (with
+or without Prefect) and the `train_unet` flow, and shipped as-is to a Dask GPU worker.
+
+No Prefect here: `run_training` and `evaluate_checkpoint` run wherever they are called
+(in process, or on a worker via ``client.submit(..., resources={"GPU": 1})``)::
+
+    TrainSpec ──► read images / labels / weights (TIFF, HDF5 or Zarr)
+              ──► configs (preset + overrides, TrainConfig, WeightMapConfig)
+              ──► weight maps (precomputed, or Eq. 2 per training slice)
+              ──► Trainer.fit ──► best.safetensors, last.safetensors, metrics.jsonl
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+Log = Callable[[str], Any]
+
+
+def parse_slices(spec: str | None, n: int) -> list[int]:
+    """'0:16' or '0,3,5' or '' → indices; raises on indices outside 0..n-1."""
+    if spec is None or spec == "":
+        return list(range(n))
+    if ":" in spec:
+        lo, _, hi = spec.partition(":")
+        idx = list(range(n))[slice(int(lo) if lo else None, int(hi) if hi else None)]
+    else:
+        idx = [int(v) for v in spec.split(",") if v.strip()]
+    bad = [i for i in idx if not 0 <= i < n]
+    if bad or not idx:
+        raise ValueError(f"expected slice indices in 0..{n - 1}, got {spec!r}")
+    return idx
+
+
+class TrainSpec(BaseModel):
+    """Data, model and recipe of one training run (the sections of `emunet train`'s config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: str = Field(description="Raw images: TIFF stack, file.h5:/dataset or a Zarr volume.")
+    labels: str = Field(description="Labels of the images' shape: 0 = membrane, > 0 = cell.")
+    weights: str | None = Field(None, description="Precomputed weight maps of the labels' shape (Zarr from precompute-weights, or TIFF).")
+    out_dir: str = Field("runs/train", description="Folder for best/last checkpoints and metrics.jsonl.")
+    preset: str = Field("paper", description="Model preset (paper, cpu, tiny, aniso3d, …).")
+    model: dict[str, Any] = Field(default_factory=dict, description="UNetConfig overrides, e.g. {base_channels: 16}.")
+    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields, e.g. {steps: 8000, tile: 428, lr: 0.01}.")
+    augment: dict[str, Any] = Field(default_factory=dict, description="AugmentConfig fields.")
+    weight_map: dict[str, Any] = Field(default_factory=dict, description="WeightMapConfig fields (w0, sigma, class_balance, cutoff).")
+    train_slices: str | None = Field(None, description="Training slices, e.g. 0:16 (default: all not in val_slices).")
+    val_slices: str | None = Field(None, description="Validation slices, e.g. 16:20 (default: none).")
+    instances: bool = Field(False, description="Labels are instance ids (each id is one cell).")
+    three_d: bool = Field(False, description="Train a 3D model on the volume (needs a 3D preset).")
+    device: str = Field("auto", description="auto, cpu or cuda[:N] (on the machine that trains).")
+    resume: bool = Field(False, description="Continue from out_dir/last.safetensors.")
+    isbi_metrics: bool = Field(False, description="Validate during training with the ISBI 2012 metrics (slower).")
+    progress: bool = Field(False, description="A progress bar on stderr of the training process.")
+    command: str = Field("train_unet", description="Recorded in the checkpoint's metadata.")
+
+    def configs(self) -> tuple[Any, Any, Any]:
+        """(UNetConfig, TrainConfig, WeightMapConfig): the preset with its overrides, the recipe."""
+        from unetcore.augment import AugmentConfig
+        from unetcore.config import UNetConfig, preset
+        from unetcore.trainer import TrainConfig
+        from unetcore.weightmap import WeightMapConfig
+
+        model = {k: v for k, v in self.model.items() if k != "preset"}
+        model_config = UNetConfig.from_dict({**preset(self.preset).to_dict(), **model})
+        train = dict(self.train)
+        if isinstance(train.get("tile"), list):
+            train["tile"] = tuple(train["tile"])
+        train_config = TrainConfig(**{**train, "device": self.device, "augment": AugmentConfig(**self.augment)})
+        return model_config, train_config, WeightMapConfig(**self.weight_map)
+
+    def is_3d(self, model_config: Any) -> bool:
+        if self.three_d and model_config.spatial_dims != 3:
+            raise ValueError(f"expected a 3D preset with --3d, got a {model_config.spatial_dims}D model")
+        return model_config.spatial_dims == 3
+
+    def split(self, n: int) -> tuple[list[int], list[int]]:
+        """(training, validation) slice indices of an n-slice stack; disjoint."""
+        val = parse_slices(self.val_slices, n) if self.val_slices else []
+        train = parse_slices(self.train_slices, n)
+        if not self.train_slices:
+            train = [i for i in train if i not in val]
+        overlap = sorted(set(train) & set(val))
+        if overlap:
+            raise ValueError(f"expected disjoint training and validation slices, got both: {overlap}")
+        if not train:
+            raise ValueError(f"expected at least one training slice, got none of {n} (all are validation slices)")
+        return train, val
+
+
+@dataclass
+class Prepared:
+    """What the Trainer needs: data, validation data, configs and metadata."""
+
+    train: Any  # TrainData
+    val: Any  # TrainData | None
+    model_config: Any
+    train_config: Any
+    metadata: dict[str, Any]
+
+
+def _stack(a: np.ndarray) -> np.ndarray:
+    return a if a.ndim == 3 else a[None]
+
+
+def prepare(spec: TrainSpec, log: Log) -> Prepared:
+    """Read the data, build the configs, split the slices and make the weight maps."""
+    from flows._common import read_any
+    from unetcore.trainer import TrainData
+    from unetcore.weightmap import border_weight_map
+
+    model_config, train_config, weight_config = spec.configs()
+    raw, lab = read_any(spec.images, "image"), read_any(spec.labels, "labels")
+    if raw.shape != lab.shape:
+        raise ValueError(f"expected images and labels of one shape, got {raw.shape} and {lab.shape}")
+    given = read_any(spec.weights, "weights").astype(np.float32) if spec.weights else None
+    if given is not None and given.shape != lab.shape:
+        raise ValueError(f"expected weight maps of the labels' shape {lab.shape}, got {given.shape} at {spec.weights}")
+    t0 = time.perf_counter()
+    if spec.is_3d(model_config):
+        raws, labs, maps, val = [raw], [lab], None if given is None else [given], None
+    else:
+        raw3, lab3 = _stack(raw), _stack(lab)
+        train_idx, val_idx = spec.split(raw3.shape[0])
+        raws, labs = [raw3[i] for i in train_idx], [lab3[i] for i in train_idx]
+        maps = None if given is None else [_stack(given)[i] for i in train_idx]
+        val = TrainData([raw3[i] for i in val_idx], [(lab3[i] > 0).astype(np.int64) for i in val_idx]) if val_idx else None
+    if maps is None:
+        maps = [border_weight_map(l, weight_config, instances=spec.instances) for l in labs]
+        log(f"weight maps for {len(labs)} images in {time.perf_counter() - t0:.1f} s")
+    else:
+        log(f"precomputed weight maps for {len(labs)} images from {spec.weights}")
+    data = {"images": spec.images, "labels": spec.labels, "train_slices": spec.train_slices, "val_slices": spec.val_slices,
+            "weights": spec.weights}  # fmt: skip
+    metadata = {
+        "data": {k: str(v) for k, v in data.items() if v is not None},
+        "weights": {"w0": weight_config.w0, "sigma": weight_config.sigma, "class_balance": weight_config.class_balance}
+        if given is None else {"precomputed": spec.weights},
+        "preset": spec.preset,
+        "command": spec.command,
+    }
+    classes = [(l > 0).astype(np.int64) for l in labs]
+    return Prepared(TrainData(raws, classes, maps), val, model_config, train_config, metadata)
+
+
+def isbi_metric_fn(probs: list, labels: list) -> dict[str, float]:
+    """Validation with the ISBI 2012 metrics (the core may not import pipeline/; we may)."""
+    from flows._common import isbi_scores
+
+    return isbi_scores(np.stack(probs), np.stack(labels))
+
+
+def run_training(spec: TrainSpec | dict[str, Any], log: Log | None = None) -> dict[str, Any]:
+    """Train with `unetcore.trainer.Trainer`; the fit result plus where the checkpoints are."""
+    import torch
+
+    from unetcore.model import UNet
+    from unetcore.trainer import Trainer
+
+    spec = TrainSpec.model_validate(spec)
+    log = log or logging.getLogger("emunet.train").info
+    ready = prepare(spec, log)
+    torch.manual_seed(ready.train_config.seed)
+    model = UNet(ready.model_config)
+    trainer = Trainer(
+        model, ready.train, ready.train_config, spec.out_dir, val=ready.val,
+        metric_fn=isbi_metric_fn if spec.isbi_metrics else None, metadata=ready.metadata, progress=spec.progress,
+    )  # fmt: skip
+    log(
+        f"training {spec.preset} ({sum(p.numel() for p in model.parameters()):,} parameters) on "
+        f"{len(ready.train.images)} image(s), tile {trainer.in_tile} → {trainer.out_tile}, "
+        f"{ready.train_config.steps} steps on {trainer.device}"
+    )
+    result = trainer.fit(resume=spec.resume)
+    out = Path(spec.out_dir)
+    result.update(out=str(out), best_checkpoint=str(out / "best.safetensors"), last_checkpoint=str(out / "last.safetensors"),
+                  device=str(trainer.device))  # fmt: skip
+    return result
+
+
+def evaluate_checkpoint(spec: TrainSpec | dict[str, Any], checkpoint: str) -> dict[str, Any] | None:
+    """ISBI 2012 metrics of `checkpoint` on the validation slices (None without any, or in 3D)."""
+    from flows._common import isbi_scores, read_any
+    from unetcore.checkpoint import load_checkpoint
+    from unetcore.predict import PredictConfig, TilePredictor
+
+    spec = TrainSpec.model_validate(spec)
+    ckpt = load_checkpoint(checkpoint)
+    if not spec.val_slices or spec.is_3d(ckpt.config):
+        return None
+    raw, lab = _stack(read_any(spec.images, "image")), _stack(read_any(spec.labels, "labels"))
+    _, val_idx = spec.split(raw.shape[0])
+    predictor = TilePredictor(ckpt.model, ckpt.normalization, PredictConfig(device=spec.device, batch_size=2))
+    probability = predictor.predict_stack(raw[val_idx])
+    return {"checkpoint": checkpoint, "slices": val_idx, "scores": isbi_scores(probability, lab[val_idx])}
