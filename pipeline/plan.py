@@ -336,6 +336,10 @@ def make_plan(
     """
     shape = _ints(volume_shape, 3, "a volume shape")
     lattice = model_lattice(model_config)
+    if chunk_shape is not None:
+        chunk_shape = _ints(chunk_shape, 3, "a chunk shape")
+    if shard_shape is not None:
+        shard_shape = _ints(shard_shape, 3, "a shard shape")
     unit = shard_shape or chunk_shape
     if block_shape is None:
         block_shape = default_block_shape(shape, model_config, unit=unit)

@@ -46,6 +46,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "demo",
     "import_",
     "status",
+    "segment",
 )
 
 

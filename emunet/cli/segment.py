@@ -18,13 +18,13 @@ class Dtype(str, Enum):
 
 
 def segment(
-    input: Annotated[str, typer.Argument(help="Input Zarr volume: a path or URL, an array or an OME-Zarr image.")],
-    output: Annotated[str, typer.Argument(help="Output OME-Zarr group (probability, optional mask, ledger).")],
+    input: Annotated[str, typer.Argument(metavar="IN.zarr", help="Input Zarr volume: a path or URL, an array or an OME-Zarr image.")],
+    output: Annotated[str, typer.Argument(metavar="OUT.zarr", help="Output OME-Zarr group (probability, optional mask, ledger).")],
     model: Annotated[Path, typer.Option(help="Checkpoint (.safetensors).")],
     workers: Annotated[Optional[int], typer.Option(envvar="EMUNET_SEGMENT_WORKERS", help="Local workers to start (default: one per GPU, 2 on a CPU).")] = None,
     scheduler: Annotated[Optional[str], typer.Option(envvar="EMUNET_SEGMENT_SCHEDULER", help="Address of a running Dask scheduler, e.g. tcp://host:8786.")] = None,
-    block: Annotated[Optional[tuple[int, int, int]], typer.Option(envvar="EMUNET_SEGMENT_BLOCK_SHAPE", metavar="Z Y X", help="Block shape in voxels (default 8 512 512, aligned).")] = None,
-    tile: Annotated[Optional[tuple[int, int]], typer.Option(envvar="EMUNET_SEGMENT_TILE_SHAPE", metavar="Y X", help="Model input tile (legal sizes; default: largest ≤ 572).")] = None,
+    block: Annotated[Optional[tuple[int, int, int]], typer.Option(metavar="Z Y X", help="Block shape in voxels (default 8 512 512, aligned).")] = None,
+    tile: Annotated[Optional[tuple[int, int]], typer.Option(metavar="Y X", help="Model input tile (legal sizes; default: largest ≤ 572).")] = None,
     batch_size: Annotated[int, typer.Option(envvar="EMUNET_SEGMENT_BATCH_SIZE", help="Tiles per forward pass.")] = 4,
     dtype: Annotated[Dtype, typer.Option(envvar="EMUNET_SEGMENT_DTYPE", help="Stored probability: uint8 = p·255, float16 or float32.")] = Dtype.uint8,
     mask: Annotated[bool, typer.Option("--mask", help="Also store mask = p ≥ 0.5.")] = False,
@@ -32,9 +32,11 @@ def segment(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
     pyramid: Annotated[int, typer.Option(envvar="EMUNET_SEGMENT_PYRAMID_LEVELS", help="2× (y, x) mean pyramid levels written at the end.")] = 0,
     max_in_flight: Annotated[Optional[int], typer.Option(envvar="EMUNET_SEGMENT_MAX_IN_FLIGHT", help="Tasks submitted at once (default 3 × GPU slots).")] = None,
-    blocks_per_task: Annotated[int, typer.Option(envvar="EMUNET_SEGMENT_BLOCKS_PER_TASK", help="Consecutive blocks per task (I/O overlaps compute inside).")] = 4,
+    blocks_per_task: Annotated[int, typer.Option(envvar="EMUNET_SEGMENT_BLOCKS_PER_TASK", help="Consecutive blocks per task (I/O overlaps compute inside).")] = 8,
     device: Annotated[str, typer.Option(envvar="EMUNET_SEGMENT_DEVICE", help="Device on each worker: auto, cpu or cuda.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")] = False,
+    ground_truth: Annotated[Optional[str], typer.Option(help="Labels (Zarr or TIFF; 0 = membrane, >0 = cell): ISBI metrics of the result (with --flow).")] = None,
+    flow: Annotated[bool, typer.Option("--flow/--no-flow", help="Run as the Prefect flow segment-volume (run log, retries, artifacts); --no-flow calls the pipeline directly.")] = True,
 ) -> None:
     """Predict every block of IN.zarr into OUT.zarr with the overlap-tile strategy.
 
@@ -49,22 +51,30 @@ def segment(
 
         if workers is not None and scheduler is not None:
             raise ValueError(f"expected --workers or --scheduler, got both ({workers}, {scheduler!r})")
-        config = SegmentConfig.from_env(
-            block_shape=block,
-            tile_shape=tile,
-            batch_size=batch_size,
-            dtype=dtype.value,
-            mask=mask,
-            resume=resume,
-            overwrite=overwrite,
-            pyramid_levels=pyramid,
-            workers=workers,
-            scheduler=scheduler,
-            max_in_flight=max_in_flight,
-            blocks_per_task=blocks_per_task,
-            device=device,
-            progress=not as_json,
-        )
+        given = {
+            "block_shape": block,
+            "tile_shape": tile,
+            "batch_size": batch_size,
+            "dtype": dtype.value,
+            "mask": mask,
+            "resume": resume,
+            "overwrite": overwrite,
+            "pyramid_levels": pyramid,
+            "workers": workers,
+            "scheduler": scheduler,
+            "max_in_flight": max_in_flight,
+            "blocks_per_task": blocks_per_task,
+            "device": device,
+            "progress": not as_json,
+        }
+        # Unset options fall back to EMUNET_SEGMENT_* (parsed by SegmentConfig.from_env).
+        config = SegmentConfig.from_env(**{k: v for k, v in given.items() if v is not None})
+        if flow:
+            from emunet.cli.flow_commands import segment_with_flow
+
+            raise typer.Exit(segment_with_flow(input, output, model, config, ground_truth=ground_truth, as_json=as_json))
+        if ground_truth is not None:
+            raise ValueError("expected --ground-truth with --flow (the flow computes the metrics), got --no-flow")
         try:
             result = run_segment(input, output, model, config)
         except (ConnectionError, TimeoutError) as exc:  # no scheduler / no GPU workers

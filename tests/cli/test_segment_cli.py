@@ -135,3 +135,15 @@ def test_unreachable_scheduler_exit_2(app, runner, volume, checkpoint, tmp_path,
     monkeypatch.setenv("EMUNET_SEGMENT_TIMEOUT_S", "1")
     result = runner.invoke(app, args(volume, tmp_path / "out.zarr", checkpoint, "--scheduler", "tcp://127.0.0.1:1"))
     assert result.exit_code == 2 and "dask scheduler" in result.output, result.output
+    assert not (tmp_path / "out.zarr").exists(), "nothing is written before the cluster answers"
+
+
+def test_unset_options_come_from_the_environment(app, runner, volume, checkpoint, scheduler, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("EMUNET_SEGMENT_BLOCK_SHAPE", "2,24,24")
+    monkeypatch.setenv("EMUNET_SEGMENT_DTYPE", "float32")
+    out = tmp_path / "out.zarr"
+    cmd = ["segment", str(volume), str(out), "--model", str(checkpoint), "--scheduler", scheduler, "--json"]
+    result = runner.invoke(app, cmd)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["total_blocks"] == 8
+    assert zarr.open_group(str(out), mode="r")["probability"].dtype == np.float32

@@ -305,3 +305,42 @@ def test_existing_scheduler_address(cluster, spec, volume, tmp_path) -> None:
 def test_cluster_config_rejects_both_targets() -> None:
     with pytest.raises(ValueError, match="either workers"):
         ClusterConfig(workers=2, scheduler="tcp://127.0.0.1:1")
+
+
+def test_several_compute_threads_share_the_stage() -> None:
+    """Two compute threads overlap (one's CPU work, the other's kernels); nothing is lost."""
+    running = {"now": 0, "max": 0}
+    lock = threading.Lock()
+    written: dict[int, int] = {}
+
+    def compute(b: int, x: int) -> int:
+        with lock:
+            running["now"] += 1
+            running["max"] = max(running["max"], running["now"])
+        time.sleep(0.02)
+        with lock:
+            running["now"] -= 1
+        if b == 4:
+            raise RuntimeError("bad block")
+        return x + 100
+
+    ops = BlockOps(lambda b: b, compute, lambda b, y: written.__setitem__(b, y))
+    report = run_group(range(12), ops, compute_threads=2, depth=2)
+    assert sorted(report.done) == [b for b in range(12) if b != 4]
+    assert written == {b: b + 100 for b in report.done}
+    assert [f.block_id for f in report.failed] == [4]
+    assert running["max"] == 2
+
+
+def test_a_task_that_raises_goes_to_on_error(client, spec, volume, tmp_path) -> None:
+    """A whole task failing (here: no such plugin on the workers) is reported, not retried."""
+    path, _ = volume
+    plan = {"input": path, "output": _output(tmp_path), "slab": 2}
+    errors: list[tuple[GroupJob, BaseException]] = []
+    stats = submit_bounded(
+        client, process_group, [GroupJob((0, 1), plan, "emunet-model-missing", slab_ops)], max_in_flight=1,
+        on_result=lambda job, r: None, on_error=lambda job, exc: errors.append((job, exc)),
+    )  # fmt: skip
+    assert stats.errored == 1 and stats.finished == 0
+    [(job, exc)] = errors
+    assert job.block_ids == (0, 1) and "emunet-model-missing" in str(exc)

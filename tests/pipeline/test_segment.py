@@ -6,7 +6,7 @@ path); a tiny model and a 6×96×80 synthetic volume keep each run under a secon
 
 from __future__ import annotations
 
-import shutil
+import json
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +66,8 @@ def scheduler() -> str:
 
 
 def run(volume, out: Path, checkpoint: Path, scheduler: str, **kw) -> SegmentResult:
-    config = SegmentConfig(block_shape=BLOCK, scheduler=scheduler, progress=False, torch_threads=1, blocks_per_task=2, **kw)
+    kw = {"blocks_per_task": 2, **kw}
+    config = SegmentConfig(block_shape=BLOCK, scheduler=scheduler, progress=False, torch_threads=1, **kw)
     return segment(volume[0], out, checkpoint, config)
 
 
@@ -111,8 +112,9 @@ def test_failing_block_is_reported_and_resume_finishes_the_rest(volume, checkpoi
 
 def test_uint8_mask_and_pyramid(volume, checkpoint, scheduler, expected, tmp_path) -> None:
     out = tmp_path / "out.zarr"
-    result = run(volume, out, checkpoint, scheduler, dtype="uint8", mask=True, pyramid_levels=1, max_in_flight=2)
+    result = run(volume, out, checkpoint, scheduler, dtype="uint8", mask=True, pyramid_levels=1, max_in_flight=2, blocks_per_task=8)
     assert result.ok and result.peak_in_flight <= 2
+    assert result.blocks_per_task == 3, "12 blocks on 2 slots: groups shrink so both slots get work"
     group = zarr.open_group(str(out), mode="r")
     assert group["probability"].dtype == np.uint8
     np.testing.assert_allclose(group["probability"][:] / 255.0, expected, atol=0.5 / 255 + 1e-6)
@@ -133,7 +135,7 @@ def test_existing_output_needs_resume_or_overwrite(volume, checkpoint, scheduler
 def test_checkpoint_hash_mismatch_fails_before_any_block(volume, checkpoint, scheduler, tmp_path) -> None:
     with pytest.raises(CheckpointMismatchError, match="SHA-256"):
         run(volume, tmp_path / "out.zarr", checkpoint, scheduler, checkpoint_sha256="f" * 64)
-    shutil.rmtree(tmp_path / "out.zarr")
+    assert not (tmp_path / "out.zarr").exists(), "the output is created only once the workers hold the model"
     assert run(volume, tmp_path / "out.zarr", checkpoint, scheduler).ok  # the cluster is still usable
 
 
@@ -149,3 +151,26 @@ def test_config_validation_and_environment() -> None:
     assert (config.block_shape, config.mask, config.workers, config.batch_size) == ((8, 256, 256), True, 3, 2)
     with pytest.raises(ValueError, match="EMUNET_SEGMENT_BATCH_SIZE"):
         SegmentConfig.from_env({"EMUNET_SEGMENT_BATCH_SIZE": "four"})
+
+
+def test_bad_tile_and_bad_weights_are_refused_before_any_output(volume, checkpoint, scheduler, tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from unetcore.checkpoint import CheckpointError, read_header, tensor_hash
+    from unetcore.geometry import IllegalTileSizeError
+
+    out = tmp_path / "out.zarr"
+    with pytest.raises(IllegalTileSizeError, match="nearest legal sizes"):
+        run(volume, out, checkpoint, scheduler, tile_shape=(50, 50))
+    with pytest.raises(ValueError, match="tile of 2 sizes"):
+        run(volume, out, checkpoint, scheduler, tile_shape=(2, 108, 108))
+    # Weights that do not fit the checkpoint's own config (a header edited by hand, say).
+    header = read_header(checkpoint)
+    header["model_config"]["base_channels"] = 8
+    tensors = load_file(str(checkpoint))
+    header["content_sha256"] = tensor_hash(tensors)
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad), metadata={"emunet": json.dumps(header)})
+    with pytest.raises(CheckpointError, match="mismatch"):
+        run(volume, out, bad, scheduler)
+    assert not out.exists(), "nothing may be written before the run is refused"

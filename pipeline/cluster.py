@@ -1,0 +1,172 @@
+"""Clusters for block tasks: one worker per GPU, each declaring one ``GPU`` slot.
+
+Block tasks ask for ``resources={"GPU": 1}``, so a worker runs one at a time and owns its
+device. Which cluster `connect` gives:
+
+==========================  =================================================================
+an existing scheduler       ``Client(address)``; its workers must declare ``--resources GPU=1``
+CUDA and dask-cuda          ``LocalCUDACluster``: one worker per GPU, ``CUDA_VISIBLE_DEVICES``
+                            pinned (the worker's own GPU first), plus the ``GPU`` resource
+CUDA, no dask-cuda          the same by hand: one `Nanny` per GPU with ``CUDA_VISIBLE_DEVICES``
+CPU only (tests, laptops)   ``LocalCluster(processes=True, resources={"GPU": 1})``: N worker
+                            processes whose "GPU" slot is the CPU, torch threads = cores / N
+==========================  =================================================================
+
+The same code path (plugin, resources, bounded submission) runs in every case, so the CPU
+tests exercise what a GPU node runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from distributed import Client, LocalCluster
+
+from pipeline.submit import GPU_RESOURCES
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Where block tasks run: a running scheduler, or a local cluster started for the run."""
+
+    workers: int | None = None  # local workers; None = one per GPU (2 on a CPU-only machine)
+    scheduler: str | None = None  # address of a running scheduler; set = use it, start nothing
+    threads_per_worker: int = 1  # Dask task threads per worker (block tasks run one at a time)
+    torch_threads: int | None = None  # intra-op threads per CPU worker; None = cores / workers
+    timeout_s: float = 60.0  # how long to wait for a worker with a GPU slot
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"Expected workers ≥ 1. Got {self.workers} instead.")
+        if self.workers is not None and self.scheduler is not None:
+            raise ValueError(
+                f"Expected either workers (a local cluster) or a scheduler address. Got both: "
+                f"workers={self.workers}, scheduler={self.scheduler!r}"
+            )
+        if self.threads_per_worker < 1:
+            raise ValueError(f"Expected threads_per_worker ≥ 1. Got {self.threads_per_worker} instead.")
+
+
+@dataclass
+class Cluster:
+    """A connected client, what it runs on, and the torch threads the workers should use."""
+
+    client: Client
+    kind: str  # "scheduler", "local-cuda", "local-gpu" or "local-cpu"
+    slots: int  # GPU slots (block tasks that can run at once)
+    torch_threads: int | None
+
+
+def gpu_count() -> int:
+    """CUDA devices visible to this process (0 without CUDA or without torch's CUDA build)."""
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # pragma: no cover - a broken driver counts as no GPU
+        return 0
+
+
+def gpu_slots(client: Client) -> int:
+    """Sum of the ``GPU`` resource over the scheduler's workers."""
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    return int(sum(info.get("resources", {}).get("GPU", 0) for info in workers))
+
+
+def wait_for_gpu_slots(client: Client, timeout_s: float) -> int:
+    """Block until at least one worker declares a ``GPU`` slot; the slot count."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while (slots := gpu_slots(client)) < 1:
+        if time.monotonic() > deadline:
+            workers = client.scheduler_info(n_workers=-1)["workers"]
+            raise TimeoutError(
+                f"Expected a worker declaring a 'GPU' resource at {client.scheduler.address} within "
+                f"{timeout_s:.0f} s. Got {len(workers)} worker(s) without one instead; start them with "
+                "`dask worker ADDRESS --nworkers 1 --nthreads 1 --resources GPU=1` (one per GPU)"
+            )
+        time.sleep(0.2)
+    return slots
+
+
+def _memory_per_worker(n: int) -> int:
+    from distributed.system import MEMORY_LIMIT
+
+    return int(MEMORY_LIMIT // max(n, 1))
+
+
+def local_cluster(config: ClusterConfig) -> tuple[Any, str, int | None]:
+    """Start a local cluster for `config`: (cluster, kind, torch threads per worker)."""
+    common: dict[str, Any] = {"dashboard_address": None, "silence_logs": logging.WARNING}
+    gpus = gpu_count()
+    if gpus:
+        n = config.workers or gpus
+        if n > gpus:
+            raise ValueError(f"Expected at most one worker per GPU ({gpus}). Got workers={n} instead.")
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError:
+            return _pinned_gpu_cluster(n, config.threads_per_worker, common), "local-gpu", config.torch_threads
+        cluster = LocalCUDACluster(
+            n_workers=n, threads_per_worker=config.threads_per_worker, resources=GPU_RESOURCES, **common
+        )
+        return cluster, "local-cuda", config.torch_threads
+    n = config.workers or 2
+    threads = config.torch_threads or max(1, (os.cpu_count() or 1) // n)
+    cluster = LocalCluster(
+        n_workers=n,
+        threads_per_worker=config.threads_per_worker,
+        processes=True,
+        resources=GPU_RESOURCES,
+        **common,
+    )
+    return cluster, "local-cpu", threads
+
+
+def _pinned_gpu_cluster(n: int, threads: int, common: dict[str, Any]) -> Any:
+    """One Nanny per GPU with ``CUDA_VISIBLE_DEVICES`` rotated so its own GPU is device 0."""
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    devices = visible.split(",") if visible else [str(i) for i in range(gpu_count())]
+    workers = {
+        f"gpu-{devices[i]}": {
+            "cls": Nanny,
+            "options": {
+                "nthreads": threads,
+                "resources": dict(GPU_RESOURCES),
+                "env": {"CUDA_VISIBLE_DEVICES": ",".join(devices[i:] + devices[:i])},
+                "memory_limit": _memory_per_worker(n),
+            },
+        }
+        for i in range(n)
+    }
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": common["dashboard_address"]}}
+    return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=common["silence_logs"])
+
+
+@contextlib.contextmanager
+def connect(config: ClusterConfig = ClusterConfig()) -> Iterator[Cluster]:
+    """A client on the configured cluster; a cluster started here is closed on exit."""
+    if config.scheduler is not None:
+        try:
+            client = Client(config.scheduler, timeout=config.timeout_s)
+        except OSError as exc:
+            raise ConnectionError(
+                f"Expected a Dask scheduler at {config.scheduler!r}. Got no answer instead ({exc}); "
+                "start one with `dask scheduler` or drop --scheduler to run locally"
+            ) from None
+        with client:
+            slots = wait_for_gpu_slots(client, config.timeout_s)
+            yield Cluster(client, "scheduler", slots, config.torch_threads)
+        return
+    cluster, kind, threads = local_cluster(config)
+    with cluster, Client(cluster) as client:
+        slots = wait_for_gpu_slots(client, config.timeout_s)
+        yield Cluster(client, kind, slots, threads)

@@ -1,0 +1,428 @@
+"""`segment`: predict a whole Zarr volume with a checkpoint on a Dask cluster.
+
+::
+
+    client                                         workers (one per GPU slot)
+    ──────                                         ──────────────────────────
+    plan (block grid, chunk-aligned)               ModelPlugin: checkpoint hash checked,
+    create_output (resume/overwrite rules)         model + TilePredictor loaded once
+    ledger: skip blocks already done
+    stream groups of block ids ──(≤ max_in_flight, GPU: 1)──► read → predict → write, done
+    progress (blocks, voxels/s) ◄── GroupReport ─────────────┘  (failures: id, ROI, error)
+    pyramid levels (optional), SegmentResult
+
+Never imports Prefect; `flows/` wraps this function.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from pipeline.cluster import ClusterConfig, connect
+from pipeline.execute import BlockFailure, BlockOps, GroupReport, RetryPolicy
+from pipeline.submit import default_in_flight, submit_bounded
+from pipeline.worker import GroupJob, ModelPlugin, ModelSpec, process_group
+
+OUTPUT_DTYPES = ("uint8", "float16", "float32")
+ENV_PREFIX = "EMUNET_SEGMENT_"
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """Everything `segment` can be told; each field may come from ``EMUNET_SEGMENT_<NAME>``."""
+
+    block_shape: tuple[int, int, int] | None = None  # voxels per block; None = (8, 512, 512) aligned
+    tile_shape: tuple[int, ...] | None = None  # model input tile (legal); None = largest ≤ 572
+    batch_size: int = 4  # tiles per forward pass
+    dtype: str = "uint8"  # stored probability: uint8 (p·255), float16 or float32
+    mask: bool = False  # also store mask = p ≥ 0.5
+    device: str = "auto"  # on each worker: "auto" = its GPU if any, else the CPU
+    amp: bool = True  # bf16 autocast on CUDA
+    workers: int | None = None  # local workers; None = one per GPU (2 on a CPU machine)
+    scheduler: str | None = None  # address of a running Dask scheduler (overrides workers)
+    max_in_flight: int | None = None  # futures alive at once; None = 3 × GPU slots
+    blocks_per_task: int = 8  # consecutive blocks per task, at most (fewer if slots would idle)
+    queue_depth: int = 1  # blocks waiting between stages inside a task
+    compute_threads: int = 1  # threads sharing a worker's device (2 was slower on an H200)
+    retries: int = 3  # tries per read or write for transient I/O errors
+    overwrite: bool = False  # replace an existing output
+    resume: bool = False  # continue an existing output: skip the blocks its ledger has as done
+    pyramid_levels: int = 0  # 2× (y, x) mean levels written after the blocks
+    progress: bool = True  # a rich progress bar on stderr
+    input_level: int | None = None  # multiscale level of an OME-Zarr input
+    checkpoint_sha256: str | None = None  # expected file hash; None = hash of the client's file
+    torch_threads: int | None = None  # intra-op threads per CPU worker; None = cores / workers
+    timeout_s: float = 60.0  # waiting for the scheduler and for a worker with a GPU slot
+
+    def __post_init__(self) -> None:
+        if self.dtype not in OUTPUT_DTYPES:
+            raise ValueError(f"Expected dtype in {OUTPUT_DTYPES}. Got {self.dtype!r} instead.")
+        for name in ("batch_size", "blocks_per_task", "queue_depth", "compute_threads", "retries"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Expected {name} ≥ 1. Got {getattr(self, name)} instead.")
+        if self.max_in_flight is not None and self.max_in_flight < 1:
+            raise ValueError(f"Expected max_in_flight ≥ 1. Got {self.max_in_flight} instead.")
+        if self.pyramid_levels < 0:
+            raise ValueError(f"Expected pyramid_levels ≥ 0. Got {self.pyramid_levels} instead.")
+        if self.resume and self.overwrite:
+            raise ValueError("Expected at most one of resume and overwrite. Got both instead.")
+        if self.block_shape is not None and len(self.block_shape) != 3:
+            raise ValueError(f"Expected a (z, y, x) block shape. Got {self.block_shape} instead.")
+        ClusterConfig(workers=self.workers, scheduler=self.scheduler)  # validates the pair
+
+    def cluster(self) -> ClusterConfig:
+        return ClusterConfig(self.workers, self.scheduler, torch_threads=self.torch_threads, timeout_s=self.timeout_s)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> SegmentConfig:
+        """Defaults, then ``EMUNET_SEGMENT_*`` variables, then `overrides` (never eval'd)."""
+        environ = dict(os.environ if environ is None else environ)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _parse_env(f.name, str(f.type), raw)
+        return cls(**{**values, **overrides})
+
+
+def _parse_env(name: str, kind: str, raw: str) -> Any:
+    text = raw.strip()
+    if "None" in kind and text.lower() in ("", "none"):
+        return None
+    if kind.startswith("bool"):
+        if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise ValueError(f"Expected {ENV_PREFIX}{name.upper()} to be true/false. Got {raw!r} instead.")
+        return text.lower() in ("1", "true", "yes")
+    try:
+        if kind.startswith("tuple"):
+            return tuple(int(v) for v in re.split(r"[,x\s]+", text) if v)
+        if kind.startswith("int"):
+            return int(text)
+        if kind.startswith("float"):
+            return float(text)
+    except ValueError:
+        raise ValueError(f"Expected {ENV_PREFIX}{name.upper()} of type {kind}. Got {raw!r} instead.") from None
+    return text
+
+
+@dataclass
+class SegmentResult:
+    """What a run did (JSON via `to_dict`)."""
+
+    output_url: str
+    total_blocks: int  # blocks in the plan
+    computed: int = 0  # blocks written in this run
+    skipped: int = 0  # blocks already done (resume)
+    failed: list[BlockFailure] = field(default_factory=list)
+    voxels: int = 0  # output voxels written in this run
+    seconds: float = 0.0  # the whole call: planning, cluster start, model load, blocks, pyramid
+    run_seconds: float = 0.0  # first submission to last result
+    cluster: str = ""  # "local-cpu", "local-cuda", "local-gpu" or "scheduler"
+    slots: int = 0  # GPU slots (block tasks at once)
+    model_loads: dict[str, int] = field(default_factory=dict)  # worker → models it has loaded
+    worker_peak_rss: dict[str, int] = field(default_factory=dict)  # worker → peak RSS bytes
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # busy time per stage, summed
+    peak_in_flight: int = 0
+    blocks_per_task: int = 0  # the group size used (config's, smaller for small runs)
+    plugin: str = ""  # the model plugin's name on the workers
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    @property
+    def voxels_per_second(self) -> float:
+        return self.voxels / self.seconds if self.seconds else 0.0
+
+    @property
+    def steady_voxels_per_second(self) -> float:
+        return self.voxels / self.run_seconds if self.run_seconds else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["failed"] = [f.to_dict() for f in self.failed]
+        d["ok"] = self.ok
+        d["voxels_per_second"] = round(self.voxels_per_second, 1)
+        d["steady_voxels_per_second"] = round(self.steady_voxels_per_second, 1)
+        return d
+
+
+# -- on the workers -------------------------------------------------------------------------
+def _roi_dict(roi: Any) -> dict[str, list[int]]:
+    return {"offset": list(roi.offset), "shape": list(roi.shape)}
+
+
+def segment_ops(plugin: ModelPlugin, payload: dict[str, Any]) -> BlockOps:
+    """The stages of a segmentation block on a worker; opened things are cached per run."""
+    from pipeline.blocks import predict_block, read_block, write_block
+    from pipeline.ledger import Ledger
+    from pipeline.output import open_output
+    from pipeline.plan import SegmentPlan
+    from pipeline.volume import open_volume
+
+    run = payload["run"]
+    plan = plugin.cached((run, "plan"), lambda: SegmentPlan.from_dict(payload["plan"]))
+    level = plan.input_level if plan.input_level not in (None, 0) else None
+    volume = plugin.cached((run, "volume"), lambda: open_volume(plan.input_url, level=level))
+    output = plugin.cached((run, "output"), lambda: open_output(plan.output_url))
+    ledger = plugin.cached((run, "ledger"), lambda: Ledger(plan.output_url, plan.num_blocks))
+
+    def describe(block_id: int) -> dict[str, Any]:
+        block = plan.block(block_id)
+        return {"write_roi": _roi_dict(block.write_roi), "read_roi": _roi_dict(block.read_roi)}
+
+    def compute(block_id: int, data: Any) -> Any:
+        plugin.use_threads()  # torch's thread count is per thread
+        return predict_block(data, plan, block_id, plugin.predictor)
+
+    return BlockOps(
+        read=lambda b: read_block(plan, b, volume),
+        compute=compute,
+        write=lambda b, result: write_block(result, plan, b, output),
+        mark_done=ledger.mark_done,
+        mark_failed=lambda b, exc: ledger.mark_failed(b, exc, plan.block(b).write_roi),
+        describe=describe,
+        voxels=lambda b: plan.block(b).write_roi.size,
+    )
+
+
+def _peak_rss() -> int:
+    """Peak resident memory of this worker process, in bytes.
+
+    Linux: ``VmHWM`` of /proc/self/status, the high-water mark of this process image.
+    ``ru_maxrss`` would include the parent's memory at fork time (it survives ``exec``).
+    """
+    import resource
+    import sys
+
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+# -- on the client --------------------------------------------------------------------------
+def _absolute(url: str | Path) -> str:
+    """Local paths made absolute (workers may run elsewhere); URLs unchanged."""
+    from pipeline.volume import is_remote
+
+    text = str(url)
+    if is_remote(text) or text.startswith("file://") or os.path.isabs(text):
+        return text
+    return os.path.abspath(text)
+
+
+def _groups(ids: Iterator[int], size: int) -> Iterator[tuple[int, ...]]:
+    while group := tuple(itertools.islice(ids, size)):
+        yield group
+
+
+class _Progress:
+    """A rich progress bar: blocks done / total and voxels per second (or nothing)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.bar = None
+        self.start = time.perf_counter()
+        self.voxels = 0
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        from rich.console import Console
+
+        self.bar = Progress(
+            TextColumn("segment"), BarColumn(), MofNCompleteColumn(), TextColumn("blocks"),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=Console(stderr=True), transient=False,
+        )  # fmt: skip
+        self.task = self.bar.add_task("segment", total=total, rate="")
+        self.bar.start()
+
+    def advance(self, blocks: int, voxels: int) -> None:
+        self.voxels += voxels
+        if self.bar is not None:
+            rate = self.voxels / max(time.perf_counter() - self.start, 1e-9)
+            self.bar.update(self.task, advance=blocks, rate=f"{rate / 1e6:.2f} Mvox/s")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def segment(
+    input_url: str | Path,
+    output_url: str | Path,
+    checkpoint: str | Path,
+    config: SegmentConfig = SegmentConfig(),
+    *,
+    client: Any = None,
+) -> SegmentResult:
+    """Predict every block of ``input_url`` into the OME-Zarr ``output_url``.
+
+    `client` (a connected ``distributed.Client``) runs the blocks on its cluster; without
+    one, `config.scheduler` or a local cluster of `config.workers` is used. Failed blocks are
+    reported in the result (and the output's ledger), never retried beyond `config.retries`
+    transient I/O errors; a rerun with ``resume=True`` computes only what is left.
+    """
+    from pipeline.ledger import Ledger
+    from pipeline.output import OutputOptions, create_output, store_exists, write_pyramid
+    from pipeline.plan import plan_for_volume
+    from pipeline.volume import open_volume
+    from unetcore.checkpoint import file_sha256, read_header
+    from unetcore.config import UNetConfig
+
+    start = time.perf_counter()
+    checkpoint = Path(checkpoint).absolute()
+    model_config = UNetConfig.from_dict(read_header(checkpoint)["model_config"])
+    sha256 = config.checkpoint_sha256 or file_sha256(checkpoint)
+    volume = open_volume(_absolute(input_url), level=config.input_level)
+    plan = plan_for_volume(volume, _absolute(output_url), model_config, block_shape=config.block_shape, checkpoint_sha256=sha256)
+    _check_before_writing(checkpoint, plan, config)
+    options = OutputOptions(dtype=config.dtype, mask=config.mask)
+    create = functools.partial(
+        create_output, plan, options, model_config=model_config.to_dict(), resume=config.resume, overwrite=config.overwrite
+    )
+    if store_exists(plan.output_url) and not config.overwrite:
+        create()  # refuses an existing output, or checks that a resumed one has this plan; writes nothing
+    result = SegmentResult(plan.output_url, plan.num_blocks)
+
+    def prepare() -> Iterator[int]:
+        """Create the output (once the workers hold the model) and list the blocks to run."""
+        create()
+        done = Ledger(plan.output_url, plan.num_blocks).done_mask() if config.resume else None
+        result.skipped = int(done.sum()) if done is not None else 0
+        return (i for i in range(plan.num_blocks) if done is None or not done[i])
+
+    predict = {"tile_shape": config.tile_shape, "batch_size": config.batch_size, "device": config.device, "amp": config.amp}
+    spec = ModelSpec(str(checkpoint), sha256, predict=predict, torch_threads=config.torch_threads)
+    payload = {"plan": plan.to_dict(), "run": uuid.uuid4().hex}
+    if client is not None:
+        _run(client, "client", config, spec, payload, prepare, result)
+    else:
+        with connect(config.cluster()) as cluster:
+            if spec.torch_threads is None and cluster.torch_threads:
+                spec = ModelSpec(spec.checkpoint, sha256, predict, torch_threads=cluster.torch_threads)
+            _run(cluster.client, cluster.kind, config, spec, payload, prepare, result)
+    if config.pyramid_levels and result.ok:
+        write_pyramid(plan.output_url, config.pyramid_levels)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _check_before_writing(checkpoint: Path, plan: Any, config: SegmentConfig) -> None:
+    """Refuse what would fail on every worker before any output is created.
+
+    The weights must load into the checkpoint's own config (the workers would refuse them
+    one by one), and the tile must be legal for the model and the block.
+    """
+    from unetcore.checkpoint import load_checkpoint
+    from unetcore.predict import PredictConfig, plan_tiles
+
+    ckpt = load_checkpoint(checkpoint)  # weight shapes, tensor hash; raises CheckpointError
+    dims = ckpt.config.spatial_dims
+    if config.tile_shape is not None and len(config.tile_shape) != dims:
+        raise ValueError(
+            f"Expected a tile of {dims} sizes for this {dims}D model. Got {tuple(config.tile_shape)} instead."
+        )
+    predict = PredictConfig(tile_shape=config.tile_shape, batch_size=config.batch_size)
+    plan_tiles(ckpt.config, tuple(plan.block_shape[-dims:]), config.tile_shape, predict)  # illegal tiles raise
+
+
+def _run(
+    client: Any,
+    kind: str,
+    config: SegmentConfig,
+    spec: ModelSpec,
+    payload: dict[str, Any],
+    prepare: Callable[[], Iterator[int]],
+    result: SegmentResult,
+) -> None:
+    """Register the model plugin, create the output, stream the groups into `result`."""
+    from pipeline.cluster import wait_for_gpu_slots
+    from pipeline.plan import SegmentPlan
+
+    plan = SegmentPlan.from_dict(payload["plan"])
+    result.cluster, result.slots = kind, wait_for_gpu_slots(client, config.timeout_s)
+    try:
+        client.register_plugin(ModelPlugin(spec))  # loads and checks the model on every worker
+    except Exception:
+        client.unregister_worker_plugin(spec.name)  # leave no broken plugin for new workers
+        raise
+    result.plugin = spec.name
+    todo = prepare()
+    policy = RetryPolicy(attempts=config.retries)
+    total = result.total_blocks - result.skipped
+    progress = _Progress(total, config.progress)
+    stages: dict[str, float] = {}
+
+    def on_result(job: GroupJob, data: dict[str, Any]) -> None:
+        report = GroupReport.from_dict(data)
+        result.computed += len(report.done)
+        result.voxels += report.voxels
+        result.failed.extend(report.failed)
+        result.model_loads[report.worker] = report.model_loads
+        for k, v in report.seconds.items():
+            stages[k] = stages.get(k, 0.0) + v
+        progress.advance(len(report.done) + len(report.failed), report.voxels)
+
+    def on_error(job: GroupJob, exc: BaseException) -> None:
+        from pipeline.ledger import Ledger
+
+        ledger = Ledger(plan.output_url, plan.num_blocks)
+        for b in job.block_ids:
+            roi = plan.block(b).write_roi
+            error = f"{type(exc).__name__}: {exc}"
+            result.failed.append(BlockFailure(b, "task", error, 1, {"write_roi": _roi_dict(roi)}))
+            try:
+                ledger.mark_failed(b, exc, roi)
+            except Exception:  # the result still carries the failure
+                pass
+        progress.advance(len(job.block_ids), 0)
+
+    # Small runs get smaller groups, so every slot has work: at least 2 tasks per slot.
+    result.blocks_per_task = max(1, min(config.blocks_per_task, -(-total // (2 * result.slots))))
+    jobs = (
+        GroupJob(ids, payload, spec.name, segment_ops, policy, config.queue_depth, config.compute_threads)
+        for ids in _groups(todo, result.blocks_per_task)
+    )
+    t0 = time.perf_counter()
+    try:
+        stats = submit_bounded(
+            client, process_group, jobs,
+            max_in_flight=config.max_in_flight or default_in_flight(client),
+            on_result=on_result, on_error=on_error, key_prefix=f"emunet-segment-{payload['run'][:8]}",
+        )  # fmt: skip
+    finally:
+        progress.close()
+    result.run_seconds = time.perf_counter() - t0
+    result.peak_in_flight = stats.peak_in_flight
+    result.stage_seconds = {k: round(v, 3) for k, v in stages.items()}
+    result.failed.sort(key=lambda f: f.block_id)
+    result.worker_peak_rss = client.run(_peak_rss)
+
+
+def describe_result(result: SegmentResult) -> str:
+    """One line for people: counts, time and speed."""
+    return (
+        f"{result.computed} blocks written, {result.skipped} skipped, {len(result.failed)} failed of "
+        f"{result.total_blocks} in {result.seconds:.1f} s ({result.voxels_per_second / 1e6:.2f} Mvox/s "
+        f"end to end, {result.steady_voxels_per_second / 1e6:.2f} Mvox/s steady) on {result.slots} "
+        f"slot(s), {result.cluster}"
+    )
+
+
+__all__ = ["SegmentConfig", "SegmentResult", "describe_result", "segment", "segment_ops"]
