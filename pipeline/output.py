@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -287,7 +288,7 @@ def create_output(
                 "(--resume) to continue it or overwrite=True (--overwrite) to replace it"
             )
         remove_store(url, storage_options)
-    group = open_group(url, "w", storage_options)
+    group = _create_exclusively(url, storage_options)
     shape = plan.volume_shape
     arrays = [(options.name, options.dtype)] + ([("mask", "uint8")] if options.mask else [])
     for name, dtype in arrays:
@@ -310,6 +311,34 @@ def create_output(
         multiscales.append(ome_multiscale("mask", [ome_dataset("mask", plan.voxel_size)]))
     group.attrs.update(ome_attrs(multiscales) | {"emunet": provenance(plan, options, model_config, extra_attrs)})
     return Output(url, group, plan, options)
+
+
+def _create_exclusively(url: str, storage_options: Mapping[str, Any] | None) -> Any:
+    """Create the output group so that of two runs racing for one path only one wins.
+
+    Locally the store's directory is made with an atomic ``mkdir`` (it fails if another
+    run made it first); object stores have no atomic create, so there zarr's "w-" mode
+    (refuse an existing group) narrows the window as far as the store allows.
+    """
+    if is_remote(url):
+        from zarr.errors import ContainsArrayError, ContainsGroupError
+
+        try:
+            return open_group(url, "w-", storage_options)
+        except (FileExistsError, ContainsGroupError, ContainsArrayError) as exc:
+            raise _raced(url) from exc
+    try:
+        Path(local_path(url)).mkdir(parents=True, exist_ok=False)
+    except FileExistsError:
+        raise _raced(url) from None
+    return open_group(url, "w", storage_options)
+
+
+def _raced(url: str) -> OutputExistsError:
+    return OutputExistsError(
+        f"expected to create the output at {redact_url(url)}, got one that another run created "
+        "at the same moment; run one segmentation per output (or pass --resume to join it)"
+    )
 
 
 def load_plan(url: str, storage_options: Mapping[str, Any] | None = None) -> SegmentPlan:

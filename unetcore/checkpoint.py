@@ -133,13 +133,20 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
             raw = json.loads(f.read(header_len))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise CheckpointError(f"expected a JSON safetensors header at {path}, got {exc}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("__metadata__") or {}, dict):
+        raise CheckpointError(f"expected a safetensors header object at {path}, got {type(raw).__name__}")
     meta = (raw.get("__metadata__") or {}).get("emunet")
     if meta is None:
         raise CheckpointError(
             f"expected an emunet checkpoint (metadata key 'emunet') at {path}, got a plain "
             "safetensors file; save it with unetcore.checkpoint.save_checkpoint"
         )
-    header = json.loads(meta)
+    try:
+        header = json.loads(meta) if isinstance(meta, str) else None
+    except json.JSONDecodeError:
+        header = None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"expected a JSON object under the 'emunet' metadata key at {path}, got {meta!r:.60}")
     if header.get("format") != FORMAT:
         raise CheckpointError(f"expected checkpoint format {FORMAT!r}, got {header.get('format')!r}")
     return header

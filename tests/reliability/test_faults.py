@@ -197,11 +197,6 @@ def test_a_second_run_into_a_running_output_is_refused(cli, runner, volume_copy,
     assert box["r"].ok and np.array_equal(probability(out), clean)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "create_output checks store_exists() and then opens the group with mode 'w': two runs started "
-    "in the same instant both pass the check, and the later open wipes the earlier run's group and "
-    "ledger; fix: create the output exclusively (an O_EXCL lock/marker object locally, a conditional "
-    "PUT 'If-None-Match: *' on S3) and refuse with OutputExistsError when that fails"))
 def test_two_simultaneous_creates_cannot_both_win(source, checkpoint, tmp_path, monkeypatch) -> None:
     """The race made deterministic: the second creator's existence check ran before the first
     created the store (store_exists answers False for it)."""
@@ -217,8 +212,6 @@ def test_two_simultaneous_creates_cannot_both_win(source, checkpoint, tmp_path, 
     output.create_output(plan, output.OutputOptions(), model_config=config.to_dict())
     Ledger(plan.output_url, plan.num_blocks).mark_done(0)
     monkeypatch.setattr(output, "store_exists", lambda *a, **k: False)  # checked before the first created it
-    try:
+    with pytest.raises(output.OutputExistsError, match="another run created"):
         output.create_output(plan, output.OutputOptions(), model_config=config.to_dict())
-    except FileExistsError:
-        pass  # refused: the fixed behaviour
-    assert Ledger(plan.output_url, plan.num_blocks).is_done(0)
+    assert Ledger(plan.output_url, plan.num_blocks).is_done(0)  # the first run's work survives
