@@ -11,7 +11,6 @@ import typer
 import zarr
 from typer.testing import CliRunner
 
-from emunet.cli.segment import register
 from pipeline.cluster import ClusterConfig, local_cluster
 
 SHAPE = (4, 48, 48)
@@ -19,13 +18,9 @@ SHAPE = (4, 48, 48)
 
 @pytest.fixture(scope="module")
 def app() -> typer.Typer:
-    app = typer.Typer()
+    """The real `emunet` app, where the command is registered."""
+    from emunet.cli.app import app
 
-    @app.callback()
-    def main() -> None:  # a group, so the command is invoked as `segment ...` like in emunet
-        """Test app."""
-
-    register(app)
     return app
 
 

@@ -10,7 +10,6 @@ import tifffile
 import typer
 from typer.testing import CliRunner
 
-from emunet.cli.weights import register
 from unetcore.synthetic import synthetic_em_volume
 from unetcore.weightmap import WeightMapConfig, border_weight_map, weight_map_stack
 
@@ -22,13 +21,9 @@ def write(path: Path, data: np.ndarray) -> None:
 
 @pytest.fixture(scope="module")
 def app() -> typer.Typer:
-    app = typer.Typer()
+    """The real `emunet` app, where the command is registered."""
+    from emunet.cli.app import app
 
-    @app.callback()
-    def main() -> None:  # a group, so the command is invoked as `weights ...` like in emunet
-        """Test app."""
-
-    register(app)
     return app
 
 

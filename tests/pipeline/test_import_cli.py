@@ -11,19 +11,14 @@ import tifffile
 import typer
 from typer.testing import CliRunner
 
-from emunet.cli.import_ import register
 from pipeline.volume import open_volume
 
 
 @pytest.fixture(scope="module")
 def app() -> typer.Typer:
-    app = typer.Typer()
+    """The real `emunet` app, where the command is registered."""
+    from emunet.cli.app import app
 
-    @app.callback()
-    def main() -> None:  # a group, so the command is invoked as `import ...` like in emunet
-        """Test app."""
-
-    register(app)
     return app
 
 
