@@ -18,7 +18,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     FileExistsError,
     PermissionError,
     KeyError,
-    TypeError,
 )
 
 
