@@ -7,26 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import typer
 import zarr
-from typer.testing import CliRunner
 
 from pipeline.cluster import ClusterConfig, local_cluster
 
 SHAPE = (4, 48, 48)
-
-
-@pytest.fixture(scope="module")
-def app() -> typer.Typer:
-    """The real `emunet` app, where the command is registered."""
-    from emunet.cli.app import app
-
-    return app
-
-
-@pytest.fixture(scope="module")
-def runner() -> CliRunner:
-    return CliRunner()
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import typer
-from typer.testing import CliRunner
 
 from unetcore.synthetic import synthetic_em_volume
 from unetcore.weightmap import WeightMapConfig, border_weight_map, weight_map_stack
@@ -17,19 +15,6 @@ from unetcore.weightmap import WeightMapConfig, border_weight_map, weight_map_st
 def write(path: Path, data: np.ndarray) -> None:
     """A grey TIFF (3-slice stacks would otherwise be stored as RGB)."""
     tifffile.imwrite(path, data, photometric="minisblack")
-
-
-@pytest.fixture(scope="module")
-def app() -> typer.Typer:
-    """The real `emunet` app, where the command is registered."""
-    from emunet.cli.app import app
-
-    return app
-
-
-@pytest.fixture(scope="module")
-def runner() -> CliRunner:
-    return CliRunner()
 
 
 @pytest.fixture(scope="module")

@@ -17,25 +17,6 @@ import pytest
 SECRET = "s3cr3t-never-in-attrs"
 
 
-# --------------------------------------------------------------------------- S3 (moto)
-
-
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[str]:
-    """A moto S3 server on 127.0.0.1 (a free port); yields its endpoint URL."""
-    import logging
-
-    pytest.importorskip("s3fs")
-    server_mod = pytest.importorskip("moto.server")
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request in reports
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
 
 @pytest.fixture()
 def s3(s3_server: str, request: pytest.FixtureRequest) -> dict[str, Any]:

@@ -6,25 +6,9 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import pytest
 import tifffile
-import typer
-from typer.testing import CliRunner
 
 from pipeline.volume import open_volume
-
-
-@pytest.fixture(scope="module")
-def app() -> typer.Typer:
-    """The real `emunet` app, where the command is registered."""
-    from emunet.cli.app import app
-
-    return app
-
-
-@pytest.fixture(scope="module")
-def runner() -> CliRunner:
-    return CliRunner()
 
 
 DATA = np.random.default_rng(0).integers(0, 255, (3, 20, 30), dtype=np.uint8)

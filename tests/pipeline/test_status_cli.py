@@ -6,26 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from emunet.cli.status import register
 from pipeline.ledger import Ledger
 from pipeline.output import create_output
 from pipeline.plan import make_plan
 from unetcore.config import preset
-
-
-@pytest.fixture(scope="module")
-def app() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def main() -> None:
-        """Test app."""
-
-    register(app)
-    return app
 
 
 @pytest.fixture()

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import typer
 import zarr
-from typer.testing import CliRunner
 
 SHAPE = (4, 48, 48)  # 2 × 2 × 2 = 8 blocks of BLOCK
 BLOCK = (2, 24, 24)
@@ -60,22 +59,9 @@ def volume(tmp_path, image) -> Path:
 
 
 @pytest.fixture(scope="session")
-def cli() -> typer.Typer:
-    """The real `emunet` app (`segment` is registered on it should the app lack it, so the
-    other cases still run; test_segment_is_a_command_of_the_real_cli catches that)."""
-    from emunet.cli.app import app
-
-    names = {c.name or c.callback.__name__ for c in app.registered_commands}
-    if "segment" not in names:
-        from emunet.cli.segment import register
-
-        register(app)
+def cli(app) -> typer.Typer:
+    """The real `emunet` app."""
     return app
-
-
-@pytest.fixture(scope="session")
-def runner() -> CliRunner:
-    return CliRunner()
 
 
 def snapshot(path: Path) -> dict[str, tuple[bytes, int]]:
@@ -112,20 +98,9 @@ SECRET = "rel-s3cr3t-never-logged"
 
 
 @pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    """A moto S3 server on 127.0.0.1 (a free port)."""
-    import logging
-
-    pytest.importorskip("s3fs")
-    server_mod = pytest.importorskip("moto.server")
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+def moto_endpoint(s3_server: str) -> str:
+    """The shared moto S3 server on 127.0.0.1 (tests/conftest.py)."""
+    return s3_server
 
 
 class FaultProxy:
