@@ -151,6 +151,31 @@ def _pinned_gpu_cluster(n: int, threads: int, common: dict[str, Any]) -> Any:
     return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=common["silence_logs"])
 
 
+class _NoCancelledReconnect(logging.Filter):
+    """Drops the traceback distributed logs when a client that lost its scheduler is closed
+    while it tries to reconnect (its reconnection task is cancelled: nothing went wrong)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        import asyncio
+
+        return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
+
+
+@contextlib.contextmanager
+def _closing(client: Client) -> Iterator[Client]:
+    """`client`, closed on exit; quietly if it has lost its scheduler (see `SchedulerLostError`)."""
+    try:
+        yield client
+    finally:
+        quiet = _NoCancelledReconnect()
+        log = logging.getLogger("distributed.client")
+        log.addFilter(quiet)
+        try:
+            client.close()
+        finally:
+            log.removeFilter(quiet)
+
+
 @contextlib.contextmanager
 def connect(config: ClusterConfig = ClusterConfig()) -> Iterator[Cluster]:
     """A client on the configured cluster; a cluster started here is closed on exit."""
@@ -162,7 +187,7 @@ def connect(config: ClusterConfig = ClusterConfig()) -> Iterator[Cluster]:
                 f"Expected a Dask scheduler at {config.scheduler!r}. Got no answer instead ({exc}); "
                 "start one with `dask scheduler` or drop --scheduler to run locally"
             ) from None
-        with client:
+        with _closing(client):
             slots = wait_for_gpu_slots(client, config.timeout_s)
             yield Cluster(client, "scheduler", slots, config.torch_threads)
         return

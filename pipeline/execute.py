@@ -16,7 +16,9 @@ one, so one is the default.
 Failure policy (daisy resubmitted a failing block forever; here it fails once):
 
 * transient I/O errors (`OSError` such as timeouts and dropped connections, minus the
-  deterministic ones: missing files, permissions) are retried ``attempts`` times with
+  deterministic ones: missing files, permissions; and the object-store clients' network
+  errors that are not `OSError`: botocore's "could not connect" / "connection closed" and
+  aiohttp's truncated bodies and dropped connections) are retried ``attempts`` times with
   exponential back-off, in the read and write stages only;
 * anything else fails its block at once; the block is reported as a `BlockFailure` (id,
   stage, coordinates, error) and the group carries on with its other blocks.
@@ -43,6 +45,24 @@ _PERMANENT_OS_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# Network errors of the object-store clients (s3fs → aiobotocore → aiohttp) that are not
+# `OSError`s, by qualified class name (any class in the error's MRO), so this module imports
+# none of them. Seen through a fault proxy (tests/reliability/test_s3_faults.py): a reset
+# before the response gives botocore's EndpointConnectionError, a body cut short gives
+# aiohttp's ClientPayloadError, once s3fs's own retries are spent. Read timeouts
+# (botocore's ReadTimeoutError) are `OSError`s already.
+_TRANSIENT_NETWORK_ERRORS = frozenset(
+    {
+        "botocore.exceptions.HTTPClientError",  # ConnectionClosedError, ReadTimeoutError, ResponseStreamingError
+        "botocore.exceptions.ConnectionError",  # EndpointConnectionError, ConnectTimeoutError
+        "botocore.exceptions.IncompleteReadError",
+        "aiohttp.client_exceptions.ClientConnectionError",  # ServerDisconnectedError, …
+        "aiohttp.client_exceptions.ClientPayloadError",  # a body cut short
+        "http.client.IncompleteRead",
+    }
+)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Bounded retries for transient I/O errors; every other error fails the block once."""
@@ -60,7 +80,9 @@ class RetryPolicy:
     @staticmethod
     def is_transient(exc: BaseException) -> bool:
         """True for I/O errors that may pass on a retry (timeouts, resets, throttling)."""
-        return isinstance(exc, OSError) and not isinstance(exc, _PERMANENT_OS_ERRORS)
+        if isinstance(exc, OSError):
+            return not isinstance(exc, _PERMANENT_OS_ERRORS)
+        return any(f"{c.__module__}.{c.__qualname__}" in _TRANSIENT_NETWORK_ERRORS for c in type(exc).__mro__)
 
     def wait(self, attempt: int) -> float:
         """Seconds to wait after failed try number `attempt` (1-based)."""
@@ -148,8 +170,18 @@ class _Failed:
     tries: int
 
 
-def _error_text(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+def error_text(exc: BaseException, text: str | None = None) -> str:
+    """``"TypeName: message"`` (or `text`), plus the explicit cause when it says more.
+
+    s3fs turns an S3 error response into a bare `OSError` (a 503 SlowDown becomes
+    ``[Errno 16] <the server's message>``); the S3 error code survives only in the cause
+    (``ClientError: An error occurred (SlowDown) when calling the PutObject operation…``).
+    """
+    text = text or f"{type(exc).__name__}: {exc}"
+    cause = exc.__cause__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text += f" (from {type(cause).__name__}: {cause})"
+    return text
 
 
 def run_group(
@@ -241,7 +273,7 @@ def run_group(
                 pass
         with lock:
             report.failed.append(
-                BlockFailure(failed.block_id, failed.stage, _error_text(failed.exc), failed.tries, where, worker)
+                BlockFailure(failed.block_id, failed.stage, error_text(failed.exc), failed.tries, where, worker)
             )
 
     def take(q: queue.Queue) -> Any:

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.execute import error_text
 from pipeline.geometry import Roi
 from pipeline.volume import fsspec_filesystem, is_remote, redact_url
 
@@ -139,7 +140,7 @@ class Ledger:
         """Record a failure (block id, write ROI and the error text with its traceback)."""
         block_id = self._check(block_id)
         if isinstance(error, BaseException):
-            text = "".join(traceback.format_exception_only(type(error), error)).strip()
+            text = error_text(error, "".join(traceback.format_exception_only(type(error), error)).strip())
             tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
         else:
             text, tb = str(error), ""

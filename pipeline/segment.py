@@ -16,8 +16,10 @@ Never imports Prefect; `flows/` wraps this function.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
+import math
 import os
 import re
 import time
@@ -29,8 +31,8 @@ from typing import Any
 
 from pipeline.cluster import ClusterConfig, connect
 from pipeline.execute import BlockFailure, BlockOps, GroupReport, RetryPolicy
-from pipeline.submit import default_in_flight, submit_bounded
-from pipeline.worker import GroupJob, ModelPlugin, ModelSpec, process_group
+from pipeline.submit import SchedulerLostError, default_in_flight, submit_bounded
+from pipeline.worker import GroupJob, ModelPlugin, ModelSpec, hold_model, process_group, release_model
 
 OUTPUT_DTYPES = ("uint8", "float16", "float32")
 ENV_PREFIX = "EMUNET_SEGMENT_"
@@ -291,7 +293,7 @@ def segment(
     sha256 = config.checkpoint_sha256 or file_sha256(checkpoint)
     volume = open_volume(_absolute(input_url), level=config.input_level)
     plan = plan_for_volume(volume, _absolute(output_url), model_config, block_shape=config.block_shape, checkpoint_sha256=sha256)
-    _check_before_writing(checkpoint, plan, config)
+    tile, batch = _check_before_writing(checkpoint, plan, config)
     options = OutputOptions(dtype=config.dtype, mask=config.mask)
     create = functools.partial(
         create_output, plan, options, model_config=model_config.to_dict(), resume=config.resume, overwrite=config.overwrite
@@ -311,20 +313,23 @@ def segment(
     spec = ModelSpec(str(checkpoint), sha256, predict=predict, torch_threads=config.torch_threads)
     payload = {"plan": plan.to_dict(), "run": uuid.uuid4().hex}
     if client is not None:
-        _run(client, "client", config, spec, payload, prepare, result)
+        _run(client, "client", config, spec, payload, prepare, result, model_config, (tile, batch))
     else:
         with connect(config.cluster()) as cluster:
             if spec.torch_threads is None and cluster.torch_threads:
                 spec = ModelSpec(spec.checkpoint, sha256, predict, torch_threads=cluster.torch_threads)
-            _run(cluster.client, cluster.kind, config, spec, payload, prepare, result)
+            _run(cluster.client, cluster.kind, config, spec, payload, prepare, result, model_config, (tile, batch))
     if config.pyramid_levels and result.ok:
         write_pyramid(plan.output_url, config.pyramid_levels)
     result.seconds = time.perf_counter() - start
     return result
 
 
-def _check_before_writing(checkpoint: Path, plan: Any, config: SegmentConfig) -> None:
+def _check_before_writing(checkpoint: Path, plan: Any, config: SegmentConfig) -> tuple[tuple[int, ...], int]:
     """Refuse what would fail on every worker before any output is created.
+
+    Returns the input tile the blocks use and the largest batch a forward pass will hold
+    (``batch_size``, or fewer when a block has fewer tiles).
 
     The weights must load into the checkpoint's own config (the workers would refuse them
     one by one), and the tile must be legal for the model and the block.
@@ -339,7 +344,9 @@ def _check_before_writing(checkpoint: Path, plan: Any, config: SegmentConfig) ->
             f"Expected a tile of {dims} sizes for this {dims}D model. Got {tuple(config.tile_shape)} instead."
         )
     predict = PredictConfig(tile_shape=config.tile_shape, batch_size=config.batch_size)
-    plan_tiles(ckpt.config, tuple(plan.block_shape[-dims:]), config.tile_shape, predict)  # illegal tiles raise
+    tiles = plan_tiles(ckpt.config, tuple(plan.block_shape[-dims:]), config.tile_shape, predict)  # illegal tiles raise
+    per_block = math.prod(tiles.counts) * (plan.block_shape[0] if dims == 2 else 1)
+    return tiles.in_tile, min(config.batch_size, per_block)
 
 
 def _run(
@@ -350,18 +357,42 @@ def _run(
     payload: dict[str, Any],
     prepare: Callable[[], Iterator[int]],
     result: SegmentResult,
+    model_config: Any,
+    tiling: tuple[tuple[int, ...], int],
 ) -> None:
-    """Register the model plugin, create the output, stream the groups into `result`."""
+    """Fit the tile to the workers' memory, register the model plugin, create the output,
+    stream the groups into `result`."""
     from pipeline.cluster import wait_for_gpu_slots
+    from pipeline.memory import fit_tile, worker_budget
     from pipeline.plan import SegmentPlan
 
     plan = SegmentPlan.from_dict(payload["plan"])
     result.cluster, result.slots = kind, wait_for_gpu_slots(client, config.timeout_s)
+    tile, batch = tiling
+    budgets = client.run(worker_budget, config.device)
+    fitted = fit_tile(
+        model_config, tile, budgets, batch=batch, chosen=config.tile_shape is not None,
+        amp=config.amp, threads=config.compute_threads,
+    )  # fmt: skip
+    if fitted != tuple(tile):
+        spec = dataclasses.replace(spec, predict={**spec.predict, "tile_shape": fitted})
+    hold_model(client, spec, payload["run"])  # registered unless held: loads and checks it on every worker
     try:
-        client.register_plugin(ModelPlugin(spec))  # loads and checks the model on every worker
-    except Exception:
-        client.unregister_worker_plugin(spec.name)  # leave no broken plugin for new workers
-        raise
+        _stream(client, config, spec, payload, plan, prepare, result)
+    finally:
+        release_model(client, spec.name, payload["run"])  # shared by runs of the spec; idle ones are bounded
+
+
+def _stream(
+    client: Any,
+    config: SegmentConfig,
+    spec: ModelSpec,
+    payload: dict[str, Any],
+    plan: Any,
+    prepare: Callable[[], Iterator[int]],
+    result: SegmentResult,
+) -> None:
+    """Create the output and stream the groups into `result` (the run holds the model)."""
     result.plugin = spec.name
     todo = prepare()
     policy = RetryPolicy(attempts=config.retries)
@@ -386,6 +417,11 @@ def _run(
         for b in job.block_ids:
             roi = plan.block(b).write_roi
             error = f"{type(exc).__name__}: {exc}"
+            if type(exc).__name__ == "KilledWorker":  # the nanny's verdict after repeated deaths
+                error += (
+                    "; the worker process died on these blocks, often from running out of memory: use a "
+                    "smaller --tile or --batch-size, then rerun with --resume"
+                )
             result.failed.append(BlockFailure(b, "task", error, 1, {"write_roi": _roi_dict(roi)}))
             try:
                 ledger.mark_failed(b, exc, roi)
@@ -406,6 +442,14 @@ def _run(
             max_in_flight=config.max_in_flight or default_in_flight(client),
             on_result=on_result, on_error=on_error, key_prefix=f"emunet-segment-{payload['run'][:8]}",
         )  # fmt: skip
+    except SchedulerLostError as exc:  # the tasks in flight were dropped, not failed: no ledger mark
+        from pipeline.volume import redact_url
+
+        raise SchedulerLostError(
+            f"{exc}. Blocks written before are marked done in the ledger of {redact_url(plan.output_url)}; "
+            "once the scheduler and its workers are back, rerun the same command with --resume "
+            "(resume=True) to compute only the rest"
+        ) from None
     finally:
         progress.close()
     result.run_seconds = time.perf_counter() - t0

@@ -2,28 +2,44 @@
 
 A terabyte volume has 10^5–10^6 blocks; one graph of that many tasks would hold the client
 and the scheduler hostage. Instead the client keeps at most ``max_in_flight`` futures and
-submits the next group whenever one finishes (``distributed.as_completed``, growing as it
-goes)::
+submits the next group whenever one finishes (``distributed.wait(...,
+return_when="FIRST_COMPLETED")``, with a timeout, so that a lost scheduler is noticed)::
 
-    groups ─► [ submit ≤ max_in_flight ] ─► as_completed ─► on_result ─► submit the next one
+    groups ─► [ submit ≤ max_in_flight ] ─► wait (first done) ─► on_result ─► submit the next one
 
 Every task is submitted on its own with ``client.submit(..., resources={"GPU": 1},
 pure=False, key=...)``: never through a collection's graph, whose optimisation can fuse
 tasks and drop the resource annotation (dask#7036, dask#10325). The restriction makes the
 scheduler run at most one block task per GPU slot.
+
+If the client loses its scheduler (the scheduler process died, the network went away),
+distributed cancels every future in flight ("scheduler-connection-lost"), fetching a
+finished task's result fails on the closed connection, and a future submitted while it
+tries to reconnect never finishes: the loop raises `SchedulerLostError` at once instead of
+waiting, and passes none of those tasks to ``on_error`` (they did not fail; they were
+dropped). Whatever a worker wrote and marked done before stays done.
 """
 
 from __future__ import annotations
 
 import itertools
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from distributed import Client, Future, as_completed
+from distributed import Client, Future, wait
 
 GPU_RESOURCES: dict[str, float] = {"GPU": 1}  # one block task per GPU (or CPU slot)
+LOST_REASON = "scheduler-connection-lost"  # distributed's reason for the futures it drops
+WAIT_S = 1.0  # while no task finishes, how often the loop looks at the client
+POLL_S = 0.02  # how often `_connection_lost` looks at the client during its grace time
+LOST_GRACE_S = 5.0  # a result that failed to arrive: how long to wait for the client to see a lost scheduler
+
+
+class SchedulerLostError(ConnectionError):
+    """The client lost its scheduler mid-run; the tasks in flight were dropped, not failed."""
 
 
 @dataclass
@@ -61,7 +77,8 @@ def submit_bounded(
 
     `on_result(item, result)` and `on_error(item, exc)` run on the client as tasks finish
     (in completion order). A task that raises (e.g. its worker died three times) is passed
-    to `on_error`, not retried again here.
+    to `on_error`, not retried again here. Losing the scheduler raises `SchedulerLostError`
+    (at once, whatever is in flight).
     """
     if max_in_flight < 1:
         raise ValueError(f"Expected max_in_flight ≥ 1. Got {max_in_flight} instead.")
@@ -69,35 +86,71 @@ def submit_bounded(
     run = uuid.uuid4().hex[:8]
     stats = SubmitStats()
     source = iter(items)
-    pending: dict[str, Any] = {}  # future key → item
+    pending: dict[str, tuple[Future, Any]] = {}  # future key → (future, item), in submission order
     counter = itertools.count()
 
-    def submit(item: Any) -> Future:
+    def submit(item: Any) -> None:
         key = f"{key_prefix}-{run}-{next(counter)}"
         future = client.submit(fn, item, key=key, pure=False, resources=resources, retries=0)
-        pending[key] = item
+        pending[key] = (future, item)
         stats.submitted += 1
         if len(stats.keys) < keep_keys:
             stats.keys.append(key)
         stats.peak_in_flight = max(stats.peak_in_flight, len(pending))
-        return future
 
-    futures = as_completed([submit(item) for item in itertools.islice(source, max_in_flight)])
-    for future in futures:
-        item = pending.pop(future.key)
-        try:
-            result = future.result()
-        except Exception as exc:
-            stats.errored += 1
-            on_error(item, exc)
-        else:
-            stats.finished += 1
-            on_result(item, result)
-        finally:
-            future.release()
-        for nxt in itertools.islice(source, max_in_flight - len(pending)):
-            futures.add(submit(nxt))
+    for item in itertools.islice(source, max_in_flight):
+        submit(item)
+    while pending:
+        ready = [key for key, (future, _) in pending.items() if future.done()]
+        if not ready:  # wait for one to finish, looking at the client every WAIT_S
+            if client.status != "running":
+                raise _lost(client, stats, len(pending))
+            try:
+                wait([future for future, _ in pending.values()], timeout=WAIT_S, return_when="FIRST_COMPLETED")
+            except Exception:  # a timeout, or a cancelled future (looked at below)
+                pass
+            continue
+        for key in ready:
+            future, item = pending.pop(key)
+            try:
+                result = future.result()
+            except Exception as exc:
+                if _connection_lost(client, future, exc):
+                    raise _lost(client, stats, len(pending) + 1) from None
+                stats.errored += 1
+                on_error(item, exc)
+            else:
+                stats.finished += 1
+                on_result(item, result)
+            finally:
+                future.release()
+            for nxt in itertools.islice(source, max_in_flight - len(pending)):
+                submit(nxt)
     return stats
+
+
+def _connection_lost(client: Client, future: Future, exc: BaseException, grace_s: float = LOST_GRACE_S) -> bool:
+    """Whether `exc`, raised by ``future.result()``, means the client lost its scheduler
+    (the future was dropped, or fetching its result failed on a closed connection) rather
+    than the task failing (a task's own error gives the future the status "error")."""
+    if getattr(exc, "reason", None) == LOST_REASON:
+        return True
+    if future.status == "error" or not isinstance(exc, OSError):
+        return False
+    deadline = time.monotonic() + grace_s  # the client notices a closed stream a moment later
+    while client.status == "running" and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+    return client.status != "running"
+
+
+def _lost(client: Client, stats: SubmitStats, in_flight: int) -> SchedulerLostError:
+    address = getattr(client.scheduler, "address", None) or "(unknown address)"
+    return SchedulerLostError(
+        f"Expected the Dask scheduler at {address} to stay reachable. Got the connection to it lost "
+        f"mid-run instead (client status {client.status!r}): the scheduler died or the network went "
+        f"away, and the {in_flight} task(s) in flight were dropped ({stats.finished + stats.errored} "
+        f"of the {stats.submitted} tasks submitted had reported back)"
+    )
 
 
 def task_restrictions(client: Client, prefix: str = "emunet-") -> dict[str, dict[str, float] | None]:

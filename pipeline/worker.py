@@ -10,11 +10,22 @@ and the plan as a small dict (`GroupJob`); they never carry arrays or models::
                                                              ├─ plugin: model, predictor (loaded once)
                                                              ├─ plugin cache: plan, zarr arrays, ledger
                                                              └─ run_group: read → compute → write
+
+A long-lived cluster serves many runs, each with its own checkpoint or settings: a plugin
+left registered would keep its model on every worker (and load it on every worker that
+joins) for the life of the cluster. Runs therefore *hold* their model (`hold_model`) and
+*release* it at the end (`release_model`). The scheduler keeps who holds which plugin; a
+plugin nobody holds is idle, and only the `KEEP_IDLE_MODELS` most recently used idle ones
+stay registered (a rerun of the same model starts warm); older ones are unregistered, which
+tears them down on every worker. Runs of the same spec share one plugin, so a run ending
+never pulls the model from under a concurrent run. Holds of clients that are gone (killed,
+disconnected) are dropped at the next hold or release.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -22,7 +33,7 @@ import logging
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -35,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 LOADS = 0  # models this process has loaded (read by the tests and reported per group)
 PLUGIN_PREFIX = "emunet-model-"
+KEEP_IDLE_MODELS = 1  # plugins no run holds that stay registered (most recently used first)
 
 
 class CheckpointMismatchError(ValueError):
@@ -100,6 +112,8 @@ class ModelPlugin(WorkerPlugin):
         self._cache: OrderedDict[Any, Any] = OrderedDict()
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
+        self._users = 0  # tasks using the model right now (`in_use`)
+        self._torn_down = False
 
     def __getstate__(self) -> dict[str, Any]:  # only the spec travels
         return {"spec": self.spec, "cache_size": self.cache_size}
@@ -112,6 +126,32 @@ class ModelPlugin(WorkerPlugin):
         await asyncio.to_thread(self.load)
 
     def teardown(self, worker: Any) -> None:
+        """Free the model, or let the last task still using it free it when it ends.
+
+        Distributed tears plugins down when they are unregistered and when the worker closes
+        (e.g. its scheduler died), whatever tasks are running: freeing the model under a
+        running block would fail that block (``'NoneType' object has no attribute …``)."""
+        with self._lock:
+            self._torn_down = True
+            busy = self._users > 0
+        if not busy:
+            self._free()
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[ModelPlugin]:
+        """Hold the model for a task: a teardown meanwhile waits for the task to end."""
+        with self._lock:
+            self._users += 1
+        try:
+            yield self
+        finally:
+            with self._lock:
+                self._users -= 1
+                last = self._torn_down and self._users == 0
+            if last:
+                self._free()
+
+    def _free(self) -> None:
         self.predictor = self.checkpoint = None
         with self._lock:
             self._cache.clear()
@@ -193,6 +233,96 @@ def plugin_on_this_worker(name: str) -> ModelPlugin:
     return plugin
 
 
+def _model_registry(client: Any, action: str, name: str, holder: str, keep_idle: int, **sync: Any) -> list[str]:
+    """Run `action` ("hold", "release" or "drop") on the scheduler's table of model holds;
+    the plugins it unregistered.
+
+    One coroutine on the scheduler, under one lock, so holds, releases and the unregistering
+    they cause never interleave. It is sent by value (a nested function using only the
+    standard library): the scheduler need not import emunet.
+    """
+
+    async def registry(action: str, name: str, holder: str, owner: str, keep_idle: int, dask_scheduler: Any = None) -> list[str]:
+        import asyncio
+
+        state = getattr(dask_scheduler, "_emunet_models", None)
+        if state is None:
+            state = {"lock": asyncio.Lock(), "holders": {}, "used": {}, "tick": 0}
+            dask_scheduler._emunet_models = state
+        async with state["lock"]:
+            holders, used = state["holders"], state["used"]
+            live = set(dask_scheduler.clients)
+            for held in holders.values():  # holds of clients that are gone
+                for h in [h for h, c in held.items() if c not in live]:
+                    del held[h]
+            state["tick"] += 1
+            if action == "hold":
+                holders.setdefault(name, {})[holder] = owner
+                used[name] = state["tick"]
+                return []
+            holders.get(name, {}).pop(holder, None)
+            if name in used:
+                used[name] = state["tick"]
+            idle = sorted((n for n in used if not holders.get(n)), key=used.__getitem__, reverse=True)
+            # "drop": the plugin failed to set up; never keep it for workers that join later.
+            evict = idle[keep_idle:] + ([name] if action == "drop" and name in idle[:keep_idle] else [])
+            gone = []
+            for n in evict:
+                used.pop(n, None)
+                holders.pop(n, None)
+                if n in dask_scheduler.worker_plugins:
+                    await dask_scheduler.unregister_worker_plugin(None, n)  # teardown on every worker
+                    gone.append(n)
+            return gone
+
+    return client.run_on_scheduler(registry, action, name, holder, client.id, keep_idle, **sync)
+
+
+def hold_model(client: Any, spec: ModelSpec, holder: str, keep_idle: int = KEEP_IDLE_MODELS) -> str:
+    """Hold `spec`'s plugin for `holder` (a run id) and register it (the model loads and is
+    checked on every worker) unless it already is; the plugin's name.
+
+    The hold comes first, so a concurrent release cannot unregister the plugin between our
+    registration and our tasks. A registration that fails (e.g. `CheckpointMismatchError`)
+    drops the hold and the plugin, unless another run holds it, and raises.
+    """
+    _model_registry(client, "hold", spec.name, holder, keep_idle)
+    try:
+        client.register_plugin(ModelPlugin(spec))  # idempotent: a no-op if registered already
+    except Exception:
+        try:
+            _model_registry(client, "drop", spec.name, holder, keep_idle)
+        except Exception:  # pragma: no cover - the registration's error matters more
+            logger.warning("could not drop the model plugin %s", spec.name, exc_info=True)
+        raise
+    return spec.name
+
+
+def release_model(client: Any, name: str, holder: str, keep_idle: int = KEEP_IDLE_MODELS, timeout_s: float = 30.0) -> list[str]:
+    """Drop `holder`'s hold on plugin `name`; unregister idle plugins beyond the `keep_idle`
+    most recently used. The plugins unregistered; never raises (a run's result matters more:
+    a client without its scheduler has nothing left to release, the scheduler's table died
+    with it).
+    """
+    if getattr(client, "status", "running") != "running":
+        return []
+    try:
+        return _model_registry(client, "release", name, holder, keep_idle, callback_timeout=timeout_s)
+    except Exception:
+        logger.warning("could not release the model plugin %s", name, exc_info=True)
+        return []
+
+
+def held_models(client: Any) -> dict[str, list[str]]:
+    """The scheduler's table: plugin name → holders (run ids); idle plugins map to []."""
+
+    def table(dask_scheduler: Any) -> dict[str, list[str]]:
+        state = getattr(dask_scheduler, "_emunet_models", None) or {"used": {}, "holders": {}}
+        return {n: sorted(state["holders"].get(n, {})) for n in state["used"]}
+
+    return client.run_on_scheduler(table)
+
+
 OpsFactory = Callable[[ModelPlugin, dict[str, Any]], BlockOps]
 
 
@@ -212,10 +342,11 @@ class GroupJob:
 def process_group(job: GroupJob) -> dict[str, Any]:
     """The Dask task: run `job`'s blocks through the worker's pipeline; a GroupReport dict."""
     plugin = plugin_on_this_worker(job.plugin)
-    plugin.load()  # no-op once loaded (setup already did it)
-    ops = job.ops(plugin, job.plan)
-    report = run_group(
-        job.block_ids, ops, job.policy, depth=job.depth, compute_threads=job.compute_threads, worker=get_worker().address
-    )
+    with plugin.in_use():  # a teardown (unregistered, worker closing) waits for this group
+        plugin.load()  # no-op once loaded (setup already did it)
+        ops = job.ops(plugin, job.plan)
+        report = run_group(
+            job.block_ids, ops, job.policy, depth=job.depth, compute_threads=job.compute_threads, worker=get_worker().address
+        )
     report.model_loads = LOADS
     return report.to_dict()

@@ -16,6 +16,19 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """Flows in this session report to a temporary server with its own SQLite database."""
+    from emunet.cli.flow_commands import import_prefect
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry racing the migration
+    import_prefect()  # with the process's real stderr (see its docstring)
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):  # the first start migrates the database
+        yield
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real-data folder; absent only outside CI (CI always has it)."""
     path = data_dir()

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from unetcore import geometry
+from unetcore import geometry, memory
 from unetcore.model import UNet
 from unetcore.normalization import Normalization
 
@@ -243,8 +243,19 @@ class TilePredictor:
         if self.device.type == "cuda" and self.config.channels_last and self.dims == 2:
             x = x.contiguous(memory_format=torch.channels_last)
         use_amp = self.config.amp and self.device.type == "cuda"
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-            logits = self.model(x)
+        oom = None
+        try:
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits = self.model(x)
+        except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+            if not memory.is_oom(exc):
+                raise
+            oom = str(exc)
+        if oom is not None:  # out here the failed pass's frames and tensors are released
+            del x
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise memory.oom_error(oom, self.model.config, tiles.shape[1:], batch=len(tiles), device=str(self.device))
         probs = torch.softmax(logits.float(), dim=1)[:, class_index]
         if self.model.config.padding == "same":
             probs = probs[(slice(None),) + tuple(slice(c, -c or None) for c in self._same_context())]

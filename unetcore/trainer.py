@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from unetcore import geometry
+from unetcore import geometry, memory
 from unetcore.augment import AugmentConfig, sample_tile
 from unetcore.checkpoint import load_checkpoint, save_checkpoint
 from unetcore.loss import weighted_cross_entropy
@@ -132,6 +132,10 @@ class Trainer:
         tile = config.tile if isinstance(config.tile, tuple) else (config.tile,) * dims
         self.in_tile = tuple(int(t) for t in tile)
         self.out_tile = geometry.output_shape(model.config, self.in_tile)  # raises if illegal
+        memory.check_training_tile(
+            model.config, self.in_tile, batch=config.batch_size, budget=memory.device_budget(str(self.device)),
+            where=f"this machine ({self.device})",
+        )  # fmt: skip
         self._norm_images = [self.normalization.apply(img) for img in train.images]
         self.optimizer = torch.optim.SGD(
             model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay

@@ -33,6 +33,21 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(code=2) from None
 
 
+SCHEDULER_LOST = 3  # exit code: the run stopped with its scheduler; --resume continues it
+
+
+@contextlib.contextmanager
+def scheduler_lost() -> Iterator[None]:
+    """The Dask scheduler went away mid-run: its message and exit code 3 (not a usage error)."""
+    from pipeline.submit import SchedulerLostError
+
+    try:
+        yield
+    except SchedulerLostError as exc:
+        console.print(f"[bold red]error[/] (scheduler lost): {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=SCHEDULER_LOST) from None
+
+
 def echo_json(obj: object) -> None:
     """Print one JSON object on stdout (nothing else goes to stdout with --json)."""
     import json

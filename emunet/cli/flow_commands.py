@@ -10,6 +10,7 @@ here, inside the functions, so ``emunet --help`` stays fast.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -35,14 +36,41 @@ def import_prefect() -> None:
       before, it keeps its own handler, which local clusters silence below WARNING.
     """
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    if "prefect.main" in sys.modules:
-        return
-    swapped, sys.stderr = sys.stderr, sys.__stderr__ or sys.stderr
-    try:
-        import distributed  # noqa: F401 - its logging before Prefect's
-        import prefect.main  # noqa: F401 - configures logging
-    finally:
-        sys.stderr = swapped
+    if "prefect.main" not in sys.modules:
+        swapped, sys.stderr = sys.stderr, sys.__stderr__ or sys.stderr
+        try:
+            import distributed  # noqa: F401 - its logging before Prefect's
+            import prefect.main  # noqa: F401 - configures logging
+        finally:
+            sys.stderr = swapped
+    quiet_user_error_tracebacks()
+
+
+class _UserErrorFormatter(logging.Formatter):
+    """Formats like `inner`, without the traceback of a user error (bad input)."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        from emunet.cli.common import USER_ERRORS
+
+        if record.exc_info and isinstance(record.exc_info[1], USER_ERRORS):
+            record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
+        return self.inner.format(record)
+
+
+def quiet_user_error_tracebacks() -> None:
+    """On the console, a flow that stops on bad input logs one line, not a traceback.
+
+    The command prints the error once more, as its last words; the run's log in the
+    Prefect API keeps the full record (its handler sees the record first, unchanged).
+    Tracebacks of anything else (a bug, a lost worker) are printed as before.
+    """
+    for handler in logging.getLogger().handlers:
+        if type(handler).__name__ == "PrefectConsoleHandler" and not isinstance(handler.formatter, _UserErrorFormatter):
+            handler.setFormatter(_UserErrorFormatter(handler.formatter))
 
 
 @contextlib.contextmanager
@@ -79,6 +107,7 @@ def segment_with_flow(
     """
     import_prefect()
     from flows.segment_volume import BlocksFailedError, SegmentVolumeParams, segment_volume
+    from pipeline.submit import SchedulerLostError
 
     params = SegmentVolumeParams.from_segment_config(input_url, output_url, str(checkpoint), config, ground_truth_url=ground_truth)
     try:
@@ -91,6 +120,8 @@ def segment_with_flow(
             _print_failures(exc.result["failed"])
         console.print(f"[bold red]failed blocks[/]: {exc}", highlight=False, soft_wrap=True)
         return 1
+    except SchedulerLostError:
+        raise  # lost mid-run after the flow's retries: exit 3 in `emunet segment`
     except (ConnectionError, TimeoutError) as exc:  # no scheduler / no GPU workers: a usage error
         raise ValueError(str(exc)) from None
     if as_json:

@@ -38,6 +38,7 @@ def predict(
         predictor = TilePredictor(
             ckpt.model, ckpt.normalization, PredictConfig(tile_shape=tile_shape, batch_size=batch_size, device=device, tta=tta)
         )
+        _check_memory(ckpt.config, image, predictor)
         t0 = time.perf_counter()
         prob = predictor.predict_stack(image).astype(np.float32)
         seconds = time.perf_counter() - t0
@@ -47,6 +48,20 @@ def predict(
             f"wrote {output} {prob.shape} float32 in {seconds:.1f} s "
             f"({seconds / slices:.2f} s per slice on {predictor.device})"
         )
+
+
+def _check_memory(config, image, predictor) -> None:
+    """Refuse a tile (at the batch size) that would exhaust the device's memory, up front."""
+    from unetcore.memory import check_tile, device_budget
+    from unetcore.predict import plan_tiles
+
+    dims = config.spatial_dims
+    tile = plan_tiles(config, image.shape[-dims:], predictor.config.tile_shape, predictor.config).in_tile
+    cuda = predictor.device.type == "cuda"
+    check_tile(
+        config, tile, batch=predictor.config.batch_size, budget=device_budget(str(predictor.device)),
+        where=f"this machine ({predictor.device})", bytes_per_element=2 if cuda and predictor.config.amp else 4, one_size_flag=True,
+    )  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:

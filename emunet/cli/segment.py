@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from emunet.cli.common import console, echo_json, user_errors
+from emunet.cli.common import console, echo_json, scheduler_lost, user_errors
 
 
 class Dtype(str, Enum):
@@ -43,9 +43,9 @@ def segment(
     Options may also come from EMUNET_SEGMENT_<NAME> variables (the command line wins).
 
     Exit codes: 0 all blocks done, 1 some blocks failed (listed; rerun with --resume),
-    2 a usage or input error.
+    2 a usage or input error, 3 the Dask scheduler was lost mid-run (rerun with --resume).
     """
-    with user_errors():
+    with user_errors(), scheduler_lost():
         from pipeline.segment import SegmentConfig, describe_result
         from pipeline.segment import segment as run_segment
 
@@ -75,8 +75,12 @@ def segment(
             raise typer.Exit(segment_with_flow(input, output, model, config, ground_truth=ground_truth, as_json=as_json))
         if ground_truth is not None:
             raise ValueError("expected --ground-truth with --flow (the flow computes the metrics), got --no-flow")
+        from pipeline.submit import SchedulerLostError
+
         try:
             result = run_segment(input, output, model, config)
+        except SchedulerLostError:
+            raise  # exit 3 (scheduler_lost): not a usage error
         except (ConnectionError, TimeoutError) as exc:  # no scheduler / no GPU workers
             raise ValueError(str(exc)) from None
     if as_json:

@@ -1,10 +1,9 @@
-"""Fixtures for the flow tests: one temporary Prefect API (SQLite) for the session, a tiny
+"""Fixtures for the flow tests (the temporary Prefect API, `prefect_api`, is in tests/conftest.py): a tiny
 synthetic volume with labels in Zarr, the committed demo model, and one Dask scheduler
 whose single in-process worker declares a GPU slot (the "existing scheduler" path)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,16 +21,6 @@ ROOT = Path(__file__).resolve().parents[2]
 DEMO_MODEL = ROOT / "models" / "demo-synthetic.safetensors"
 SHAPE = (4, 64, 64)  # 4 blocks of (1, 64, 64): the demo model's lattice is 8
 BLOCK = (1, 64, 64)
-
-
-@pytest.fixture(scope="session")
-def prefect_api() -> Iterator[None]:
-    """Flows in this session report to a temporary server with its own SQLite database."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry racing the migration
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):  # the first start migrates the database
-        yield
 
 
 def write_zarr(path: Path, array: np.ndarray) -> str:

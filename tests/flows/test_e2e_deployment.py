@@ -174,8 +174,45 @@ def test_segment_deployment_runs_on_a_process_worker(services: Services, tmp_pat
         log = flow_run_log(client, run.id)
 
     assert set(artifacts) == {"segment-summary", "segment-metrics"}, log
+    _bad_runs_are_refused(services, params, tmp_path)
     assert str(out) in artifacts["segment-summary"].data and "xr.open_zarr" in artifacts["segment-summary"].data
     assert "pixel_error" in str(artifacts["segment-metrics"].data)
     assert "Executing deployment step: set_working_directory" in log or "run-blocks" in log
     probability = zarr.open_group(str(out), mode="r")["probability"][:]
     assert probability.shape == (2, 64, 64) and probability.dtype == np.uint8 and 0 < probability.mean() < 255
+
+
+def wait_terminal(client, run_id, timeout: float = 240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = client.read_flow_run(run_id).state
+        if state is not None and state.type.value in TERMINAL:
+            return state
+        time.sleep(1)
+    pytest.fail(f"flow run not finished after {timeout:.0f} s (state {state})\n{flow_run_log(client, run_id)}")
+
+
+def _bad_runs_are_refused(services: Services, params: dict, tmp_path: Path) -> None:
+    """Through the API of the same deployment: parameters that break its schema are refused by
+    the server (no run is created); parameters that fit the schema but name a missing input
+    give a run that ends Failed with the pipeline's message, and no output."""
+    import httpx
+
+    with api_client(services.api) as client:
+        deployment = client.read_deployment_by_name("segment-volume/segment")
+        runs_before = len(client.read_flow_runs())
+        bad = {**params, "output_url": str(tmp_path / "never.zarr"), "batch_size": 0, "colour": "red"}
+        with pytest.raises(httpx.HTTPStatusError) as refused:
+            client.create_flow_run_from_deployment(deployment.id, parameters={"params": bad})
+        assert refused.value.response.status_code in (409, 422), refused.value.response.text
+        text = refused.value.response.text
+        assert "batch_size" in text or "colour" in text, text
+        assert len(client.read_flow_runs()) == runs_before  # nothing was created
+
+        missing = {**params, "input_url": str(tmp_path / "missing.zarr"), "output_url": str(tmp_path / "never.zarr")}
+        run = client.create_flow_run_from_deployment(deployment.id, parameters={"params": missing})
+        state = wait_terminal(client, run.id)
+        log = flow_run_log(client, run.id)
+    assert state.type.value == "FAILED", f"{state}\n{log}"
+    assert "no such path" in (state.message or "") and "check the path" in (state.message or ""), state.message
+    assert not (tmp_path / "never.zarr").exists()

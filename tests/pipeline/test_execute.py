@@ -262,7 +262,9 @@ def test_submission_keeps_in_flight_bounded(client, spec, volume, tmp_path) -> N
     stats = submit_bounded(client, process_group, jobs, max_in_flight=3, on_result=on_result, on_error=lambda j, e: None)
     assert stats.submitted == stats.finished == 60
     assert stats.peak_in_flight <= 3
-    assert max(live) <= 3
+    # The scheduler's view: `Future.release()` reaches it through the client's event loop, so a
+    # finished task may still be listed for a moment after its successor was submitted.
+    assert max(live) <= 3 + 1
 
 
 def test_model_loaded_once_per_worker(client, spec, volume, tmp_path) -> None:

@@ -203,9 +203,25 @@ def _flat(text: str) -> str:
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_refused(name, cli, runner, tmp_path, volume, checkpoint, image) -> None:
-    case = CASES[name]
-    ctx = Ctx(tmp_path, volume, checkpoint, image)
+    _refused(CASES[name], cli, runner, Ctx(tmp_path, volume, checkpoint, image))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_is_refused_on_the_flow_path(name, prefect_api, cli, runner, tmp_path, volume, checkpoint, image, capfd) -> None:
+    """The same table through `emunet segment`'s default path, the Prefect flow, whose run log
+    goes to the process's real stderr: it names the error too, without a traceback."""
+    capfd.readouterr()
+    _refused(CASES[name], cli, runner, Ctx(tmp_path, volume, checkpoint, image), flow=True)
+    log = capfd.readouterr().err
+    if name != "resume and overwrite":  # that one is refused before a flow starts
+        assert "Flow run" in log and "Finished in state Failed" in log, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+
+
+def _refused(case: Case, cli, runner, ctx: Ctx, flow: bool = False) -> None:
     args = case.build(ctx)
+    if flow:
+        args[args.index("--no-flow")] = "--flow"
     before = snapshot(ctx.out)
     result = runner.invoke(cli, args)
     message = _flat(result.output)
@@ -213,7 +229,7 @@ def test_bad_input_is_refused(name, cli, runner, tmp_path, volume, checkpoint, i
     assert "traceback" not in message
     for text in case.says:
         assert text in message, f"{text!r} not in {result.output!r}"
-    assert not (tmp_path / "UNPICKLED").exists()
+    assert not (ctx.tmp / "UNPICKLED").exists()
     assert snapshot(ctx.out) == before  # nothing created, an existing output untouched
 
 

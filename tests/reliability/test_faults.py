@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import zarr
 
-from tests.reliability.conftest import chunk_files, write_zarr
+from tests.reliability.conftest import chunk_files, wait_for, write_zarr
 
 SHAPE = (24, 48, 48)
 BLOCK = (1, 24, 24)  # 96 blocks
@@ -71,14 +71,6 @@ def probability(out: Path) -> np.ndarray:
 def done_count(out: Path) -> int:
     root = out / "ledger" / "done"
     return sum(1 for p in root.rglob("*") if p.is_file() and p.name.isdigit()) if root.exists() else 0
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def test_a_block_that_always_fails_is_reported_and_resumed(cli, runner, volume_copy, checkpoint, clean, client, tmp_path) -> None:
