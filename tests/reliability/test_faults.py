@@ -169,6 +169,41 @@ def test_killing_the_client_process_then_resuming(local_scheduler, volume_copy, 
     assert np.array_equal(probability(out), clean)
 
 
+def test_killing_the_flow_process_then_resuming(local_scheduler, volume_copy, checkpoint, clean, tmp_path) -> None:
+    """The default path: `emunet segment` runs the Prefect flow in its own process (with a
+    temporary Prefect server as its child). SIGKILL the whole process group mid-run, as a
+    node failure would; the same command with `--resume` skips the done blocks and the
+    output is bitwise equal."""
+    out = tmp_path / "out.zarr"
+    base = [sys.executable, "-c", CLI, "segment", str(volume_copy), str(out), "--model", str(checkpoint),
+            "--scheduler", local_scheduler, "--block", *map(str, BLOCK), "--blocks-per-task", "1",
+            "--max-in-flight", "2", "--json"]  # fmt: skip
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}, "EMUNET_SEGMENT_TORCH_THREADS": "1",
+           "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}  # fmt: skip
+    log = open(tmp_path / "killed.log", "wb")
+    proc = subprocess.Popen(base, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: done_count(out) >= 4 or proc.poll() is not None, 240, "4 blocks done")
+        os.killpg(proc.pid, signal.SIGKILL)  # the flow's process and its Prefect server
+    finally:
+        proc.wait(30)
+        log.close()
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
+    time.sleep(0.5)
+    wait_for(lambda: done_count(out) == (n := done_count(out)) and (time.sleep(0.5) or done_count(out) == n), 30, "quiet")
+    before = done_count(out)
+    assert 4 <= before < NUM_BLOCKS
+    rerun = subprocess.run([*base, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                           start_new_session=True)  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    result = json.loads(rerun.stdout[rerun.stdout.index("{"):])
+    assert result["skipped"] >= before and result["computed"] + result["skipped"] == NUM_BLOCKS
+    recomputed = result["computed"] - (NUM_BLOCKS - result["skipped"])
+    print(f"done at the kill {before}, skipped {result['skipped']}, computed {result['computed']}, recomputed {recomputed}")
+    assert recomputed <= 0.05 * result["skipped"]
+    assert np.array_equal(probability(out), clean)
+
+
 def test_a_second_run_into_a_running_output_is_refused(cli, runner, volume_copy, checkpoint, clean, client, tmp_path) -> None:
     """While one run writes OUT, a second (no --resume/--overwrite) is refused with a clear
     message and leaves the first run's output intact."""
