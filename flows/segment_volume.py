@@ -28,7 +28,7 @@ from flows._common import ClusterParams, attempt, every, metric_line, metric_row
 # SegmentConfig fields a flow run may set; the rest come from EMUNET_SEGMENT_* or defaults.
 CONFIG_FIELDS = frozenset(
     {"block_shape", "tile_shape", "batch_size", "dtype", "mask", "device", "resume", "overwrite",
-     "pyramid_levels", "input_level", "blocks_per_task", "max_in_flight"}
+     "pyramid_levels", "input_level", "blocks_per_task", "max_in_flight", "check_finite"}
 )  # fmt: skip
 
 
@@ -75,6 +75,7 @@ class SegmentVolumeParams(BaseModel):
     input_level: int | None = Field(None, ge=0, description="Multiscale level of an OME-Zarr input (default 0).")
     blocks_per_task: int | None = Field(None, ge=1, description="Consecutive blocks per Dask task (default 4).")
     max_in_flight: int | None = Field(None, ge=1, description="Dask tasks alive at once (default 3 × GPU slots).")
+    check_finite: bool = Field(True, description="Scan a float input for NaN/inf before writing (refused if found).")
     ground_truth_url: str | None = Field(None, description="Labels (0 = membrane, > 0 = cell; Zarr or TIFF) for the ISBI metrics.")
     retries: int = Field(2, ge=0, description="Retries of a stage after a transient error (I/O, timeouts, connections).")
     progress_interval_s: float = Field(10.0, gt=0, description="Seconds between progress lines in the run log.")

@@ -64,6 +64,7 @@ class SegmentConfig:
     checkpoint_sha256: str | None = None  # expected file hash; None = hash of the client's file
     torch_threads: int | None = None  # intra-op threads per CPU worker; None = cores / workers
     timeout_s: float = 60.0  # waiting for the scheduler and for a worker with a GPU slot
+    check_finite: bool = True  # scan a float input for NaN/inf before writing (pipeline.finite)
 
     def __post_init__(self) -> None:
         if self.dtype not in OUTPUT_DTYPES:
@@ -294,6 +295,7 @@ def segment(
     volume = open_volume(_absolute(input_url), level=config.input_level)
     plan = plan_for_volume(volume, _absolute(output_url), model_config, block_shape=config.block_shape, checkpoint_sha256=sha256)
     tile, batch = _check_before_writing(checkpoint, plan, config)
+    checks = _Prechecks(model_config, tile, batch, float_input=volume.dtype.kind == "f")
     options = OutputOptions(dtype=config.dtype, mask=config.mask)
     create = functools.partial(
         create_output, plan, options, model_config=model_config.to_dict(), resume=config.resume, overwrite=config.overwrite
@@ -313,16 +315,27 @@ def segment(
     spec = ModelSpec(str(checkpoint), sha256, predict=predict, torch_threads=config.torch_threads)
     payload = {"plan": plan.to_dict(), "run": uuid.uuid4().hex}
     if client is not None:
-        _run(client, "client", config, spec, payload, prepare, result, model_config, (tile, batch))
+        _run(client, "client", config, spec, payload, prepare, result, checks)
     else:
         with connect(config.cluster()) as cluster:
             if spec.torch_threads is None and cluster.torch_threads:
                 spec = ModelSpec(spec.checkpoint, sha256, predict, torch_threads=cluster.torch_threads)
-            _run(cluster.client, cluster.kind, config, spec, payload, prepare, result, model_config, (tile, batch))
+            _run(cluster.client, cluster.kind, config, spec, payload, prepare, result, checks)
     if config.pyramid_levels and result.ok:
         write_pyramid(plan.output_url, config.pyramid_levels)
     result.seconds = time.perf_counter() - start
     return result
+
+
+@dataclass(frozen=True)
+class _Prechecks:
+    """What `_run` checks on the cluster before it writes: the tile against the workers'
+    memory, and a float input for NaN/inf."""
+
+    model_config: Any
+    tile: tuple[int, ...]
+    batch: int  # tiles per forward pass a block can fill
+    float_input: bool
 
 
 def _check_before_writing(checkpoint: Path, plan: Any, config: SegmentConfig) -> tuple[tuple[int, ...], int]:
@@ -357,25 +370,26 @@ def _run(
     payload: dict[str, Any],
     prepare: Callable[[], Iterator[int]],
     result: SegmentResult,
-    model_config: Any,
-    tiling: tuple[tuple[int, ...], int],
+    checks: _Prechecks,
 ) -> None:
-    """Fit the tile to the workers' memory, register the model plugin, create the output,
-    stream the groups into `result`."""
+    """Fit the tile to the workers' memory, scan a float input, register the model plugin,
+    create the output, stream the groups into `result`."""
     from pipeline.cluster import wait_for_gpu_slots
+    from pipeline.finite import check_finite
     from pipeline.memory import fit_tile, worker_budget
     from pipeline.plan import SegmentPlan
 
     plan = SegmentPlan.from_dict(payload["plan"])
     result.cluster, result.slots = kind, wait_for_gpu_slots(client, config.timeout_s)
-    tile, batch = tiling
     budgets = client.run(worker_budget, config.device)
     fitted = fit_tile(
-        model_config, tile, budgets, batch=batch, chosen=config.tile_shape is not None,
+        checks.model_config, checks.tile, budgets, batch=checks.batch, chosen=config.tile_shape is not None,
         amp=config.amp, threads=config.compute_threads,
     )  # fmt: skip
-    if fitted != tuple(tile):
+    if fitted != tuple(checks.tile):
         spec = dataclasses.replace(spec, predict={**spec.predict, "tile_shape": fitted})
+    if checks.float_input and config.check_finite:
+        check_finite(client, plan, max_in_flight=config.max_in_flight or default_in_flight(client))
     hold_model(client, spec, payload["run"])  # registered unless held: loads and checks it on every worker
     try:
         _stream(client, config, spec, payload, plan, prepare, result)

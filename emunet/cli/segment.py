@@ -34,6 +34,7 @@ def segment(
     max_in_flight: Annotated[Optional[int], typer.Option(envvar="EMUNET_SEGMENT_MAX_IN_FLIGHT", help="Tasks submitted at once (default 3 × GPU slots).")] = None,
     blocks_per_task: Annotated[int, typer.Option(envvar="EMUNET_SEGMENT_BLOCKS_PER_TASK", help="Consecutive blocks per task (I/O overlaps compute inside).")] = 8,
     device: Annotated[str, typer.Option(envvar="EMUNET_SEGMENT_DEVICE", help="Device on each worker: auto, cpu or cuda.")] = "auto",
+    check_finite: Annotated[bool, typer.Option("--check-finite/--no-check-finite", help="Scan a float input for NaN/inf first (refuse it); off: fail only the blocks that read them.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")] = False,
     ground_truth: Annotated[Optional[str], typer.Option(help="Labels (Zarr or TIFF; 0 = membrane, >0 = cell): ISBI metrics of the result (with --flow).")] = None,
     flow: Annotated[bool, typer.Option("--flow/--no-flow", help="Run as the Prefect flow segment-volume (run log, retries, artifacts); --no-flow calls the pipeline directly.")] = True,
@@ -65,6 +66,7 @@ def segment(
             "max_in_flight": max_in_flight,
             "blocks_per_task": blocks_per_task,
             "device": device,
+            "check_finite": check_finite,
             "progress": not as_json,
         }
         # Unset options fall back to EMUNET_SEGMENT_* (parsed by SegmentConfig.from_env).

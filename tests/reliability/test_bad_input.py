@@ -68,6 +68,21 @@ def empty(c: Ctx) -> list[str]:
     return seg(c, write_zarr(c.tmp / "empty.zarr", np.zeros((0, 48, 48), "uint8"), (1, 24, 24)))
 
 
+def _non_finite(c: Ctx, bad: float) -> list[str]:
+    data = c.image.astype("float32") / 255
+    data[3, 40, 40] = bad  # in the last z block only
+    data[0, 1, 2] = bad
+    return seg(c, write_zarr(c.tmp / "f.zarr", data, CHUNKS))
+
+
+def nan_input(c: Ctx) -> list[str]:
+    return _non_finite(c, np.nan)
+
+
+def inf_input(c: Ctx) -> list[str]:
+    return _non_finite(c, -np.inf)
+
+
 def block_off_lattice(c: Ctx) -> list[str]:
     args = seg(c, c.volume)
     args[args.index("--block") + 1 : args.index("--block") + 4] = ["2", "20", "20"]
@@ -185,6 +200,9 @@ CASES = {
     "int64": Case(int64, ("uint8, uint16, float32", "got int64", "convert")),
     "complex64": Case(complex64, ("got complex64", "convert")),
     "empty array": Case(empty, ("positive integers", "(0, 48, 48)")),
+    "nan in float input": Case(nan_input, ("expected finite grey values", "got 2 nan and 0 inf voxel(s) in 2 block(s)",
+                                           "first at (z, y, x) = (0, 1, 2)", "(3, 40, 40)", "nan_to_num", "--no-check-finite")),
+    "inf in float input": Case(inf_input, ("expected finite grey values", "got 0 nan and 2 inf", "--no-check-finite")),
     "block off the lattice": Case(block_off_lattice, ("phase lattice", "(2, 20, 20)", "nearest legal sizes along y: 16 or 24")),
     "config vs weights": Case(config_not_weights, ("mismatch", "expected (32,), got (64,)")),
     "pickle checkpoint": Case(pickle_checkpoint, ("pickle", "never unpickles", "re-save")),
@@ -262,17 +280,17 @@ def _checkpoint(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_nan_or_inf_fails_every_affected_block_clearly(bad, cli, runner, tmp_path, image, checkpoint) -> None:
-    """Non-finite grey values are found where a block is read (a terabyte volume is not scanned
-    up front): exit 1, each affected block reported with its coordinates and the cause; the
-    blocks whose read region is finite are written."""
+def test_nan_or_inf_without_the_scan_fails_every_affected_block_clearly(bad, cli, runner, tmp_path, image, checkpoint) -> None:
+    """With --no-check-finite (a terabyte float volume not scanned up front) non-finite grey
+    values are found where a block is read: exit 1, each affected block reported with its
+    coordinates and the cause; the blocks whose read region is finite are written."""
     from pipeline.ledger import Ledger
 
     data = image.astype("float32") / 255
     data[3, 40, 40] = bad  # in the last z block only
     inp = write_zarr(tmp_path / "f.zarr", data, CHUNKS)
     ctx = Ctx(tmp_path, inp, checkpoint, image)
-    result = runner.invoke(cli, seg(ctx, inp))
+    result = runner.invoke(cli, seg(ctx, inp, "--no-check-finite"))
     assert result.exit_code == 1, result.output
     assert "4 failed" in result.output and "--resume" in result.output
     summary = Ledger(str(ctx.out), 8).summary()
