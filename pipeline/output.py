@@ -313,17 +313,24 @@ def create_output(
     return Output(url, group, plan, options)
 
 
+CLAIM = ".emunet-claim"  # object an S3 output is claimed with (a conditional PUT)
+
+
 def _create_exclusively(url: str, storage_options: Mapping[str, Any] | None) -> Any:
     """Create the output group so that of two runs racing for one path only one wins.
 
     Locally the store's directory is made with an atomic ``mkdir`` (it fails if another
-    run made it first); object stores have no atomic create, so there zarr's "w-" mode
-    (refuse an existing group) narrows the window as far as the store allows.
+    run made it first). On S3 the output is first claimed with a conditional PUT of
+    ``CLAIM`` (``If-None-Match: *``: S3 refuses it with 412 when the object exists, which
+    s3fs raises as `FileExistsError`). Other object stores get zarr's "w-" mode (refuse an
+    existing group), which narrows the window as far as the store allows.
     """
     if is_remote(url):
         from zarr.errors import ContainsArrayError, ContainsGroupError
 
         try:
+            if _claim(url, storage_options):  # ours alone now; "a" keeps the claim object
+                return open_group(url, "a", storage_options)
             return open_group(url, "w-", storage_options)
         except (FileExistsError, ContainsGroupError, ContainsArrayError) as exc:
             raise _raced(url) from exc
@@ -332,6 +339,33 @@ def _create_exclusively(url: str, storage_options: Mapping[str, Any] | None) -> 
     except FileExistsError:
         raise _raced(url) from None
     return open_group(url, "w", storage_options)
+
+
+def _claim(url: str, storage_options: Mapping[str, Any] | None) -> bool:
+    """Claim an S3 output atomically (True), or say that the store cannot (False).
+
+    The claim carries a token: a conditional PUT retried after its reply was lost gets 412
+    for our own object, so a refusal is ours when the stored token is. A store that rejects
+    the header (not S3 itself: some S3-compatible servers) falls back to "w-" (False).
+    """
+    import json
+    import logging
+    import uuid
+
+    fs, path = fsspec_filesystem(url, storage_options)
+    if "s3" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        return False
+    claim, token = f"{path.rstrip('/')}/{CLAIM}", uuid.uuid4().hex
+    body = json.dumps({"token": token, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+    try:
+        fs.pipe_file(claim, body.encode(), IfNoneMatch="*")
+    except FileExistsError:
+        if token not in fs.cat_file(claim).decode(errors="replace"):
+            raise
+    except Exception as exc:  # the header not supported here
+        logging.getLogger(__name__).warning("conditional PUT refused at %s (%s): creating with zarr's 'w-'", redact_url(url), exc)
+        return False
+    return True
 
 
 def _raced(url: str) -> OutputExistsError:

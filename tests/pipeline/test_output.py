@@ -197,3 +197,23 @@ def test_sharded_output_has_sub_chunks_inside_block_sized_shards(tmp_path: Path)
     array = zarr.open_group(out, mode="r")["probability"]
     assert array.chunks == (1, 8, 8) and array.shards == (1, 16, 16)
     np.testing.assert_array_equal(open_output(out).read(), p)
+
+
+def test_two_creators_racing_on_s3_cannot_both_win(s3, monkeypatch) -> None:
+    """The race made deterministic on S3 (moto): the second creator's existence check ran
+    before the first created the output; its conditional PUT of the claim is refused (412)."""
+    import pipeline.output as output
+
+    opts, bucket = s3["storage_options"], s3["bucket"]
+    plan = make_plan(f"s3://{bucket}/in.zarr", f"s3://{bucket}/race.zarr", SHAPE, TINY, block_shape=(1, 16, 16))
+    first = output.create_output(plan, storage_options=opts)
+    first.group["probability"][0, :16, :16] = 7
+    monkeypatch.setattr(output, "store_exists", lambda *a, **k: False)
+    with pytest.raises(output.OutputExistsError, match="another run created"):
+        output.create_output(plan, storage_options=opts)
+    monkeypatch.undo()
+    assert s3["fs"].exists(f"{bucket}/race.zarr/{output.CLAIM}")
+    again = output.open_output(plan.output_url, storage_options=opts)
+    assert (again.group["probability"][0, :16, :16] == 7).all()  # the first run's data survives
+    replaced = output.create_output(plan, overwrite=True, storage_options=opts)  # overwrite claims anew
+    assert (replaced.group["probability"][0, :16, :16] == 0).all()

@@ -301,3 +301,22 @@ def test_a_persistent_write_failure_is_bounded_not_done_and_resumable(
     assert Ledger(out, 4).summary().complete
     assert np.array_equal(stored(out), clean)
     print(f"persistent write: {rule}, failed {result.failed[0].error!r}, {elapsed:.1f} s; resume {resumed:.1f} s")
+
+
+def test_an_output_claim_whose_reply_was_lost_is_still_ours(s3_output, s3_env, fault_proxy, monkeypatch) -> None:
+    """On S3 the output is claimed with a conditional PUT (If-None-Match: *). Its reply lost
+    after the PUT landed, the re-send gets 412 for our own claim: the token in it says ours,
+    so the run goes on; a second creator (its existence check raced ours) is still refused."""
+    import pipeline.output as output
+    from pipeline.plan import make_plan
+    from unetcore.config import preset
+
+    bucket, out = s3_output
+    plan = make_plan(f"s3://{INPUT_BUCKET}/in.zarr", out, SHAPE, preset("tiny"), block_shape=BLOCK)
+    drop = fault_proxy.arm(f"/{bucket}/out.zarr/{output.CLAIM}", "drop", budget=1, methods=("PUT",))
+    created = output.create_output(plan)
+    assert drop.hits == 1 and drop.seen == 2, drop  # landed, reply lost, re-sent: 412
+    assert "emunet" in created.group.attrs and "probability" in created.group
+    monkeypatch.setattr(output, "store_exists", lambda *a, **k: False)
+    with pytest.raises(output.OutputExistsError, match="another run created"):
+        output.create_output(plan)
