@@ -206,6 +206,7 @@ def _bad_runs_are_refused(services: Services, params: dict, tmp_path: Path) -> N
             client.create_flow_run_from_deployment(deployment.id, parameters={"params": bad})
         assert refused.value.response.status_code in (409, 422), refused.value.response.text
         text = refused.value.response.text
+        print(f"bad parameters refused: HTTP {refused.value.response.status_code}: {text[:300]}")
         assert "batch_size" in text or "colour" in text, text
         assert len(client.read_flow_runs()) == runs_before  # nothing was created
 
