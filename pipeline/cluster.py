@@ -151,29 +151,38 @@ def _pinned_gpu_cluster(n: int, threads: int, common: dict[str, Any]) -> Any:
     return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=common["silence_logs"])
 
 
-class _NoCancelledReconnect(logging.Filter):
-    """Drops the traceback distributed logs when a client that lost its scheduler is closed
-    while it tries to reconnect (its reconnection task is cancelled: nothing went wrong)."""
+class _QuietConnectionLoss(logging.Filter):
+    """Tracebacks distributed logs when the scheduler goes away, which `SchedulerLostError`
+    reports once, clearly: the client's batched stream failing a send (``CommClosedError``:
+    the line stays, without its traceback), and closing a client that is reconnecting (its
+    reconnect task cancelled: nothing went wrong, the record is dropped)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         import asyncio
 
-        return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, asyncio.CancelledError):
+            return False
+        if exc is not None and type(exc).__name__ == "CommClosedError":
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+QUIET_LOGGERS = ("distributed.client", "distributed.batched")
 
 
 @contextlib.contextmanager
 def _closing(client: Client) -> Iterator[Client]:
-    """`client`, closed on exit; quietly if it has lost its scheduler (see `SchedulerLostError`)."""
+    """`client`, closed on exit; quiet about losing its scheduler (see `SchedulerLostError`)."""
+    quiet = _QuietConnectionLoss()
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).addFilter(quiet)
     try:
-        yield client
+        with contextlib.closing(client):
+            yield client
     finally:
-        quiet = _NoCancelledReconnect()
-        log = logging.getLogger("distributed.client")
-        log.addFilter(quiet)
-        try:
-            client.close()
-        finally:
-            log.removeFilter(quiet)
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).removeFilter(quiet)
 
 
 @contextlib.contextmanager

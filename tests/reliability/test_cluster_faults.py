@@ -471,3 +471,28 @@ def test_a_teardown_waits_for_the_task_using_the_model(checkpoint) -> None:
         plugin.load()
         assert plugin.predictor is not None
     assert plugin.predictor is None
+
+
+def test_connection_loss_tracebacks_are_kept_quiet() -> None:
+    """What distributed logs when the scheduler goes away: a failed batched send keeps its line
+    without the traceback, a cancelled reconnect is dropped, anything else is untouched."""
+    import asyncio
+    import logging
+    import sys
+
+    from distributed.comm.core import CommClosedError
+
+    from pipeline.cluster import _QuietConnectionLoss
+
+    def record(exc: BaseException) -> logging.LogRecord:
+        try:
+            raise exc
+        except BaseException:
+            return logging.LogRecord("distributed.batched", logging.INFO, __file__, 1, "Batched Comm Closed", (), sys.exc_info())
+
+    quiet = _QuietConnectionLoss()
+    closed = record(CommClosedError())
+    assert quiet.filter(closed) and closed.exc_info is None and "Traceback" not in logging.Formatter().format(closed)
+    assert not quiet.filter(record(asyncio.CancelledError()))
+    other = record(ValueError("a bug"))
+    assert quiet.filter(other) and other.exc_info is not None
