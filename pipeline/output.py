@@ -30,7 +30,7 @@ import numpy as np
 
 from pipeline.geometry import Roi
 from pipeline.plan import SegmentPlan
-from pipeline.volume import fsspec_filesystem, is_remote, local_path, multiscales_of, redact_url
+from pipeline.volume import fsspec_filesystem, is_remote, local_path, redact_url
 
 AXES = ("z", "y", "x")
 OUTPUT_DTYPES = ("uint8", "float16", "float32")
@@ -395,73 +395,6 @@ def open_output(url: str, *, mode: str = "r+", storage_options: Mapping[str, Any
     return Output(url, group, plan, options)
 
 
-# --------------------------------------------------------------------------- pyramid
-
-
-def _downsample_mean(block: np.ndarray, out_shape: Sequence[int]) -> np.ndarray:
-    """2× mean in y and x; an odd edge row/column averages the voxels that exist."""
-    z, y, x = out_shape
-    pad = [(0, 0), (0, 2 * y - block.shape[1]), (0, 2 * x - block.shape[2])]
-    padded = np.pad(block.astype(np.float32), pad, mode="edge")
-    return padded.reshape(z, y, 2, x, 2).mean(axis=(2, 4))
-
-
-def write_pyramid(
-    output_url: str,
-    levels: int,
-    *,
-    name: str | None = None,
-    storage_options: Mapping[str, Any] | None = None,
-) -> list[str]:
-    """Write levels 1..``levels`` (2× mean in y, x) of the probability array, chunk by chunk.
-
-    Run after all blocks finished. Levels go to ``pyramid/<name>/<k>`` and are added to the
-    OME multiscales of ``name``. Returns the level paths.
-    """
-    if levels < 1:
-        raise ValueError(f"expected at least 1 pyramid level, got {levels}")
-    group = open_group(output_url, "r+", storage_options)
-    attrs = dict(group.attrs.asdict())
-    meta = attrs.get("emunet") or {}
-    name = name or (meta.get("output") or {}).get("name", "probability")
-    voxel = tuple(meta.get("voxel_size_nm") or (1.0, 1.0, 1.0))
-    source = group[name]
-    paths = [name]
-    for k in range(1, levels + 1):
-        prev = source
-        shape = (prev.shape[0], -(-prev.shape[1] // 2), -(-prev.shape[2] // 2))
-        chunks = tuple(min(c, s) for c, s in zip(source.chunks, shape, strict=True))
-        path = f"{PYRAMID_GROUP}/{name}/{k}"
-        level = group.create_array(
-            path, shape=shape, chunks=chunks, dtype=prev.dtype, fill_value=0,
-            dimension_names=AXES, compressors=zstd(), overwrite=True,
-        )
-        grid = [range(0, s, c) for s, c in zip(shape, chunks, strict=True)]
-        for z0 in grid[0]:
-            for y0 in grid[1]:
-                for x0 in grid[2]:
-                    out = tuple(min(c, s - o) for c, s, o in zip(chunks, shape, (z0, y0, x0), strict=True))
-                    src = np.asarray(prev[z0 : z0 + out[0], 2 * y0 : 2 * (y0 + out[1]), 2 * x0 : 2 * (x0 + out[2])])
-                    mean = _downsample_mean(src, out)
-                    if np.issubdtype(level.dtype, np.integer):
-                        mean = np.rint(mean)
-                    level[z0 : z0 + out[0], y0 : y0 + out[1], x0 : x0 + out[2]] = mean.astype(level.dtype)
-        source = level
-        paths.append(path)
-    datasets = [ome_dataset(p, voxel, (1, 2**k, 2**k)) for k, p in enumerate(paths)]
-    multiscales = [m for m in (multiscales_of(attrs) or []) if m.get("name") != name]
-    multiscales.insert(0, ome_multiscale(name, datasets, kind="mean"))
-    for m in multiscales:
-        m.setdefault("version", "0.4")
-    group.attrs.update(ome_attrs(multiscales))
-    return paths
-
-
-def physical_extent(plan: SegmentPlan) -> tuple[float, float, float]:
-    """Size of the volume in nm per axis."""
-    return tuple(float(n) * v for n, v in zip(plan.volume_shape, plan.voxel_size, strict=True))  # type: ignore[return-value]
-
-
 __all__ = [
     "AXES",
     "Output",
@@ -471,5 +404,4 @@ __all__ = [
     "create_output",
     "load_plan",
     "open_output",
-    "write_pyramid",
 ]

@@ -11,6 +11,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def save_tiny_checkpoint(path: Path, seed: int) -> Path:
+    """`preset("tiny").replace(base_channels=4)` with weights drawn from `seed`, as safetensors:
+    the small real model the pipeline, CLI and reliability tests run."""
+    import torch
+
+    from unetcore.checkpoint import save_checkpoint
+    from unetcore.config import preset
+    from unetcore.model import UNet
+    from unetcore.normalization import Normalization
+
+    torch.manual_seed(seed)
+    return save_checkpoint(path, UNet(preset("tiny").replace(base_channels=4)), Normalization())
+
+
 def data_dir() -> Path:
     return Path(os.environ.get("EMUNET_DATA", ROOT.parent / "shared" / "data"))
 

@@ -24,7 +24,7 @@ The overlap-tile strategy needs two more facts, both computed here:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from unetcore.config import UNetConfig
@@ -248,6 +248,20 @@ def activation_bytes(
     return total * batch * bytes_per_element
 
 
+def largest_tile_where(
+    config: UNetConfig, fits: Callable[[tuple[int, ...]], bool], *, max_size: int = 4096
+) -> tuple[int, ...] | None:
+    """The largest isotropic (per-axis legal) input tile for which `fits` holds, growing
+    from the smallest (None if not even that one fits; `fits` must be monotone)."""
+    best: tuple[int, ...] | None = None
+    for size in legal_input_sizes(config, 0, up_to=max_size):
+        tile = tuple(nearest_legal(config, size, a)[1] for a in range(config.spatial_dims))
+        if not fits(tile):
+            break
+        best = tile
+    return best
+
+
 def largest_tile(
     config: UNetConfig,
     budget_bytes: int,
@@ -258,15 +272,12 @@ def largest_tile(
     max_size: int = 4096,
 ) -> tuple[int, ...]:
     """The largest isotropic (per-axis legal) input tile whose activations fit the budget."""
-    best: tuple[int, ...] | None = None
-    for size in legal_input_sizes(config, 0, up_to=max_size):
-        tile = tuple(nearest_legal(config, size, a)[1] for a in range(config.spatial_dims))
-        need = activation_bytes(
-            config, tile, batch=batch, training=training, bytes_per_element=bytes_per_element
-        )
-        if need > budget_bytes:
-            break
-        best = tile
+    best = largest_tile_where(
+        config,
+        lambda tile: activation_bytes(config, tile, batch=batch, training=training, bytes_per_element=bytes_per_element)
+        <= budget_bytes,
+        max_size=max_size,
+    )
     if best is None:
         smallest = smallest_input_shape(config)
         need = activation_bytes(config, smallest, batch=batch, training=training)

@@ -20,8 +20,9 @@ the real allocation failure into the same clear error.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from unetcore import geometry
 from unetcore.config import UNetConfig
@@ -50,6 +51,7 @@ def _activations(config: UNetConfig, tile: Sequence[int], *, batch: int, trainin
     return total * batch * bytes_per_element
 
 
+@functools.lru_cache(maxsize=32)
 def _param_count(config: UNetConfig) -> int:
     """Parameters of the model, counted on the meta device (no memory, no init cost)."""
     import torch
@@ -104,22 +106,11 @@ def device_budget(device: str = "cpu", *, limit_bytes: int | None = None, used_b
     return max(budget, 0)
 
 
-def _largest(config: UNetConfig, fits: Callable[[tuple[int, ...]], bool], max_size: int = 4096) -> tuple[int, ...] | None:
-    """The largest legal isotropic tile for which `fits` holds (None if not even the smallest)."""
-    best = None
-    for size in geometry.legal_input_sizes(config, 0, up_to=max_size):
-        tile = tuple(geometry.nearest_legal(config, size, a)[1] for a in range(config.spatial_dims))
-        if not fits(tile):
-            break
-        best = tile
-    return best
-
-
 def largest_fitting_tile(
     config: UNetConfig, budget: int, *, batch: int = 1, bytes_per_element: int = 4, threads: int = 1
 ) -> tuple[int, ...] | None:
     """The largest legal isotropic tile whose `inference_bytes` fit `budget` (None: none fits)."""
-    return _largest(
+    return geometry.largest_tile_where(
         config, lambda t: inference_bytes(config, t, batch=batch, bytes_per_element=bytes_per_element, threads=threads) <= budget
     )
 
@@ -195,7 +186,7 @@ def check_training_tile(config: UNetConfig, tile: Sequence[int], *, batch: int, 
     need = training_bytes(config, tile, batch=batch)
     if need <= budget:
         return need
-    fit = _largest(config, lambda t: training_bytes(config, t, batch=batch) <= budget)
+    fit = geometry.largest_tile_where(config, lambda t: training_bytes(config, t, batch=batch) <= budget)
     hint = (
         f"use --tile {_flag(fit, True)} (the largest that fits at batch size {batch})"
         if fit is not None

@@ -10,22 +10,14 @@ import pytest
 import zarr
 
 from pipeline.cluster import ClusterConfig, local_cluster
+from tests.conftest import save_tiny_checkpoint
 
 SHAPE = (4, 48, 48)
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    import torch
-
-    from unetcore.checkpoint import save_checkpoint
-    from unetcore.config import preset
-    from unetcore.model import UNet
-    from unetcore.normalization import Normalization
-
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    return save_checkpoint(path, UNet(preset("tiny").replace(base_channels=4)), Normalization())
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.safetensors", seed=1)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from pipeline.cluster import ClusterConfig, connect, local_cluster
 from pipeline.execute import BlockOps, GroupReport, RetryPolicy, run_group, with_retries
 from pipeline.submit import submit_bounded, task_restrictions
 from pipeline.worker import CheckpointMismatchError, GroupJob, ModelPlugin, ModelSpec, process_group
+from tests.conftest import save_tiny_checkpoint
 
 
 # -- the engine, without Dask ---------------------------------------------------------------
@@ -158,16 +159,7 @@ def slab_ops(plugin: ModelPlugin, plan: dict[str, Any]) -> BlockOps:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    import torch
-
-    from unetcore.checkpoint import save_checkpoint
-    from unetcore.config import preset
-    from unetcore.model import UNet
-    from unetcore.normalization import Normalization
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    return save_checkpoint(path, UNet(preset("tiny").replace(base_channels=4)), Normalization())
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.safetensors", seed=0)
 
 
 @pytest.fixture(scope="module")

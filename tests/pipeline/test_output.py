@@ -20,9 +20,9 @@ from pipeline.output import (
     load_plan,
     open_output,
     to_output_dtype,
-    write_pyramid,
 )
 from pipeline.plan import make_plan
+from pipeline.pyramid import write_pyramid
 from pipeline.volume import multiscales_of, open_volume
 from tests.pipeline.conftest import SECRET
 from unetcore.config import preset

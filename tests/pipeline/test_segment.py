@@ -18,6 +18,7 @@ from pipeline.ledger import Ledger
 from pipeline.output import OutputExistsError
 from pipeline.segment import SegmentConfig, SegmentResult, describe_result, segment
 from pipeline.worker import CheckpointMismatchError
+from tests.conftest import save_tiny_checkpoint
 
 SHAPE = (6, 96, 80)
 BLOCK = (2, 48, 40)  # a 3 × 2 × 2 grid: 12 blocks
@@ -25,16 +26,7 @@ BLOCK = (2, 48, 40)  # a 3 × 2 × 2 grid: 12 blocks
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    import torch
-
-    from unetcore.checkpoint import save_checkpoint
-    from unetcore.config import preset
-    from unetcore.model import UNet
-    from unetcore.normalization import Normalization
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    return save_checkpoint(path, UNet(preset("tiny").replace(base_channels=4)), Normalization())
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.safetensors", seed=0)
 
 
 @pytest.fixture(scope="module")

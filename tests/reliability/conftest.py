@@ -13,6 +13,8 @@ import pytest
 import typer
 import zarr
 
+from tests.conftest import save_tiny_checkpoint
+
 SHAPE = (4, 48, 48)  # 2 × 2 × 2 = 8 blocks of BLOCK
 BLOCK = (2, 24, 24)
 CHUNKS = (1, 24, 24)
@@ -27,16 +29,7 @@ def _one_torch_thread(monkeypatch) -> None:
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory) -> Path:
     """`preset("tiny").replace(base_channels=4)`, deterministic weights, as safetensors."""
-    import torch
-
-    from unetcore.checkpoint import save_checkpoint
-    from unetcore.config import preset
-    from unetcore.model import UNet
-    from unetcore.normalization import Normalization
-
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    return save_checkpoint(path, UNet(preset("tiny").replace(base_channels=4)), Normalization())
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.safetensors", seed=1)
 
 
 @pytest.fixture(scope="session")

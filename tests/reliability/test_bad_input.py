@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import save_tiny_checkpoint
 from tests.reliability.conftest import CHUNKS, SHAPE, chunk_files, snapshot, write_zarr
 
 VENV = Path(__file__).resolve().parents[2] / ".venv" / "bin"
@@ -263,20 +264,11 @@ def test_a_volume_smaller_than_a_tile_is_legal(cli, runner, tmp_path, image) -> 
     import zarr
 
     inp = write_zarr(tmp_path / "small.zarr", image[:1, :5, :5], (1, 5, 5))
-    ckpt = _checkpoint(tmp_path)
+    ckpt = save_tiny_checkpoint(tmp_path / "m.safetensors", seed=0)
     result = runner.invoke(cli, ["segment", str(inp), str(tmp_path / "o.zarr"), "--model", str(ckpt), "--workers", "1", "--no-flow", "--json"])
     assert result.exit_code == 0, result.output
     prob = zarr.open_array(str(tmp_path / "o.zarr" / "probability"))[...]
     assert prob.shape == (1, 5, 5) and prob.dtype == np.uint8 and len(np.unique(prob)) > 1
-
-
-def _checkpoint(tmp_path: Path) -> Path:
-    from unetcore.checkpoint import save_checkpoint
-    from unetcore.config import preset
-    from unetcore.model import UNet
-    from unetcore.normalization import Normalization
-
-    return save_checkpoint(tmp_path / "m.safetensors", UNet(preset("tiny").replace(base_channels=4)), Normalization())
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

@@ -1,0 +1,97 @@
+"""`SegmentConfig`: everything `pipeline.segment.segment` can be told, validated at the
+boundary; each field may also come from an ``EMUNET_SEGMENT_<FIELD>`` variable, parsed by
+its type (never evaluated)."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, fields
+from typing import Any
+
+from pipeline.cluster import ClusterConfig
+
+OUTPUT_DTYPES = ("uint8", "float16", "float32")
+ENV_PREFIX = "EMUNET_SEGMENT_"
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """Everything `segment` can be told; each field may come from ``EMUNET_SEGMENT_<NAME>``."""
+
+    block_shape: tuple[int, int, int] | None = None  # voxels per block; None = (8, 512, 512) aligned
+    tile_shape: tuple[int, ...] | None = None  # model input tile (legal); None = largest ≤ 572
+    batch_size: int = 4  # tiles per forward pass
+    dtype: str = "uint8"  # stored probability: uint8 (p·255), float16 or float32
+    mask: bool = False  # also store mask = p ≥ 0.5
+    device: str = "auto"  # on each worker: "auto" = its GPU if any, else the CPU
+    amp: bool = True  # bf16 autocast on CUDA
+    workers: int | None = None  # local workers; None = one per GPU (2 on a CPU machine)
+    scheduler: str | None = None  # address of a running Dask scheduler (overrides workers)
+    max_in_flight: int | None = None  # futures alive at once; None = 3 × GPU slots
+    blocks_per_task: int = 8  # consecutive blocks per task, at most (fewer if slots would idle)
+    queue_depth: int = 1  # blocks waiting between stages inside a task
+    compute_threads: int = 1  # threads sharing a worker's device (2 was slower on an H200)
+    retries: int = 3  # tries per read or write for transient I/O errors
+    overwrite: bool = False  # replace an existing output
+    resume: bool = False  # continue an existing output: skip the blocks its ledger has as done
+    pyramid_levels: int = 0  # 2× (y, x) mean levels written after the blocks
+    progress: bool = True  # a rich progress bar on stderr
+    input_level: int | None = None  # multiscale level of an OME-Zarr input
+    checkpoint_sha256: str | None = None  # expected file hash; None = hash of the client's file
+    torch_threads: int | None = None  # intra-op threads per CPU worker; None = cores / workers
+    timeout_s: float = 60.0  # waiting for the scheduler and for a worker with a GPU slot
+    check_finite: bool = True  # scan a float input for NaN/inf before writing (pipeline.finite)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in OUTPUT_DTYPES:
+            raise ValueError(f"Expected dtype in {OUTPUT_DTYPES}. Got {self.dtype!r} instead.")
+        for name in ("batch_size", "blocks_per_task", "queue_depth", "compute_threads", "retries"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Expected {name} ≥ 1. Got {getattr(self, name)} instead.")
+        if self.max_in_flight is not None and self.max_in_flight < 1:
+            raise ValueError(f"Expected max_in_flight ≥ 1. Got {self.max_in_flight} instead.")
+        if self.pyramid_levels < 0:
+            raise ValueError(f"Expected pyramid_levels ≥ 0. Got {self.pyramid_levels} instead.")
+        if self.resume and self.overwrite:
+            raise ValueError("Expected at most one of resume and overwrite. Got both instead.")
+        if self.block_shape is not None and len(self.block_shape) != 3:
+            raise ValueError(f"Expected a (z, y, x) block shape. Got {self.block_shape} instead.")
+        ClusterConfig(workers=self.workers, scheduler=self.scheduler)  # validates the pair
+
+    def cluster(self) -> ClusterConfig:
+        return ClusterConfig(self.workers, self.scheduler, torch_threads=self.torch_threads, timeout_s=self.timeout_s)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> SegmentConfig:
+        """Defaults, then ``EMUNET_SEGMENT_*`` variables, then `overrides` (never eval'd)."""
+        environ = dict(os.environ if environ is None else environ)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _parse_env(f.name, str(f.type), raw)
+        return cls(**{**values, **overrides})
+
+
+def _parse_env(name: str, kind: str, raw: str) -> Any:
+    text = raw.strip()
+    if "None" in kind and text.lower() in ("", "none"):
+        return None
+    if kind.startswith("bool"):
+        if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise ValueError(f"Expected {ENV_PREFIX}{name.upper()} to be true/false. Got {raw!r} instead.")
+        return text.lower() in ("1", "true", "yes")
+    try:
+        if kind.startswith("tuple"):
+            return tuple(int(v) for v in re.split(r"[,x\s]+", text) if v)
+        if kind.startswith("int"):
+            return int(text)
+        if kind.startswith("float"):
+            return float(text)
+    except ValueError:
+        raise ValueError(f"Expected {ENV_PREFIX}{name.upper()} of type {kind}. Got {raw!r} instead.") from None
+    return text
+
+
+__all__ = ["ENV_PREFIX", "OUTPUT_DTYPES", "SegmentConfig"]
