@@ -1,0 +1,197 @@
+"""The instance stage end to end: `run_instances(url, config)` on an `emunet segment` output.
+
+Stages, each a set of independent tasks with its own ledger (``ledger/instances/<stage>``),
+so an interrupted run resumes at the first task not done::
+
+    check ─► fragments (per block) ─► graph (per block) ─► tree l0 … l_top (per node) ─► relabel (per block)
+
+``check`` runs before anything is written: the map's dims and dtype, that it holds cells
+(some p > seed_threshold) and boundaries (some p ≤ seed_threshold, for the watershed),
+the thresholds, and, on ``resume``, that the stored config is the same. A resumed run with
+another ``labels_threshold`` only relabels (the tree is stored for every threshold).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.volume import fsspec_filesystem, redact_url
+
+from .agglomerate import TreeGeometry, leaf_task, node_task
+from .config import RESUME_KEYS, InstanceConfig
+from .fragments import fragments_task
+from .layout import AXES, FRAGMENTS, GROUP, LABELS, PROBABILITY, InstanceJob, default_block_shape, open_group, probability_info
+from .region_graph import graph_task
+from .relabel import relabel_task
+from .runner import TaskSpec, run_stage
+
+__all__ = ["InstanceSummary", "InstancesExistError", "prepare", "run_instances"]
+
+
+class InstancesExistError(FileExistsError):
+    """The store holds instance results and neither resume nor overwrite was asked for."""
+
+
+@dataclass(frozen=True)
+class InstanceSummary:
+    """What a run produced (counts cover the tasks this run executed)."""
+
+    url: str
+    mode: str
+    block_shape: tuple[int, int, int]
+    num_blocks: int
+    tree_levels: int
+    thresholds: tuple[float, ...]
+    labels_threshold: float
+    fragments: int  # fragments made by this run (0 when resumed past that stage)
+    edges: int
+    segments: dict[float, int] = field(default_factory=dict)  # per threshold (if fragments ran here)
+    size_histogram: dict[str, int] = field(default_factory=dict)  # segment voxels, log2 bins, of labels
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["segments"] = {str(k): v for k, v in self.segments.items()}
+        return out
+
+
+def _check_map(job: InstanceJob, client: Any) -> None:
+    import dask.array as da
+
+    arr = da.from_zarr(job.group("r")[PROBABILITY])
+    th = job.config.seed_threshold * (255 if str(arr.dtype) == "uint8" else 1)
+    parts = [arr.min(), arr.max()]
+    lo, hi = (float(v) for v in (da.compute(*parts) if client is None else client.compute(parts, sync=True)))
+    if hi <= th:
+        raise ValueError(
+            f"expected cells in the probability map (some p > seed_threshold {job.config.seed_threshold}), got "
+            f"an all-boundary map (max {hi:g} in stored units); check the model, or lower --seed-threshold"
+        )
+    if job.config.method == "watershed" and lo > th:
+        raise ValueError(
+            f"expected boundaries in the probability map (some p ≤ {job.config.seed_threshold}), got none "
+            f"(min {lo:g} in stored units); nothing separates cells, so there is nothing to segment"
+        )
+
+
+def prepare(url: str, config: InstanceConfig, *, storage_options: Mapping[str, Any] | None = None,
+            resume: bool = False, overwrite: bool = False) -> InstanceJob:
+    """Validate everything and return the job (nothing written yet)."""
+    if resume and overwrite:
+        raise ValueError("expected at most one of resume and overwrite, got both")
+    info = probability_info(url, storage_options)
+    mode = config.resolved_mode(info.voxel_size)
+    block = config.block_shape or default_block_shape(info, mode)
+    job = InstanceJob(url, info.shape, info.chunks, block, info.voxel_size, mode, config, storage_options)
+    group = open_group(url, "r", storage_options)
+    present = [name for name in (FRAGMENTS, LABELS, GROUP) if name in group]
+    if present and not (resume or overwrite):
+        raise InstancesExistError(
+            f"expected no instance results in {redact_url(url)}, got {present}; pass resume=True (--resume) "
+            "to continue them or overwrite=True (--overwrite) to replace them"
+        )
+    if present and resume:
+        stored = dict(group[GROUP].attrs.asdict()).get("config", {}) if GROUP in group else {}
+        now = config.to_dict()
+        diffs = [f"{k}: stored {stored.get(k)!r}, now {now[k]!r}" for k in RESUME_KEYS if stored.get(k) != now[k]]
+        if list(group[GROUP].attrs.get("block_shape", block)) != list(block):
+            diffs.append(f"block_shape: stored {group[GROUP].attrs.get('block_shape')}, now {list(block)}")
+        if diffs:
+            raise ValueError(
+                f"expected to resume {redact_url(url)} with the config it was started with, got differences: "
+                + "; ".join(diffs) + ". Use the same parameters, or pass --overwrite"
+            )
+    return job
+
+
+def _labels_attrs(job: InstanceJob, threshold: float) -> dict[str, Any]:
+    from emunet import __version__
+
+    return {
+        "long_name": "neuron instance labels (0 = background)",
+        "image-label": {"version": "0.4", "source": {"image": f"../{PROBABILITY}"}, "colors": [{"label-value": 0, "rgba": [0, 0, 0, 0]}]},
+        "emunet": {
+            "version": __version__, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "stage": "instances", "threshold": threshold, "thresholds": list(job.config.thresholds),
+            "mode": job.mode, "block_shape": list(job.block_shape), "config": job.config.to_dict(),
+        },
+    }
+
+
+def _create(job: InstanceJob, overwrite: bool) -> None:
+    from pipeline.output import zstd
+
+    group = job.group("r+")
+    if overwrite:
+        for name in (FRAGMENTS, LABELS, GROUP):
+            if name in group:
+                del group[name]
+        fs, root = fsspec_filesystem(job.url, job.storage_options)
+        ledger = f"{root.rstrip('/')}/ledger/{GROUP}"
+        if fs.exists(ledger):
+            fs.rm(ledger, recursive=True)
+    if FRAGMENTS in group:
+        return
+    for name, long_name in ((FRAGMENTS, "fragments (over-segmentation), uint64 ids unique over the volume"),
+                            (LABELS, "neuron instance labels (0 = background)")):
+        group.create_array(name, shape=job.shape, chunks=job.chunks, dtype="uint64", fill_value=0,
+                           dimension_names=AXES, compressors=zstd(3), attributes={"long_name": long_name})
+    sub = group.create_group(GROUP)
+    sub.attrs.update({"config": job.config.to_dict(), "mode": job.mode, "block_shape": list(job.block_shape),
+                      "voxel_size_nm": list(job.voxel_size),
+                      "layout": "graph/<block>.npz, tree/t<k>/l<level>/<node>.npz (see pipeline.instances.layout)"})
+
+
+def _histogram(results: list[dict[str, Any]]) -> dict[str, int]:
+    if not results:
+        return {}
+    ids = np.concatenate([r["segments"] for r in results])
+    counts = np.concatenate([r["counts"] for r in results])
+    if ids.size == 0:
+        return {}
+    uniq, inv = np.unique(ids, return_inverse=True)
+    sizes = np.bincount(inv, weights=counts).astype(np.int64)
+    bins = np.floor(np.log2(sizes)).astype(int)
+    return {f"{2**b}-{2 ** (b + 1) - 1}": int(c) for b, c in zip(*np.unique(bins, return_counts=True), strict=True)}
+
+
+def run_instances(url: str, config: InstanceConfig = InstanceConfig(), *, client: Any = None,
+                  storage_options: Mapping[str, Any] | None = None, resume: bool = False,
+                  overwrite: bool = False, log: Any = None) -> InstanceSummary:
+    """Fragments → region graph → agglomeration tree → ``labels`` in the store at ``url``.
+
+    ``client``: a `distributed.Client` (tasks run on its workers) or None (this process).
+    """
+    say = log or (lambda msg: None)
+    job = prepare(url, config, storage_options=storage_options, resume=resume, overwrite=overwrite)
+    if not (resume and FRAGMENTS in job.group("r")):
+        _check_map(job, client)
+    _create(job, overwrite)
+    n = job.num_blocks
+    say(f"instances: {n} block(s) of {job.block_shape}, mode {job.mode}")
+    frag = run_stage(job, "fragments", [TaskSpec(fragments_task, (b,), b) for b in range(n)], client)
+    graph = run_stage(job, "graph", [TaskSpec(graph_task, (b,), b) for b in range(n)], client)
+    tree = TreeGeometry(job.grid.grid_shape, config.tree_fanout)
+    merges = np.zeros(len(config.thresholds), dtype=np.int64)
+    for r in run_stage(job, "tree-l0", [TaskSpec(leaf_task, (b,), b) for b in range(n)], client):
+        merges += r["merges"]
+    for level in range(1, tree.levels + 1):
+        specs = [TaskSpec(node_task, (level, node), node) for node in range(tree.count(level))]
+        for r in run_stage(job, f"tree-l{level}", specs, client):
+            merges += r["merges"]
+    k = config.labels_index
+    relabel = run_stage(job, f"relabel-t{k}", [TaskSpec(relabel_task, (b, k), b) for b in range(n)], client)
+    threshold = config.thresholds[k]
+    job.group("r+")[LABELS].attrs.update(_labels_attrs(job, threshold))
+    fragments = int(sum(r["fragments"] for r in frag))
+    segments = {t: fragments - int(m) for t, m in zip(config.thresholds, merges, strict=True)} if len(frag) == n else {}
+    return InstanceSummary(
+        url=redact_url(url), mode=job.mode, block_shape=job.block_shape, num_blocks=n, tree_levels=tree.levels,
+        thresholds=config.thresholds, labels_threshold=threshold, fragments=fragments,
+        edges=int(sum(r["edges"] for r in graph)), segments=segments,
+        size_histogram=_histogram(relabel) if len(relabel) == n else {},
+    )
