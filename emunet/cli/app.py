@@ -47,6 +47,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "import_",
     "status",
     "segment",
+    "agglomerate",
 )
 
 

@@ -126,9 +126,17 @@ def register(app: typer.Typer) -> None:
         gt: Annotated[str, typer.Argument(metavar="GT", help="Ground truth, 0 = membrane, > 0 = cell; same formats as PRED.")],
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
         curves: Annotated[bool, typer.Option("--curves", help="Also report the error at every threshold.")] = False,
+        segmentation: Annotated[bool, typer.Option("--segmentation", help="Score PRED as a label volume (VI, adapted Rand, "
+                                "CREMI, ISBI per slice), read blockwise; automatic for uint32/uint64/int32/int64 "
+                                "arrays and for an `emunet agglomerate` output.")] = False,
     ) -> None:
         """ISBI 2012 metrics (pixel, V_rand, V_info, 2012 Rand, warping) of PRED against GT."""
         with user_errors():
+            from emunet.cli.agglomerate import is_label_volume, score_segmentation
+
+            if segmentation or is_label_volume(pred):
+                score_segmentation(pred, gt, as_json=as_json)
+                return
             from pipeline.metrics.evaluate import evaluate_stack
 
             pred_arr = load_array(pred, "PRED")

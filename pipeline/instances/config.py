@@ -33,11 +33,12 @@ class InstanceConfig:
     min_size: int = 20  # fragments smaller than this (voxels, in the read ROI) are flooded by neighbours
     context: int = 16  # voxels read beyond the block in xy (and z in 3D): the watershed's margin
     block_shape: tuple[int, int, int] | None = None  # None: chunk multiples near (8, 256, 256) / 64³
-    thresholds: tuple[float, ...] = (0.3, 0.5, 0.7)  # merge edges with score < t, for each t
+    thresholds: tuple[float, ...] = (0.6, 0.7, 0.75, 0.8)  # merge edges with score < t, for each t (ISBI: 0.75 best)
     score: str = "mean"  # edge score: "mean" or "quantile" of 1 − p along the contact
     quantile: float = 0.75  # the quantile stored (and used when score = "quantile")
     labels_threshold: float | None = None  # which t fills `labels`; None = the middle one
     tree_fanout: int = 2  # children per axis of each agglomeration tree node
+    link_z: bool = False  # mode "2d": also merge across slices (off: one segmentation per slice, ssTEM)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

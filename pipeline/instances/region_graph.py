@@ -35,14 +35,15 @@ __all__ = ["aggregate_edges", "contact_pairs", "face_fragments", "graph_task"]
 EMPTY_U64 = np.zeros(0, dtype=np.uint64)
 
 
-def contact_pairs(frag: np.ndarray, boundary: np.ndarray, margin: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(u, v, value) of every owned contact pair, u < v (uint64, uint64, float64).
+def contact_pairs(frag: np.ndarray, boundary: np.ndarray, margin: tuple[int, int, int],
+                  axes: tuple[int, ...] = (0, 1, 2)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(u, v, value) of every owned contact pair along ``axes``, u < v (uint64, uint64, float64).
 
     ``frag``, ``boundary``: (z, y, x) arrays of the write ROI grown by ``margin`` (0 or 1)
     voxels on the low side of each axis.
     """
     us, vs, vals = [], [], []
-    for axis in range(3):
+    for axis in axes:
         sl = [slice(m, None) for m in margin]  # the write ROI on the other axes
         sl[axis] = slice(None)
         f, b = frag[tuple(sl)], boundary[tuple(sl)]
@@ -112,10 +113,11 @@ def graph_task(job: InstanceJob, block_id: int) -> dict[str, Any]:
     group = job.group("r")
     frag = np.asarray(group[FRAGMENTS][grown.to_slices()])  # (z, y, x) uint64
     boundary = np.float32(1) - job.read_probability(grown)
-    u, v, values = contact_pairs(frag, boundary, margin)  # type: ignore[arg-type]
+    axes = (1, 2) if job.mode == "2d" and not job.config.link_z else (0, 1, 2)
+    u, v, values = contact_pairs(frag, boundary, margin, axes)  # type: ignore[arg-type]
     edges = aggregate_edges(u, v, values, job.config.quantile)
     inner = frag[tuple(slice(m, None) for m in margin)]
-    faces = [(a, s) for a in range(3) for s in (0, 1)
+    faces = [(a, s) for a in axes for s in (0, 1)
              if (s == 0 and write.begin[a] > 0) or (s == 1 and write.end[a] < total.end[a])]
     face_ids, face_bits = face_fragments(inner, faces)
     job.put(f"graph/{block_id}.npz", **edges, face_ids=face_ids, face_bits=face_bits)
