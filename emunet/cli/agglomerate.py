@@ -7,8 +7,6 @@ Heavy libraries are imported inside the command so ``emunet --help`` stays fast.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from enum import Enum
 from typing import Annotated, Any
 
@@ -53,27 +51,6 @@ def parse_shape(text: str | None) -> tuple[int, int, int] | None:
     return shape  # type: ignore[return-value]
 
 
-@contextlib.contextmanager
-def dask_client(workers: int, scheduler: str | None) -> Iterator[Any]:
-    """None for ``workers == 0`` (this process), else a client of a scheduler or a local cluster."""
-    if scheduler is not None:
-        from distributed import Client
-
-        with Client(scheduler) as client:
-            yield client
-        return
-    if workers == 0:
-        yield None
-        return
-    import logging
-
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=logging.WARNING) as cluster, Client(cluster) as client:
-        yield client
-
-
 def _print_summary(summary: Any) -> None:
     from rich.table import Table
 
@@ -112,6 +89,7 @@ def register(app: typer.Typer) -> None:
         """Neuron instances: watershed fragments, region graph, agglomeration tree, `labels`."""
         with user_errors():
             from pipeline.instances import InstanceConfig, run_instances
+            from pipeline.instances.runner import instance_client
 
             config = InstanceConfig(
                 method=method.value, mode=mode.value, seed_threshold=seed_threshold, seed_distance=seed_distance,
@@ -120,7 +98,7 @@ def register(app: typer.Typer) -> None:
             )
             if workers < 0:
                 raise ValueError(f"expected --workers ≥ 0, got {workers}")
-            with dask_client(workers, scheduler) as client:
+            with instance_client(workers, scheduler) as client:
                 summary = run_instances(store, config, client=client, resume=resume, overwrite=overwrite,
                                         log=lambda m: console.print(m, highlight=False))
             if as_json:
@@ -181,7 +159,9 @@ def score_segmentation(pred: str, gt: str, *, as_json: bool, workers: int = 0) -
     if seg_vs and gt_vs and seg_vs != gt_vs:
         raise ValueError(f"expected SEG and GT with the same voxel size, got SEG {seg_vs} nm and GT {gt_vs} nm; "
                          "resample one of them first")
-    with dask_client(workers, None) as client:
+    from pipeline.instances.runner import instance_client
+
+    with instance_client(workers, None) as client:
         result = {**volume_scores(seg_src, gt_src, client=client), "isbi": isbi_labels(seg_src, gt_src, client=client)}
     if as_json:
         echo_json({"seg": pred, "gt": gt, **result})

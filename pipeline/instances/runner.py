@@ -12,7 +12,8 @@ raised together once the stage has run every other task.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,3 +83,24 @@ def run_stage(job: InstanceJob, stage: str, specs: Sequence[TaskSpec], client: A
             "fix the cause and rerun with --resume"
         ) from first
     return results
+
+
+@contextlib.contextmanager
+def instance_client(workers: int, scheduler: str | None) -> Iterator[Any]:
+    """None for ``workers == 0`` (this process), else a client of a scheduler or a local cluster."""
+    if scheduler is not None:
+        from distributed import Client
+
+        with Client(scheduler) as client:
+            yield client
+        return
+    if workers == 0:
+        yield None
+        return
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=logging.WARNING) as cluster, Client(cluster) as client:
+        yield client
