@@ -14,6 +14,7 @@ another ``labels_threshold`` only relabels (the tree is stored for every thresho
 from __future__ import annotations
 
 import datetime as _dt
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,7 @@ class InstanceSummary:
     edges: int
     segments: dict[float, int] = field(default_factory=dict)  # per threshold (if fragments ran here)
     size_histogram: dict[str, int] = field(default_factory=dict)  # segment voxels, log2 bins, of labels
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage (tree: all levels)
 
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -173,8 +175,16 @@ def run_instances(url: str, config: InstanceConfig = InstanceConfig(), *, client
     _create(job, overwrite)
     n = job.num_blocks
     say(f"instances: {n} block(s) of {job.block_shape}, mode {job.mode}")
+    clock = {"start": time.perf_counter()}
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        clock[name], clock["start"] = now - clock["start"], now
+
     frag = run_stage(job, "fragments", [TaskSpec(fragments_task, (b,), b) for b in range(n)], client)
+    lap("fragments")
     graph = run_stage(job, "graph", [TaskSpec(graph_task, (b,), b) for b in range(n)], client)
+    lap("graph")
     tree = TreeGeometry(job.grid.grid_shape, config.tree_fanout)
     merges = np.zeros(len(config.thresholds), dtype=np.int64)
     for r in run_stage(job, "tree-l0", [TaskSpec(leaf_task, (b,), b) for b in range(n)], client):
@@ -183,8 +193,10 @@ def run_instances(url: str, config: InstanceConfig = InstanceConfig(), *, client
         specs = [TaskSpec(node_task, (level, node), node) for node in range(tree.count(level))]
         for r in run_stage(job, f"tree-l{level}", specs, client):
             merges += r["merges"]
+    lap("tree")
     k = config.labels_index
     relabel = run_stage(job, f"relabel-t{k}", [TaskSpec(relabel_task, (b, k), b) for b in range(n)], client)
+    lap("relabel")
     threshold = config.thresholds[k]
     job.group("r+")[LABELS].attrs.update(_labels_attrs(job, threshold))
     fragments = int(sum(r["fragments"] for r in frag))
@@ -194,4 +206,5 @@ def run_instances(url: str, config: InstanceConfig = InstanceConfig(), *, client
         thresholds=config.thresholds, labels_threshold=threshold, fragments=fragments,
         edges=int(sum(r["edges"] for r in graph)), segments=segments,
         size_histogram=_histogram(relabel) if len(relabel) == n else {},
+        seconds={k: v for k, v in clock.items() if k != "start"},
     )
