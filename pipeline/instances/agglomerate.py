@@ -111,7 +111,10 @@ def lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarra
 def _scores(job: InstanceJob, graph: dict[str, np.ndarray]) -> np.ndarray:
     if job.config.method == "components":  # touching foreground components always merge
         return np.zeros(graph["u"].size)
-    return graph[job.config.score]
+    score = graph[job.config.score]
+    if "same_seed" in graph:  # pieces of one basin cut by a block face: always one segment
+        score = np.where(graph["same_seed"], -1.0, score)
+    return score
 
 
 def leaf_task(job: InstanceJob, block_id: int) -> dict[str, Any]:

@@ -13,11 +13,16 @@ Kernel (method "watershed"), per 2D slice in mode "2d" and on the volume in "3d"
    in 3D with the voxel size);
 2. seeds = local maxima of the distance (a ``2·seed_distance + 1`` maximum filter), each
    connected plateau one seed;
-3. `skimage.segmentation.watershed` of the boundary map ``1 − p`` from the seeds;
+3. `skimage.segmentation.watershed` of the boundary map ``1 − p`` from the seeds, ties
+   on the quantised map broken by the distance (see `seeds`);
 4. size rule: seeds whose basin has fewer than ``min_size`` voxels are dropped and the
    watershed is run again, so small basins are flooded by their neighbours;
 5. the write ROI is cut out and re-split into connected pieces (`cc3d`), so a fragment
-   never spans two pieces that only touched through the context.
+   never spans two pieces that only touched through the context;
+6. each fragment keeps the *seed key* of its basin (the global index of the seed's first
+   voxel): pieces of one basin that a block face cut apart carry the same key in both
+   blocks (the seed lies in both read ROIs), and the region graph marks their edge
+   ``same_seed`` so the agglomeration joins them at every threshold.
 
 Method "components": fragments = 6-connected components of ``p > seed_threshold`` (label 0
 = background), the blockwise connected components of a thresholded map.
@@ -42,91 +47,143 @@ from .layout import FRAGMENTS, InstanceJob
 __all__ = ["block_fragments", "fragments_task", "seeds", "watershed_2d_or_3d"]
 
 
-def seeds(prob: np.ndarray, config: InstanceConfig, anisotropy: tuple[float, ...]) -> np.ndarray:
-    """Seed labels (int32, 0 = none) of one 2D slice or 3D volume ``prob`` (same shape)."""
+TIE = np.float32(1e-3)  # weight of the distance tie-breaker: below one uint8 step of p (1/255)
+TIE_DIST = np.float32(64.0)  # distances are clipped here (voxels)
+
+
+def seeds(prob: np.ndarray, config: InstanceConfig, anisotropy: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(seed labels int32, 0 = none; the watershed surface float32) of one 2D slice or 3D
+    volume ``prob`` (same shape).
+
+    The surface is ``1 − p − TIE · min(d, TIE_DIST) / TIE_DIST`` with ``d`` the distance
+    transform: a stored map is quantised (uint8), and without a tie-breaker the flooding
+    order on its plateaus (insertion order) would depend on the block; the distance is the
+    same in every block that sees the cell whole, so neighbouring blocks draw the same lines.
+    """
     import cc3d
     import edt
 
+    boundary = np.float32(1) - prob
     mask = prob > np.float32(config.seed_threshold)
     if not mask.any():
-        return np.zeros(prob.shape, dtype=np.int32)
+        return np.zeros(prob.shape, dtype=np.int32), boundary
     dist = edt.edt(mask, anisotropy=anisotropy, black_border=False, parallel=1).astype(np.float32)
     size = 2 * int(config.seed_distance) + 1
     peaks = (ndimage.maximum_filter(dist, size=size, mode="nearest") == dist) & mask
     out = cc3d.connected_components(peaks, connectivity=4 if prob.ndim == 2 else 6)
-    return out.astype(np.int32, copy=False)
+    surface = boundary - TIE * np.minimum(dist, TIE_DIST) / TIE_DIST
+    return out.astype(np.int32, copy=False), surface
 
 
-def _watershed(boundary: np.ndarray, markers: np.ndarray, min_size: int) -> np.ndarray:
-    """Seeded watershed of ``boundary`` with the size rule (int32 labels, all voxels)."""
+def _watershed(boundary: np.ndarray, markers: np.ndarray, min_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded watershed of ``boundary`` with the size rule: (int32 labels of all voxels, markers used)."""
     from skimage.segmentation import watershed
 
     if markers.max() == 0:  # no cell voxel: one fragment (the caller splits it into pieces)
-        return np.ones(boundary.shape, dtype=np.int32)
+        return np.ones(boundary.shape, dtype=np.int32), markers
     labels = watershed(boundary, markers).astype(np.int32, copy=False)
     if min_size > 1:
         sizes = np.bincount(labels.ravel())
         small = np.flatnonzero(sizes < min_size)
         small = small[small > 0]
         if small.size and small.size < np.count_nonzero(sizes):
-            keep = markers.copy()
-            keep[np.isin(keep, small)] = 0
-            labels = watershed(boundary, keep).astype(np.int32, copy=False)
-    return labels
+            markers = markers.copy()
+            markers[np.isin(markers, small)] = 0
+            labels = watershed(boundary, markers).astype(np.int32, copy=False)
+    return labels, markers
 
 
-def watershed_2d_or_3d(prob: np.ndarray, config: InstanceConfig, mode: str, voxel_size: tuple[float, ...]) -> np.ndarray:
-    """Fragments of a (z, y, x) float32 probability block; int64 labels ≥ 1, unique over slices."""
-    boundary = np.float32(1) - prob
+def seed_keys(markers: np.ndarray, origin: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """Per marker label, 1 + the global C-order index of its first voxel (0 = no seed).
+
+    Two blocks that see the same seed (a seed near the face they share lies in both read
+    ROIs) give its basin the same key: the pieces of one basin cut by a block face are
+    recognised as one (`pipeline.instances.region_graph`).
+    """
+    keys = np.zeros(int(markers.max()) + 1, dtype=np.uint64)
+    where = np.nonzero(markers)
+    if not where[0].size:
+        return keys
+    flat = np.ravel_multi_index(tuple(w + o for w, o in zip(where, origin, strict=True)), shape).astype(np.uint64) + np.uint64(1)
+    keys[:] = np.iinfo(np.uint64).max
+    np.minimum.at(keys, markers[where], flat)
+    keys[keys == np.iinfo(np.uint64).max] = 0
+    return keys
+
+
+def watershed_2d_or_3d(prob: np.ndarray, config: InstanceConfig, mode: str, voxel_size: tuple[float, ...],
+                       origin: tuple[int, int, int] = (0, 0, 0), shape: tuple[int, int, int] | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Fragments of a (z, y, x) float32 probability block: (int64 labels ≥ 1, unique over
+    slices; uint64 seed key per label). ``origin``/``shape``: the block in the volume."""
+    shape = shape or prob.shape
     if mode == "2d":
         out = np.empty(prob.shape, dtype=np.int64)
+        keys = [np.zeros(1, dtype=np.uint64)]
         offset = 0
         for z in range(prob.shape[0]):
-            lab = _watershed(boundary[z], seeds(prob[z], config, (1.0, 1.0)), config.min_size)
+            markers, surface = seeds(prob[z], config, (1.0, 1.0))
+            lab, markers = _watershed(surface, markers, config.min_size)
             out[z] = lab.astype(np.int64) + offset
+            k = seed_keys(markers[None], (origin[0] + z, origin[1], origin[2]), shape)
+            k = np.concatenate([k, np.zeros(max(0, int(lab.max()) + 1 - k.size), np.uint64)])
+            keys.append(k[1 : int(lab.max()) + 1])
             offset += int(lab.max())
-        return out
+        return out, np.concatenate(keys)
     anis = tuple(float(v) / float(min(voxel_size)) for v in voxel_size)
-    return _watershed(boundary, seeds(prob, config, anis), config.min_size).astype(np.int64)
+    markers, surface = seeds(prob, config, anis)
+    lab, markers = _watershed(surface, markers, config.min_size)
+    k = seed_keys(markers, origin, shape)
+    k = np.concatenate([k, np.zeros(max(0, int(lab.max()) + 1 - k.size), np.uint64)])
+    return lab.astype(np.int64), k
 
 
 def block_fragments(prob: np.ndarray, inner: tuple[slice, ...], config: InstanceConfig, mode: str,
-                    voxel_size: tuple[float, ...]) -> np.ndarray:
-    """Local fragments (uint64, 1…n, 0 = background) of the write ROI ``prob[inner]``.
+                    voxel_size: tuple[float, ...], origin: tuple[int, int, int] = (0, 0, 0),
+                    shape: tuple[int, int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Local fragments (uint64, 1…n, 0 = background) of the write ROI ``prob[inner]`` and the
+    seed key of each (uint64[n + 1], 0 = none).
 
-    ``prob``: (z, y, x) float32 of the read ROI; ``inner``: the write ROI inside it.
+    ``prob``: (z, y, x) float32 of the read ROI, whose first voxel is ``origin`` in a volume
+    of ``shape``; ``inner``: the write ROI inside it.
     """
     import cc3d
-    import fastremap
 
     if config.method == "components":
         mask = prob[inner] > np.float32(config.seed_threshold)
-        return cc3d.connected_components(mask, connectivity=6, out_dtype=np.uint64)
-    labels = watershed_2d_or_3d(prob, config, mode, voxel_size)[inner]
+        pieces = cc3d.connected_components(mask, connectivity=6, out_dtype=np.uint64)
+        return pieces, np.zeros(int(pieces.max()) + 1, dtype=np.uint64)
+    basins, keys = watershed_2d_or_3d(prob, config, mode, voxel_size, origin, shape)
+    labels = basins[inner]
     # re-split what the crop disconnected; in 2D mode never across slices
     if mode == "2d":
-        out = np.empty(labels.shape, dtype=np.uint64)
+        pieces = np.empty(labels.shape, dtype=np.uint64)
         offset = 0
         for z in range(labels.shape[0]):
             piece = cc3d.connected_components(labels[z], connectivity=4, out_dtype=np.uint64)
             piece[piece > 0] += np.uint64(offset)
-            out[z] = piece
-            offset = int(out[z].max())
-        return out
-    pieces = cc3d.connected_components(labels, connectivity=6, out_dtype=np.uint64)
-    pieces, _ = fastremap.renumber(pieces, in_place=True)
-    return pieces.astype(np.uint64, copy=False)
+            pieces[z] = piece
+            offset = int(pieces[z].max())
+    else:
+        pieces = cc3d.connected_components(labels, connectivity=6, out_dtype=np.uint64)
+    basin_of = np.zeros(int(pieces.max()) + 1, dtype=np.int64)
+    basin_of[pieces.ravel()] = labels.ravel()
+    return pieces, keys[basin_of]
 
 
 def fragments_task(job: InstanceJob, block_id: int) -> dict[str, Any]:
-    """Fragments of one block, written (whole chunks) into ``fragments``; its count."""
+    """Fragments of one block, written (whole chunks) into ``fragments``; their seed keys to
+    ``instances/seeds/<block>.npz``; the count."""
     block = job.block(block_id)
     prob = job.read_probability(block.read_roi)  # (z, y, x) float32 of the read ROI
     inner = block.write_roi.to_slices(block.read_roi)
-    local = block_fragments(prob, inner, job.config, job.mode, job.voxel_size)
+    local, keys = block_fragments(prob, inner, job.config, job.mode, job.voxel_size,
+                                  tuple(block.read_roi.offset), job.shape)  # type: ignore[arg-type]
     n = int(local.max()) if local.size else 0
     if n > job.id_stride:
         raise AssertionError(f"expected ≤ {job.id_stride} fragments in block {block_id}, got {n}")
-    ids = np.where(local > 0, local + np.uint64(block_id * job.id_stride), np.uint64(0))
+    base = np.uint64(block_id * job.id_stride)
+    ids = np.where(local > 0, local + base, np.uint64(0))
     job.group("r+")[FRAGMENTS][block.write_roi.to_slices()] = ids
+    job.put(f"seeds/{block_id}.npz", ids=np.arange(1, n + 1, dtype=np.uint64) + base, keys=keys[1:])
     return {"block": block_id, "fragments": n, "voxels": block.write_roi.size}
