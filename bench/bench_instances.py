@@ -165,7 +165,7 @@ def quality(data: Path, workers: int) -> None:
             a, b = shapes[(1, 256, 256)][t], shapes[(4, 512, 512)][t]
             vi = volume_scores(a.astype(np.uint64), b + 1)
             print(f"  block-shape change 256² → whole slices, t = {t}: VI {vi['vi']:.4f} "
-                  f"(split {vi['vi_split']:.4f}, merge {vi['vi_merge']:.4f}), voxels differing in partition ARAND {vi['adapted_rand_error']:.4f}")
+                  f"(split {vi['vi_split']:.4f}, merge {vi['vi_merge']:.4f}), ARAND {vi['adapted_rand_error']:.4f}")
 
         img = h5py.File(data / "gala-fibsem" / "train-image.h5", "r")["stack"][...]
         fgt = h5py.File(data / "gala-fibsem" / "train-gt.lzf.h5", "r")["stack"][...]
