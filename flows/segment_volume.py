@@ -28,7 +28,7 @@ from flows._common import ClusterParams, attempt, every, metric_line, metric_row
 # SegmentConfig fields a flow run may set; the rest come from EMUNET_SEGMENT_* or defaults.
 CONFIG_FIELDS = frozenset(
     {"block_shape", "tile_shape", "batch_size", "dtype", "mask", "device", "resume", "overwrite",
-     "pyramid_levels", "input_level", "blocks_per_task", "max_in_flight", "check_finite"}
+     "pyramid_levels", "input_level", "blocks_per_task", "max_in_flight", "check_finite", "sparse", "grey_range"}
 )  # fmt: skip
 
 
@@ -76,6 +76,10 @@ class SegmentVolumeParams(BaseModel):
     blocks_per_task: int | None = Field(None, ge=1, description="Consecutive blocks per Dask task (default 4).")
     max_in_flight: int | None = Field(None, ge=1, description="Dask tasks alive at once (default 3 × GPU slots).")
     check_finite: bool = Field(True, description="Scan a float input for NaN/inf before writing (refused if found).")
+    sparse: bool = Field(False, description="Input chunks missing from the store read as the fill value (else their blocks fail).")
+    grey_range: tuple[float, float] | None = Field(
+        None, description="Input values mapped to the model's [0, 1]; None = stored with the volume, else the dtype's range."
+    )
     ground_truth_url: str | None = Field(None, description="Labels (0 = membrane, > 0 = cell; Zarr or TIFF) for the ISBI metrics.")
     retries: int = Field(2, ge=0, description="Retries of a stage after a transient error (I/O, timeouts, connections).")
     progress_interval_s: float = Field(10.0, gt=0, description="Seconds between progress lines in the run log.")
@@ -113,7 +117,7 @@ def _stage(name: str):
 @_stage("validate-inputs")
 def validate_inputs(params: SegmentVolumeParams) -> dict[str, Any]:
     """Open the input and the checkpoint, check the ground truth and the output policy."""
-    from pipeline.output import OutputExistsError, store_exists
+    from pipeline.ownership import check_output
     from pipeline.volume import open_volume, redact_url
     from unetcore.checkpoint import file_sha256, read_header
 
@@ -133,11 +137,10 @@ def validate_inputs(params: SegmentVolumeParams) -> dict[str, Any]:
                 f"Expected ground truth of the input's shape {tuple(volume.shape)}. Got {gt_shape} at "
                 f"{redact_url(params.ground_truth_url)} instead."
             )
-    if store_exists(params.output_url) and not (params.resume or params.overwrite):
-        raise OutputExistsError(
-            f"Expected no output at {redact_url(params.output_url)}. Got an existing store instead; pass "
-            "resume=True (--resume) to continue it or overwrite=True (--overwrite) to replace it."
-        )
+    check_output(
+        params.output_url, reads=(params.input_url, params.checkpoint, params.ground_truth_url),
+        overwrite=params.overwrite, resume=params.resume,
+    )  # fmt: skip
     model = header["model_config"]
     return {
         "input_url": redact_url(volume.url),

@@ -29,7 +29,7 @@ def scan_group(job: dict[str, Any]) -> list[dict[str, Any]]:
     from pipeline.geometry import Roi
     from pipeline.volume import open_volume
 
-    volume = open_volume(job["input_url"], level=job["level"])
+    volume = open_volume(job["input_url"], level=job["level"], sparse=job.get("sparse", False))
     found = []
     for offset, shape in job["rois"]:
         data = volume.read(Roi(tuple(offset), tuple(shape)))
@@ -44,7 +44,9 @@ def scan_group(job: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
-def check_finite(client: Any, plan: Any, *, max_in_flight: int, blocks_per_task: int = SCAN_BLOCKS_PER_TASK) -> int:
+def check_finite(
+    client: Any, plan: Any, *, max_in_flight: int, blocks_per_task: int = SCAN_BLOCKS_PER_TASK, sparse: bool = False
+) -> int:
     """Scan `plan`'s input on `client`'s workers; the voxels scanned, or `NonFiniteInputError`."""
     from pipeline.submit import submit_bounded
     from pipeline.volume import redact_url
@@ -56,7 +58,7 @@ def check_finite(client: Any, plan: Any, *, max_in_flight: int, blocks_per_task:
         for start in range(0, plan.num_blocks, blocks_per_task):
             ids = range(start, min(start + blocks_per_task, plan.num_blocks))
             rois = [(list(plan.block(b).write_roi.offset), list(plan.block(b).write_roi.shape)) for b in ids]
-            yield {"input_url": plan.input_url, "level": plan.input_level or None, "rois": rois}
+            yield {"input_url": plan.input_url, "level": plan.input_level or None, "rois": rois, "sparse": sparse}
 
     submit_bounded(
         client, scan_group, jobs(), max_in_flight=max_in_flight, resources={},

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.n5 import N5Dataset, is_n5, split_n5
-from pipeline.output import AXES, ome_attrs, ome_dataset, ome_multiscale, open_group, zstd
+from pipeline.output import AXES, DENSE, ome_attrs, ome_dataset, ome_multiscale, open_group, zstd
 from pipeline.volume import (
     SUPPORTED_DTYPES,
     UnsupportedVolumeError,
@@ -44,7 +44,7 @@ from pipeline.volume import (
     open_volume,
     redact_url,
 )
-from unetcore.io import HDF5_SUFFIXES, TIFF_SUFFIXES, split_hdf5
+from unetcore.io import HDF5_SUFFIXES, TIFF_SUFFIXES, check_grey_axes, split_hdf5
 
 DEFAULT_CHUNKS = (32, 256, 256)
 
@@ -87,9 +87,11 @@ def _tiff_source(path: Path) -> Source:
     except (tifffile.TiffFileError, OSError) as exc:
         raise ValueError(f"expected a readable TIFF at {path}, got: {exc}") from None
     series = tif.series[0]
-    if "S" in series.axes:
+    try:
+        check_grey_axes(series.axes, path)
+    except ValueError as exc:
         tif.close()
-        raise UnsupportedVolumeError(f"expected grey-level images, got colour samples (axes {series.axes!r}) in {path}")
+        raise UnsupportedVolumeError(str(exc)) from None
     shape = _check_shape_dtype(series.shape, series.dtype, str(path))
     try:
         mm = tifffile.memmap(path, mode="r")
@@ -174,15 +176,18 @@ def _regions(shape: Sequence[int], step: Sequence[int]) -> Iterator[tuple[slice,
 
 
 @contextmanager
-def _staging(dst: str, overwrite: bool, storage_options: Mapping[str, Any] | None) -> Iterator[str]:
-    """A temporary sibling of ``dst`` that becomes ``dst`` only if the block succeeds."""
+def _staging(dst: str, src: str, overwrite: bool, storage_options: Mapping[str, Any] | None) -> Iterator[str]:
+    """A temporary sibling of ``dst`` that becomes ``dst`` only if the block succeeds.
+
+    An existing ``dst`` is replaced only with ``overwrite`` and only if emunet wrote it
+    (`pipeline.ownership`); ``dst`` may never be, contain or lie inside ``src``.
+    """
+    from pipeline.ownership import check_output
+
     remote = is_remote(dst)
     fs, path = fsspec_filesystem(dst, storage_options)
     path = path.rstrip("/")
-    if fs.exists(path) and not overwrite:
-        raise FileExistsError(
-            f"expected a new destination, got an existing {redact_url(dst)}; pass --overwrite to replace it"
-        )
+    check_output(dst, reads=(src,), overwrite=overwrite, storage_options=storage_options)
     parent, name = path.rsplit("/", 1)
     tmp_name = f".{name}.partial-{uuid.uuid4().hex[:8]}"
     tmp_path = f"{parent}/{tmp_name}"
@@ -223,14 +228,19 @@ def import_volume(
     compression_level: int = 3,
     storage_options: Mapping[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    grey_range: Sequence[float] | None = None,
 ) -> Volume:
     """Copy a TIFF/HDF5/N5 volume into an OME-Zarr v3 image at ``dst``; returns it opened.
 
     ``voxel_size`` (z, y, x nm) overrides what the source knows (HDF5/N5 ``resolution``);
-    without either it is 1 nm and marked as a default. ``chunks`` default (32, 256, 256),
+    without either it is 1 nm and marked as a default. ``grey_range`` (lo, hi) is stored
+    with the image for `segment` (`pipeline.grey`). ``chunks`` default (32, 256, 256),
     clipped to the volume.
     """
     dst = str(dst)
+    from unetcore.normalization import check_grey_range
+
+    grey = check_grey_range(tuple(grey_range)) if grey_range is not None else None
     if not dst.rstrip("/").endswith(".zarr"):
         raise ValueError(f"expected a destination ending in .zarr, got {dst!r}")
     source = open_source(src)
@@ -248,11 +258,11 @@ def import_volume(
         if len(chunk) != 3 or min(chunk) < 1:
             raise ValueError(f"expected 3 positive chunk sizes (z, y, x), got {chunks}")
         chunk = tuple(min(c, s) for c, s in zip(chunk, source.shape, strict=True))
-        with _staging(dst, overwrite, storage_options) as tmp:
+        with _staging(dst, str(src), overwrite, storage_options) as tmp:
             group = open_group(tmp, "w", storage_options)
             array = group.create_array(
                 "0", shape=source.shape, chunks=chunk, dtype=source.dtype, fill_value=0,
-                dimension_names=AXES, compressors=zstd(compression_level),
+                dimension_names=AXES, compressors=zstd(compression_level), config=DENSE,
             )
             step = (chunk[0], source.shape[1], source.shape[2]) if source.slab_reader else chunk
             regions = list(_regions(source.shape, step)) if progress else _regions(source.shape, step)
@@ -273,6 +283,7 @@ def import_volume(
                         "voxel_size_source": voxel_source,
                         "version": __version__,
                         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                        **({"grey_range": list(grey)} if grey else {}),
                     }
                 }
             )

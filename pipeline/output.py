@@ -29,17 +29,17 @@ from typing import Any
 import numpy as np
 
 from pipeline.geometry import Roi
+from pipeline.ownership import OutputExistsError, check_output, remove_ours
 from pipeline.plan import SegmentPlan
 from pipeline.volume import fsspec_filesystem, is_remote, local_path, redact_url
 
 AXES = ("z", "y", "x")
 OUTPUT_DTYPES = ("uint8", "float16", "float32")
 LEDGER_GROUP = "ledger"
+# Every chunk is written, even one that equals the fill value (zarr skips those by default),
+# so that a chunk missing from an emunet store is an error, never a silent zero.
+DENSE = {"write_empty_chunks": True}
 PYRAMID_GROUP = "pyramid"
-
-
-class OutputExistsError(FileExistsError):
-    """The output exists and neither resume nor overwrite was asked for."""
 
 
 class PlanMismatchError(ValueError):
@@ -177,7 +177,7 @@ class Output:
 
     def array(self, name: str) -> Any:
         if name not in self._arrays:
-            self._arrays[name] = self.group[name]
+            self._arrays[name] = self.group[name].with_config(DENSE)
         return self._arrays[name]
 
     def write(self, roi: Roi, probability: np.ndarray) -> None:
@@ -229,7 +229,9 @@ def provenance(
 RESUME_KEYS = ("input_url", "checkpoint_sha256", "volume_shape", "block_shape", "chunk_shape", "shard_shape", "context")
 
 
-def _check_resume(url: str, attrs: Mapping[str, Any], plan: SegmentPlan, options: OutputOptions) -> None:
+def _check_resume(
+    url: str, attrs: Mapping[str, Any], plan: SegmentPlan, options: OutputOptions, extra: Mapping[str, Any] | None = None
+) -> None:
     stored = (attrs.get("emunet") or {}).get("plan")
     if stored is None:
         raise PlanMismatchError(
@@ -243,12 +245,38 @@ def _check_resume(url: str, attrs: Mapping[str, Any], plan: SegmentPlan, options
     for k in ("name", "dtype", "mask"):
         if stored_opts.get(k) != getattr(options, k):
             diffs.append(f"output {k}: stored {stored_opts.get(k)!r}, now {getattr(options, k)!r}")
+    diffs += _input_changes((attrs.get("emunet") or {}).get("input"), (extra or {}).get("input"))
     if diffs:
         raise PlanMismatchError(
             f"expected to resume {redact_url(url)} with the plan it was started with, got differences: "
             + "; ".join(diffs)
             + ". Use the same input, checkpoint and block shape, or pass overwrite=True (--overwrite)"
         )
+
+
+def check_input_unchanged(url: str, volume: Any, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Refuse to resume ``url`` when its input was replaced since the output was started
+    (`pipeline.fingerprint`: metadata and sampled chunk hashes)."""
+    from pipeline.fingerprint import fingerprint_changes
+
+    stored = ((dict(open_group(url, "r", storage_options).attrs.asdict()).get("emunet") or {}).get("input") or {})
+    diffs = fingerprint_changes(stored.get("fingerprint"), volume)
+    if diffs:
+        raise PlanMismatchError(
+            f"expected to resume {redact_url(url)} on the input it was started with, got an input that changed since "
+            f"({'; '.join(diffs)}): old and new blocks would mix. Segment the new input into a new output, or pass "
+            "--overwrite to start this one again"
+        )
+
+
+def _input_changes(stored: Mapping[str, Any] | None, now: Mapping[str, Any] | None) -> list[str]:
+    """Differences in how the input is read: its grey range."""
+    if not stored or not now:
+        return []
+    diffs = []
+    if "grey_range" in stored and list(stored["grey_range"]) != list(now.get("grey_range") or []):
+        diffs.append(f"grey range: stored {stored['grey_range']}, now {now.get('grey_range')}")
+    return diffs
 
 
 def _array_attrs(name: str, dtype: str, options: OutputOptions) -> dict[str, str]:
@@ -267,27 +295,26 @@ def create_output(
     overwrite: bool = False,
     storage_options: Mapping[str, Any] | None = None,
     extra_attrs: Mapping[str, Any] | None = None,
+    reads: Sequence[str] = (),
 ) -> Output:
     """Create (or, with ``resume``, reopen after checking the plan) the output group.
 
-    An existing output is refused (`OutputExistsError`) unless ``resume`` (the stored plan
-    must match: same input, checkpoint hash, shape, block/chunk shape — `PlanMismatchError`
-    names what differs) or ``overwrite`` (deleted and recreated).
+    The output may never be, contain or lie inside the input or anything in ``reads``
+    (`pipeline.ownership`). An existing output is refused (`OutputExistsError`) unless
+    ``resume`` (the stored plan must match: same input, checkpoint hash, shape, block/chunk
+    shape — `PlanMismatchError` names what differs) or ``overwrite`` (replaced only if
+    emunet wrote it: `NotOursError` otherwise).
     """
     url = plan.output_url
     if resume and overwrite:
         raise ValueError("expected at most one of resume and overwrite, got both")
-    if store_exists(url, storage_options):
+    existing = check_output(url, reads=(plan.input_url, *reads), overwrite=overwrite, resume=resume, storage_options=storage_options)
+    if existing.exists:
         if resume:
             group = open_group(url, "r+", storage_options)
-            _check_resume(url, dict(group.attrs.asdict()), plan, options)
+            _check_resume(url, dict(group.attrs.asdict()), plan, options, extra_attrs)
             return Output(url, group, plan, options)
-        if not overwrite:
-            raise OutputExistsError(
-                f"expected no output at {redact_url(url)}, got an existing store; pass resume=True "
-                "(--resume) to continue it or overwrite=True (--overwrite) to replace it"
-            )
-        remove_store(url, storage_options)
+        remove_ours(url, storage_options)
     group = _create_exclusively(url, storage_options)
     shape = plan.volume_shape
     arrays = [(options.name, options.dtype)] + ([("mask", "uint8")] if options.mask else [])

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.output import AXES, PYRAMID_GROUP, ome_attrs, ome_dataset, ome_multiscale, open_group, zstd
+from pipeline.output import AXES, DENSE, PYRAMID_GROUP, ome_attrs, ome_dataset, ome_multiscale, open_group, zstd
 from pipeline.volume import multiscales_of
 
 
@@ -52,7 +52,7 @@ def write_pyramid(
         path = f"{PYRAMID_GROUP}/{name}/{k}"
         level = group.create_array(
             path, shape=shape, chunks=chunks, dtype=prev.dtype, fill_value=0,
-            dimension_names=AXES, compressors=zstd(), overwrite=True,
+            dimension_names=AXES, compressors=zstd(), overwrite=True, config=DENSE,
         )
         grid = [range(0, s, c) for s, c in zip(shape, chunks, strict=True)]
         for z0 in grid[0]:

@@ -22,6 +22,7 @@ import itertools
 import math
 import os
 import time
+import logging
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -33,6 +34,8 @@ from pipeline.execute import BlockFailure, BlockOps, GroupReport, RetryPolicy
 from pipeline.segment_config import SegmentConfig
 from pipeline.submit import SchedulerLostError, default_in_flight, submit_bounded
 from pipeline.worker import GroupJob, ModelPlugin, ModelSpec, hold_model, process_group, release_model
+
+logger = logging.getLogger(__name__)
 
 @dataclass
 class SegmentResult:
@@ -54,6 +57,7 @@ class SegmentResult:
     peak_in_flight: int = 0
     blocks_per_task: int = 0  # the group size used (config's, smaller for small runs)
     plugin: str = ""  # the model plugin's name on the workers
+    warnings: list[str] = field(default_factory=list)  # about the input (e.g. grey values far from the model's)
 
     @property
     def ok(self) -> bool:
@@ -92,7 +96,7 @@ def segment_ops(plugin: ModelPlugin, payload: dict[str, Any]) -> BlockOps:
     run = payload["run"]
     plan = plugin.cached((run, "plan"), lambda: SegmentPlan.from_dict(payload["plan"]))
     level = plan.input_level if plan.input_level not in (None, 0) else None
-    volume = plugin.cached((run, "volume"), lambda: open_volume(plan.input_url, level=level))
+    volume = plugin.cached((run, "volume"), lambda: open_volume(plan.input_url, level=level, sparse=payload.get("sparse", False)))
     output = plugin.cached((run, "output"), lambda: open_output(plan.output_url))
     ledger = plugin.cached((run, "ledger"), lambda: Ledger(plan.output_url, plan.num_blocks))
 
@@ -198,8 +202,12 @@ def segment(
     reported in the result (and the output's ledger), never retried beyond `config.retries`
     transient I/O errors; a rerun with ``resume=True`` computes only what is left.
     """
+    from pipeline.fingerprint import input_fingerprint, read_sample
+    from pipeline.grey import GreyStats, check_grey, resolve_grey_range
+    from pipeline.volume import redact_url
     from pipeline.ledger import Ledger
-    from pipeline.output import OutputOptions, create_output, store_exists
+    from pipeline.output import OutputOptions, check_input_unchanged, create_output
+    from pipeline.ownership import check_output
     from pipeline.pyramid import write_pyramid
     from pipeline.plan import plan_for_volume
     from pipeline.volume import open_volume
@@ -210,17 +218,30 @@ def segment(
     checkpoint = Path(checkpoint).absolute()
     model_config = UNetConfig.from_dict(read_header(checkpoint)["model_config"])
     sha256 = config.checkpoint_sha256 or file_sha256(checkpoint)
-    volume = open_volume(_absolute(input_url), level=config.input_level)
+    volume = open_volume(_absolute(input_url), level=config.input_level, sparse=config.sparse)
     plan = plan_for_volume(volume, _absolute(output_url), model_config, block_shape=config.block_shape, checkpoint_sha256=sha256)
-    tile, batch = _check_before_writing(checkpoint, plan, config)
+    tile, batch, normalization = _check_before_writing(checkpoint, plan, config)
     checks = _Prechecks(model_config, tile, batch, float_input=volume.dtype.kind == "f")
     options = OutputOptions(dtype=config.dtype, mask=config.mask)
-    create = functools.partial(
-        create_output, plan, options, model_config=model_config.to_dict(), resume=config.resume, overwrite=config.overwrite
+    grey_range, grey_source = resolve_grey_range(volume, config.grey_range)
+    sample = read_sample(volume)  # a few chunks spread over the volume, read once on the client
+    warnings = check_grey(
+        volume.dtype, redact_url(volume.url), grey_range, grey_source, GreyStats.of_sample(sample), normalization
     )
-    if store_exists(plan.output_url) and not config.overwrite:
-        create()  # refuses an existing output, or checks that a resumed one has this plan; writes nothing
-    result = SegmentResult(plan.output_url, plan.num_blocks)
+    for warning in warnings:
+        logger.warning(warning)
+    existing = check_output(plan.output_url, reads=(plan.input_url, str(checkpoint)), overwrite=config.overwrite, resume=config.resume)
+    resuming = existing.exists and config.resume
+    inputs = {"grey_range": list(grey_range), "grey_range_source": grey_source, "sparse": config.sparse,
+              "fingerprint": None if resuming else input_fingerprint(volume, sample)}  # fmt: skip
+    create = functools.partial(
+        create_output, plan, options, model_config=model_config.to_dict(), resume=config.resume,
+        overwrite=config.overwrite, reads=(str(checkpoint),), extra_attrs={"input": inputs},
+    )  # fmt: skip
+    if resuming:
+        create()  # checks that the resumed output has this plan; writes nothing
+        check_input_unchanged(plan.output_url, volume)
+    result = SegmentResult(plan.output_url, plan.num_blocks, warnings=warnings)
 
     def prepare() -> Iterator[int]:
         """Create the output (once the workers hold the model) and list the blocks to run."""
@@ -230,8 +251,10 @@ def segment(
         return (i for i in range(plan.num_blocks) if done is None or not done[i])
 
     predict = {"tile_shape": config.tile_shape, "batch_size": config.batch_size, "device": config.device, "amp": config.amp}
+    if grey_source != "dtype":
+        predict["grey_range"] = tuple(grey_range)
     spec = ModelSpec(str(checkpoint), sha256, predict=predict, torch_threads=config.torch_threads)
-    payload = {"plan": plan.to_dict(), "run": uuid.uuid4().hex}
+    payload = {"plan": plan.to_dict(), "run": uuid.uuid4().hex, "sparse": config.sparse}
     if client is not None:
         _run(client, "client", config, spec, payload, prepare, result, checks)
     else:
@@ -256,11 +279,11 @@ class _Prechecks:
     float_input: bool
 
 
-def _check_before_writing(checkpoint: Path, plan: Any, config: SegmentConfig) -> tuple[tuple[int, ...], int]:
+def _check_before_writing(checkpoint: Path, plan: Any, config: SegmentConfig) -> tuple[tuple[int, ...], int, Any]:
     """Refuse what would fail on every worker before any output is created.
 
-    Returns the input tile the blocks use and the largest batch a forward pass will hold
-    (``batch_size``, or fewer when a block has fewer tiles).
+    Returns the input tile the blocks use, the largest batch a forward pass will hold
+    (``batch_size``, or fewer when a block has fewer tiles) and the model's normalisation.
 
     The weights must load into the checkpoint's own config (the workers would refuse them
     one by one), and the tile must be legal for the model and the block.
@@ -277,7 +300,7 @@ def _check_before_writing(checkpoint: Path, plan: Any, config: SegmentConfig) ->
     predict = PredictConfig(tile_shape=config.tile_shape, batch_size=config.batch_size)
     tiles = plan_tiles(ckpt.config, tuple(plan.block_shape[-dims:]), config.tile_shape, predict)  # illegal tiles raise
     per_block = math.prod(tiles.counts) * (plan.block_shape[0] if dims == 2 else 1)
-    return tiles.in_tile, min(config.batch_size, per_block)
+    return tiles.in_tile, min(config.batch_size, per_block), ckpt.normalization
 
 
 def _run(
@@ -307,7 +330,7 @@ def _run(
     if fitted != tuple(checks.tile):
         spec = dataclasses.replace(spec, predict={**spec.predict, "tile_shape": fitted})
     if checks.float_input and config.check_finite:
-        check_finite(client, plan, max_in_flight=config.max_in_flight or default_in_flight(client))
+        check_finite(client, plan, max_in_flight=config.max_in_flight or default_in_flight(client), sparse=config.sparse)
     hold_model(client, spec, payload["run"])  # registered unless held: loads and checks it on every worker
     try:
         _stream(client, config, spec, payload, plan, prepare, result)

@@ -42,6 +42,8 @@ class SegmentConfig:
     torch_threads: int | None = None  # intra-op threads per CPU worker; None = cores / workers
     timeout_s: float = 60.0  # waiting for the scheduler and for a worker with a GPU slot
     check_finite: bool = True  # scan a float input for NaN/inf before writing (pipeline.finite)
+    sparse: bool = False  # input chunks missing from the store read as the fill value (else the block fails)
+    grey_range: tuple[float, float] | None = None  # input values mapped to [0, 1]; None = stored or dtype range
 
     def __post_init__(self) -> None:
         if self.dtype not in OUTPUT_DTYPES:
@@ -58,6 +60,10 @@ class SegmentConfig:
         if self.block_shape is not None and len(self.block_shape) != 3:
             raise ValueError(f"Expected a (z, y, x) block shape. Got {self.block_shape} instead.")
         ClusterConfig(workers=self.workers, scheduler=self.scheduler)  # validates the pair
+        if self.grey_range is not None:
+            from unetcore.normalization import check_grey_range
+
+            object.__setattr__(self, "grey_range", check_grey_range(tuple(self.grey_range)))
 
     def cluster(self) -> ClusterConfig:
         return ClusterConfig(self.workers, self.scheduler, torch_threads=self.torch_threads, timeout_s=self.timeout_s)
@@ -84,7 +90,8 @@ def _parse_env(name: str, kind: str, raw: str) -> Any:
         return text.lower() in ("1", "true", "yes")
     try:
         if kind.startswith("tuple"):
-            return tuple(int(v) for v in re.split(r"[,x\s]+", text) if v)
+            cast = float if "float" in kind else int
+            return tuple(cast(v) for v in re.split(r"[,x\s]+" if cast is int else r"[,\s]+", text) if v)
         if kind.startswith("int"):
             return int(text)
         if kind.startswith("float"):

@@ -11,11 +11,20 @@ A volume is named by one URL string:
   (default 0, the full resolution) and the voxel size is read from its ``scale``.
 
 Only 3D (z, y, x) volumes of uint8, uint16 or float32 are accepted; anything else is refused
-at the boundary with "expected X, got Y" and the fix.
+at the boundary with "expected X, got Y" and the fix. Axis names (OME ``axes``, Zarr v3
+``dimension_names`` or xarray's ``_ARRAY_DIMENSIONS``) are read: spatial axes stored in
+another order (x, y, z) are read transposed to (z, y, x) with their scale, singleton
+channel or time axes are dropped, and a real channel axis (c, y, x) is refused.
+
+A chunk missing from the store inside the array's extent reads as the fill value in Zarr;
+here it is an error naming the chunk (`MissingChunkError`), unless the volume is opened with
+``sparse=True`` (chunks left out on purpose). Only regions that read as all fill value are
+looked up, so a dense volume costs no extra requests.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Mapping
@@ -44,7 +53,9 @@ UNIT_TO_NM: dict[str, float] = {
     "nm": 1.0,
     "um": 1e3,
     "µm": 1e3,
+    "micron": 1e3,
 }
+SPATIAL_AXES = frozenset(DEFAULT_AXES)
 
 
 class VolumeNotFoundError(FileNotFoundError):
@@ -57,6 +68,10 @@ class NotAZarrError(ValueError):
 
 class UnsupportedVolumeError(ValueError):
     """A Zarr array that is not a 3D (z, y, x) uint8/uint16/float32 volume."""
+
+
+class MissingChunkError(ValueError):
+    """A chunk inside the array's extent is absent from the store (and sparse was not set)."""
 
 
 # --------------------------------------------------------------------------- URLs
@@ -135,15 +150,17 @@ class Volume:
 
     url: str  # the URL as given (credential-free: storage_options are never kept)
     array: Any = field(repr=False, compare=False)  # the zarr.Array (read-only)
-    shape: tuple[int, int, int]
+    shape: tuple[int, int, int]  # (z, y, x), whatever the stored order
     dtype: np.dtype
     chunks: tuple[int, int, int]
     shards: tuple[int, int, int] | None
     voxel_size: tuple[float, float, float]
-    axes: tuple[str, str, str]
+    axes: tuple[str, ...]  # the stored axes, e.g. ("z", "y", "x") or ("c", "x", "y", "z")
     zarr_format: int
     level: int | None = None  # the multiscale level, None for a plain array
     voxel_size_source: str = "default"
+    order: tuple[int, int, int] = (0, 1, 2)  # stored axis index of z, y and x
+    sparse: bool = False  # missing chunks read as the fill value (else MissingChunkError)
 
     @property
     def total_roi(self) -> Roi:
@@ -154,10 +171,56 @@ class Volume:
         return int(np.prod(self.shape)) * self.dtype.itemsize
 
     def read(self, roi: Roi) -> np.ndarray:
-        """The voxels of ``roi`` (which must lie inside the volume)."""
+        """The voxels of ``roi`` (which must lie inside the volume), as (z, y, x)."""
         if not self.total_roi.contains(roi):
             raise ValueError(f"expected a ROI inside the volume {self.total_roi}, got {roi}")
-        return np.asarray(self.array[roi.to_slices()])
+        zyx = roi.to_slices()
+        index: list[Any] = [0] * self.array.ndim  # singleton channel/time axes
+        for axis, stored in enumerate(self.order):
+            index[stored] = zyx[axis]
+        data = np.asarray(self.array[tuple(index)])
+        if not self.sparse:
+            self._check_chunks(roi, data)
+        if self.order != (0, 1, 2):
+            ranked = sorted(self.order)
+            data = data.transpose([ranked.index(o) for o in self.order])
+        return data
+
+    def _check_chunks(self, roi: Roi, data: np.ndarray) -> None:
+        """Raise `MissingChunkError` for a stored chunk (or shard) of ``roi`` that is absent.
+
+        ``data`` is in the stored axis order; only the chunks whose voxels here all equal
+        the fill value are looked up in the store.
+        """
+        from zarr.core.sync import sync
+
+        fill = self.array.fill_value
+        unit = self.array.shards or self.array.chunks  # what the store holds: shards or chunks
+        stored_unit = tuple(unit[o] for o in self.order)  # along z, y, x
+        ranked = sorted(self.order)
+        ranges = [range(lo // u, -(-hi // u)) for lo, hi, u in zip(roi.offset, roi.end, stored_unit, strict=True)]
+        for grid in itertools.product(*ranges):
+            lo = [max(g * u, o) for g, u, o in zip(grid, stored_unit, roi.offset, strict=True)]
+            hi = [min((g + 1) * u, e) for g, u, e in zip(grid, stored_unit, roi.end, strict=True)]
+            local = [slice(a - o, b - o) for a, b, o in zip(lo, hi, roi.offset, strict=True)]
+            region = data[tuple(local[self.order.index(s)] for s in ranked)]
+            empty = np.isnan(region).all() if fill is None or (isinstance(fill, float) and np.isnan(fill)) else (region == fill).all()
+            if not empty:
+                continue
+            coords = [0] * self.array.ndim
+            for axis, stored in enumerate(self.order):
+                coords[stored] = grid[axis]
+            key = self.array.metadata.encode_chunk_key(tuple(coords))
+            path = f"{self.array.path}/{key}" if self.array.path else key
+            if not sync(self.array.store.exists(path)):
+                span = ", ".join(f"{a} {b}:{c}" for a, b, c in zip(DEFAULT_AXES, lo, hi, strict=True))
+                raise MissingChunkError(
+                    f"expected every chunk of {redact_url(self.url)} inside its extent {self.shape}, got chunk "
+                    f"{tuple(coords)} (key {key!r}, voxels {span}) missing from the store: a partial copy or an "
+                    "enlarged shape? Copy the missing chunks; if chunks were left out on purpose (a sparse "
+                    "volume, or one written with write_empty_chunks=False) pass --sparse (sparse=True) to read "
+                    "them as the fill value"
+                )
 
 
 # --------------------------------------------------------------------------- OME metadata
@@ -200,7 +263,14 @@ def ome_level(multiscale: Mapping[str, Any], level: int) -> tuple[str, tuple[str
     scale = _scale_of(datasets[level].get("coordinateTransformations"), ndim)
     outer = _scale_of(multiscale.get("coordinateTransformations"), ndim)
     units = [a.get("unit") if isinstance(a, Mapping) else None for a in axes_meta]
-    factors = [UNIT_TO_NM.get(u, 1.0) if u else 1.0 for u in units]
+    types = [a.get("type") if isinstance(a, Mapping) else None for a in axes_meta]
+    unknown = [(n, u) for n, u, t in zip(axes, units, types, strict=True) if u and t in (None, "space") and u not in UNIT_TO_NM]
+    if unknown:
+        raise NotAZarrError(
+            f"expected OME axis units of length ({', '.join(sorted(set(UNIT_TO_NM)))}), got {unknown}; fix the "
+            "image's multiscales metadata"
+        )
+    factors = [UNIT_TO_NM.get(u, 1.0) if u and t in (None, "space") else 1.0 for u, t in zip(units, types, strict=True)]
     voxel = tuple(s * o * f for s, o, f in zip(scale, outer, factors, strict=True))
     return str(datasets[level]["path"]), axes, voxel
 
@@ -277,14 +347,36 @@ def _parent_voxel_size(
     return None
 
 
-def _check_array(array: Any, url: str, axes: tuple[str, ...], dtypes: tuple[str, ...]) -> None:
-    shape = tuple(array.shape)
-    if len(shape) != 3:
+def axis_order(axes: tuple[str, ...] | None, shape: tuple[int, ...], url: str) -> tuple[int, int, int]:
+    """The stored index of the z, y and x axes; other axes must have size 1.
+
+    Without axis names (or with names none of which is z, y or x) a 3D array is taken as
+    (z, y, x); anything else that lacks one of the three spatial axes is refused.
+    """
+    names = tuple(str(a).lower() for a in axes) if axes and len(axes) == len(shape) else ()
+    where = f"at {redact_url(url)}"
+    if not set(names) & SPATIAL_AXES and len(shape) == 3:
+        return (0, 1, 2)
+    if not set(names) & SPATIAL_AXES or (len(shape) != 3 and set(names) <= SPATIAL_AXES):
         raise UnsupportedVolumeError(
-            f"expected a 3D (z, y, x) volume at {redact_url(url)}, got {len(shape)}D shape "
-            f"{shape} (axes {axes}); select a 3D array, or squeeze/re-import it with "
-            "`emunet import`"
+            f"expected a 3D (z, y, x) volume {where}, got {len(shape)}D shape {shape} (axes {axes or 'unnamed'}); "
+            "select a 3D array, or squeeze/re-import it with `emunet import`"
         )
+    if not SPATIAL_AXES <= set(names) or len(set(names)) != len(names):
+        raise UnsupportedVolumeError(
+            f"expected the spatial axes z, y and x once each {where}, got axes {tuple(axes or ())} of shape {shape}; "
+            "a (c, y, x) image is one 2D plane with channels: re-import it as a (z, y, x) volume"
+        )
+    extra = [(n, s) for n, s in zip(names, shape, strict=True) if n not in SPATIAL_AXES and s != 1]
+    if extra:
+        raise UnsupportedVolumeError(
+            f"expected one grey channel (axes z, y, x, others of size 1) {where}, got axes {tuple(axes or ())} of shape "
+            f"{shape} ({', '.join(f'{n}: {s}' for n, s in extra)}); select one channel/time point and re-import it"
+        )
+    return tuple(names.index(a) for a in DEFAULT_AXES)  # type: ignore[return-value]
+
+
+def _check_array(array: Any, url: str, axes: tuple[str, ...], dtypes: tuple[str, ...]) -> None:
     dtype = np.dtype(array.dtype)
     if dtype.name not in dtypes:
         raise UnsupportedVolumeError(
@@ -299,10 +391,13 @@ def open_volume(
     level: int | None = None,
     storage_options: Mapping[str, Any] | None = None,
     dtypes: tuple[str, ...] = SUPPORTED_DTYPES,
+    sparse: bool = False,
 ) -> Volume:
     """Open a 3D EM volume (see the module docstring for the accepted URLs).
 
     ``level`` selects a multiscale level (default 0) when the URL names an OME-Zarr image.
+    ``sparse``: read chunks missing from the store as the fill value instead of raising
+    `MissingChunkError`.
     ``dtypes``: the accepted dtypes (label volumes pass `LABEL_DTYPES`).
     Raises `VolumeNotFoundError` (a FileNotFoundError), `NotAZarrError` or
     `UnsupportedVolumeError` (ValueErrors) with the fix in the message.
@@ -348,27 +443,37 @@ def open_volume(
     attrs = _attrs(array)
     if axes is None:
         dims = getattr(array.metadata, "dimension_names", None) or attrs.get("_ARRAY_DIMENSIONS")
-        axes = tuple(str(d) for d in dims) if dims and all(dims) else DEFAULT_AXES[-array.ndim :]
+        axes = tuple(str(d) for d in dims) if dims and all(dims) else None
+    order = axis_order(axes, tuple(int(s) for s in array.shape), url)
+    axes = axes if axes and len(axes) == array.ndim else DEFAULT_AXES
     _check_array(array, url, axes, tuple(dtypes))
     if voxel is None and "resolution" in attrs:
         voxel, source = tuple(float(v) for v in attrs["resolution"]), "resolution"
+    if voxel is not None and len(voxel) == array.ndim:
+        voxel = tuple(voxel[o] for o in order)
     if voxel is None or len(voxel) != 3:
         voxel, source = (1.0, 1.0, 1.0), "default"
     if any(not np.isfinite(v) or v <= 0 for v in voxel):
         raise UnsupportedVolumeError(f"expected positive voxel sizes, got {voxel} at {redact_url(url)}")
     shards = getattr(array, "shards", None)
+
+    def zyx(values: Any) -> tuple[int, int, int]:
+        return tuple(int(values[o]) for o in order)  # type: ignore[return-value]
+
     return Volume(
         url=url,
         array=array,
-        shape=tuple(int(s) for s in array.shape),  # type: ignore[arg-type]
+        shape=zyx(array.shape),
         dtype=np.dtype(array.dtype),
-        chunks=tuple(int(c) for c in array.chunks),  # type: ignore[arg-type]
-        shards=tuple(int(s) for s in shards) if shards else None,  # type: ignore[arg-type]
+        chunks=zyx(array.chunks),
+        shards=zyx(shards) if shards else None,
         voxel_size=tuple(float(v) for v in voxel),  # type: ignore[arg-type]
-        axes=tuple(axes),  # type: ignore[arg-type]
+        axes=tuple(axes),
         zarr_format=int(array.metadata.zarr_format),
         level=chosen,
         voxel_size_source=source,
+        order=order,
+        sparse=bool(sparse),
     )
 
 

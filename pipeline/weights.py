@@ -46,7 +46,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from pipeline.geometry import Coordinate, Roi
-from pipeline.output import AXES, ome_attrs, ome_dataset, ome_multiscale, open_group, remove_store, store_exists, write_coordinates, zstd
+from pipeline.output import AXES, DENSE, ome_attrs, ome_dataset, ome_multiscale, open_group, remove_store, write_coordinates, zstd
+from pipeline.ownership import check_output, remove_ours
 from pipeline.plan import Block, BlockGrid
 from pipeline.volume import LABEL_DTYPES, Volume, join_url, open_volume, redact_url
 from unetcore.weightmap import WeightMapConfig, border_weight_map
@@ -282,14 +283,22 @@ def compute_weight_maps(
     """
     labels = open_volume(labels_url, storage_options=storage_options, dtypes=LABEL_DTYPES)
     plan = make_weight_plan(labels, output_url, config, instances=instances, mode=mode, block_shape=block_shape, sampling=sampling)
-    if store_exists(output_url, storage_options):
-        if not overwrite:
-            raise FileExistsError(f"expected no output at {redact_url(output_url)}, got an existing store; pass overwrite=True (--overwrite)")
-        remove_store(output_url, storage_options)
+    if check_output(output_url, reads=(labels_url,), overwrite=overwrite, storage_options=storage_options).exists:
+        remove_ours(output_url, storage_options)
     group = open_group(output_url, "w", storage_options)
+    from emunet import __version__
+
+    meta = {
+        "version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "complete": False,  # True once every block is written
+        "labels_url": redact_url(labels_url),
+        "weights": plan.to_dict() | {"labels_url": redact_url(labels_url), "output_url": redact_url(output_url)},
+    }
+    group.attrs.update({"emunet": meta})  # marks the store as emunet's from the start (a retry may replace it)
     out = group.create_array(
         "weights", shape=plan.volume_shape, chunks=plan.block_shape, dtype="float32", fill_value=0.0,
-        dimension_names=AXES, compressors=zstd(),
+        dimension_names=AXES, compressors=zstd(), config=DENSE,
     )
     write_coordinates(group, plan.volume_shape, plan.voxel_size)
     counts = foreground_counts(plan, labels)
@@ -302,14 +311,6 @@ def compute_weight_maps(
         out[plan.block(block_id).write_roi.to_slices()] = weight_block(plan, block_id, cells, counts)
     if not instances:
         remove_store(join_url(output_url, SCRATCH), storage_options)
-    from emunet import __version__
-
-    meta = {
-        "version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "labels_url": redact_url(labels_url),
-        "weights": plan.to_dict() | {"labels_url": redact_url(labels_url), "output_url": redact_url(output_url)},
-        "foreground_per_slice": counts.tolist() if len(counts) <= 4096 else None,
-    }
+    meta |= {"complete": True, "foreground_per_slice": counts.tolist() if len(counts) <= 4096 else None}
     group.attrs.update(ome_attrs([ome_multiscale("weights", [ome_dataset("weights", plan.voxel_size)])]) | {"emunet": meta})
     return plan

@@ -1,8 +1,10 @@
 """Checkpoints: safetensors weights whose header carries the model's JSON description.
 
 One file, ``NAME.safetensors``, holds the tensors and, in its metadata under ``"emunet"``,
-a JSON object: format version, model config, normalisation, training metadata and the
-SHA-256 of the tensor contents. A human-readable copy of that JSON (plus the file's own
+a JSON object: format version, model config, normalisation, training metadata and
+``content_sha256``, the SHA-256 of everything that changes the numbers: the tensors, the
+model config and the normalisation (format 2; format 1 covered the tensors alone and still
+loads, with a warning). A human-readable copy of that JSON (plus the file's own
 SHA-256) is written beside it as ``NAME.json``. Loading never unpickles anything: the
 safetensors format holds raw tensors only, and a pickle is refused by its magic bytes.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,9 @@ from unetcore.config import UNetConfig
 from unetcore.model import UNet
 from unetcore.normalization import Normalization
 
-FORMAT = "emunet-checkpoint/1"
+FORMAT = "emunet-checkpoint/2"
+FORMAT_V1 = "emunet-checkpoint/1"  # content_sha256 over the tensors only
+FORMATS = (FORMAT, FORMAT_V1)
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # a raw pickle; torch.save's zip container
 
 
@@ -39,6 +44,18 @@ def tensor_hash(tensors: dict[str, torch.Tensor]) -> str:
         t = tensors[name].detach().contiguous().cpu()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def content_hash(tensors: dict[str, torch.Tensor], model_config: dict[str, Any], normalization: dict[str, Any]) -> str:
+    """SHA-256 of what changes a checkpoint's numbers: tensors, model config, normalisation.
+
+    The two JSON parts are hashed in canonical form (sorted keys, no spaces), so a header
+    re-serialised with another layout keeps its hash and any edited value does not.
+    """
+    h = hashlib.sha256(tensor_hash(tensors).encode())
+    for part in (model_config, normalization):
+        h.update(b"|" + json.dumps(part, sort_keys=True, separators=(",", ":")).encode())
     return h.hexdigest()
 
 
@@ -89,7 +106,7 @@ def save_checkpoint(
         "model_config": model.config.to_dict(),
         "normalization": normalization.to_dict(),
         "metadata": metadata or {},
-        "content_sha256": tensor_hash(tensors),
+        "content_sha256": content_hash(tensors, model.config.to_dict(), normalization.to_dict()),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -147,9 +164,40 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
         header = None
     if not isinstance(header, dict):
         raise CheckpointError(f"expected a JSON object under the 'emunet' metadata key at {path}, got {meta!r:.60}")
-    if header.get("format") != FORMAT:
+    if header.get("format") not in FORMATS:
         raise CheckpointError(f"expected checkpoint format {FORMAT!r}, got {header.get('format')!r}")
+    for key, kind in (("model_config", dict), ("normalization", dict), ("content_sha256", str)):
+        if not isinstance(header.get(key), kind):
+            raise CheckpointError(
+                f"expected {key!r} ({kind.__name__}) in the checkpoint header at {path}, got "
+                f"{type(header.get(key)).__name__}; re-save it with unetcore.checkpoint.save_checkpoint"
+            )
     return header
+
+
+def _verify(path: str | os.PathLike[str], header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse a checkpoint whose tensors, model config or normalisation were changed."""
+    if header["format"] == FORMAT_V1:
+        if tensor_hash(tensors) != header["content_sha256"]:
+            raise CheckpointError(
+                f"expected tensor contents with SHA-256 {header['content_sha256'][:12]}…, got different "
+                f"contents in {path}: the file is corrupt or was modified"
+            )
+        warnings.warn(
+            f"{path} is a format-1 checkpoint, whose hash does not cover its normalisation; re-save it "
+            "(unetcore.checkpoint.save_checkpoint) so that an edited header is refused",
+            stacklevel=3,
+        )
+        return
+    try:
+        actual = content_hash(tensors, header["model_config"], header["normalization"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"expected a JSON model config and normalisation in {path}, got {exc}") from None
+    if actual != header["content_sha256"]:
+        raise CheckpointError(
+            f"expected contents (tensors, model config, normalisation) with SHA-256 {header['content_sha256'][:12]}…, "
+            f"got different contents in {path}: the file is corrupt or was modified (an edited header counts)"
+        )
 
 
 def load_checkpoint(
@@ -161,12 +209,13 @@ def load_checkpoint(
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"expected a readable safetensors file at {path}, got: {exc}") from None
-    if verify and tensor_hash(tensors) != header["content_sha256"]:
-        raise CheckpointError(
-            f"expected tensor contents with SHA-256 {header['content_sha256'][:12]}…, got "
-            f"different contents in {path}: the file is corrupt or was modified"
-        )
-    config = UNetConfig.from_dict(header["model_config"])
+    if verify:
+        _verify(path, header, tensors)
+    try:
+        config = UNetConfig.from_dict(header["model_config"])
+        normalization = Normalization.from_dict(header["normalization"])
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"expected a valid model config and normalisation in {path}, got: {exc}") from None
     model = UNet(config)
     state = {k[len("model.") :]: v.float() for k, v in tensors.items() if k.startswith("model.")}
     expected = model.state_dict()
@@ -188,7 +237,7 @@ def load_checkpoint(
     return Checkpoint(
         model=model,
         config=config,
-        normalization=Normalization.from_dict(header["normalization"]),
+        normalization=normalization,
         metadata=header.get("metadata", {}),
         content_hash=header["content_sha256"],
         extra=extra,

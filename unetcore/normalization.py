@@ -1,6 +1,11 @@
 """Grey-value normalisation stored with the model (one per dataset, never per tile).
 
 Per-tile statistics would leave seams at tile borders; a fixed affine map does not.
+
+Grey values first become [0, 1] by a *grey range* ``(lo, hi)``: by default the dtype's
+full range (uint8 0–255, uint16 0–65535; floats are taken as already in [0, 1]), or the
+range the data really uses when the user or the volume says so (a 12-bit camera in uint16:
+``(0, 4095)``; a float volume holding 0–255). Then the model's mean/std apply.
 """
 
 from __future__ import annotations
@@ -11,6 +16,23 @@ from typing import Any
 import numpy as np
 
 _DTYPE_SCALE = {np.dtype(np.uint8): 1 / 255.0, np.dtype(np.uint16): 1 / 65535.0}
+
+
+def default_grey_range(dtype: np.dtype) -> tuple[float, float]:
+    """The grey range a dtype implies: its full range for uint8/uint16, (0, 1) for floats."""
+    return (0.0, 1.0 / dtype_scale(dtype))
+
+
+def check_grey_range(grey_range: tuple[float, float] | None) -> tuple[float, float] | None:
+    """Validate a (lo, hi) grey range (None passes)."""
+    if grey_range is None:
+        return None
+    if len(grey_range) != 2:
+        raise ValueError(f"expected a grey range of two values (lo, hi), got {tuple(grey_range)}")
+    lo, hi = (float(v) for v in grey_range)
+    if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+        raise ValueError(f"expected a grey range lo < hi of finite values, got ({lo}, {hi})")
+    return lo, hi
 
 
 def dtype_scale(dtype: np.dtype) -> float:
@@ -34,9 +56,14 @@ class Normalization:
         if not np.isfinite(self.mean) or not np.isfinite(self.std) or self.std <= 0:
             raise ValueError(f"expected a finite mean and a positive std, got {self.mean}, {self.std}")
 
-    def apply(self, image: np.ndarray) -> np.ndarray:
-        """float32 normalised copy of `image` (uint8, uint16 or float in [0, 1])."""
-        scaled = np.asarray(image, dtype=np.float32) * np.float32(dtype_scale(image.dtype))
+    def apply(self, image: np.ndarray, grey_range: tuple[float, float] | None = None) -> np.ndarray:
+        """float32 normalised copy of `image`: its ``grey_range`` (default: the dtype's) to
+        [0, 1], then (· − mean) / std."""
+        if grey_range is None:
+            scaled = np.asarray(image, dtype=np.float32) * np.float32(dtype_scale(image.dtype))
+        else:
+            lo, hi = check_grey_range(grey_range)  # type: ignore[misc]
+            scaled = (np.asarray(image, dtype=np.float32) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
         return (scaled - np.float32(self.mean)) / np.float32(self.std)
 
     @classmethod

@@ -27,7 +27,7 @@ import torch
 
 from unetcore import geometry, memory
 from unetcore.model import UNet
-from unetcore.normalization import Normalization
+from unetcore.normalization import Normalization, check_grey_range
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,12 @@ class PredictConfig:
     channels_last: bool = True  # channels-last memory format on CUDA (2D)
     same_context: int = 32  # context per side for padding="same" models (no exact halo)
     tta: bool = False  # average over the 8 flips/rotations (2D)
+    grey_range: tuple[float, float] | None = None  # input values mapped to [0, 1]; None = the dtype's range
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"expected batch_size ≥ 1, got {self.batch_size}")
+        check_grey_range(self.grey_range)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -210,7 +212,7 @@ class TilePredictor:
         ]
         # Offset of the region's origin inside the padded array, minus the plan's context.
         shift = tuple(lo + p_lo - c for lo, (p_lo, _), c in zip(context_lo, pads, plan.context, strict=True))
-        padded = [np.pad(self.normalization.apply(a), pads, mode="symmetric") for a in arrays]
+        padded = [np.pad(self.normalization.apply(a, self.config.grey_range), pads, mode="symmetric") for a in arrays]
         outputs = [np.zeros(out_shape, np.float32) for _ in arrays]
         jobs = [(i, o) for i in range(len(arrays)) for o in plan.origins()]
         for start in range(0, len(jobs), self.config.batch_size):

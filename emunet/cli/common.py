@@ -48,6 +48,12 @@ def scheduler_lost() -> Iterator[None]:
         raise typer.Exit(code=SCHEDULER_LOST) from None
 
 
+def print_warnings(warnings: list[str] | tuple[str, ...]) -> None:
+    """Each warning about the input as one paragraph on stderr."""
+    for text in warnings:
+        console.print(f"[bold yellow]warning[/]: {text}", highlight=False, soft_wrap=True)
+
+
 def echo_json(obj: object) -> None:
     """Print one JSON object on stdout (nothing else goes to stdout with --json)."""
     import json

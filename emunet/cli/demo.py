@@ -75,17 +75,49 @@ def write_overlay(path: Path, image, prob, labels) -> None:
 
 
 def write_image(url: Path, array: Any, name: str = "image") -> str:
-    """A (z, y, x) array as a one-level OME-Zarr image (array ``0``, one chunk per slice)."""
-    from pipeline.output import AXES, ome_attrs, ome_dataset, ome_multiscale, open_group, remove_store, store_exists, zstd
+    """A (z, y, x) array as a one-level OME-Zarr image (array ``0``, one chunk per slice),
+    replacing only an earlier demo's image (never data emunet did not write)."""
+    from pipeline.output import AXES, DENSE, ome_attrs, ome_dataset, ome_multiscale, open_group, zstd
+    from pipeline.ownership import check_output, remove_ours
 
-    if store_exists(str(url)):
-        remove_store(str(url))
+    if check_output(str(url), overwrite=True).exists:
+        remove_ours(str(url))
     group = open_group(str(url), "w")
+    group.attrs.update({"emunet": {"kind": f"demo-{name}"}})  # ours from the start
     chunks = (1, *array.shape[1:])
     group.create_array("0", shape=array.shape, chunks=chunks, dtype=array.dtype, fill_value=0, dimension_names=AXES,
-                       compressors=zstd())[...] = array  # fmt: skip
+                       compressors=zstd(), config=DENSE)[...] = array  # fmt: skip
     group.attrs.update(ome_attrs([ome_multiscale(name, [ome_dataset("0", (1.0, 1.0, 1.0))])]))
     return str(url)
+
+
+DEMO_MARK = ".emunet-demo"  # the file that makes a folder the demo's own
+DEMO_FILES = frozenset({DEMO_MARK, "input.zarr", "ground-truth.zarr", "segmentation.zarr", "overlay.png", "report.json"})
+
+
+def claim_folder(out: Path) -> None:
+    """Make ``out`` the demo's folder: new, empty, or one an earlier demo made (its mark).
+
+    The demo writes only there and only its own files, so a folder of the user's data
+    (say ``out/input.zarr`` holding their volume) is refused, never replaced.
+    """
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"expected a folder for --out, got a file at {out}; choose another --out")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if entries and DEMO_MARK not in entries:
+        shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+        raise FileExistsError(
+            f"expected a new or empty folder (or an earlier demo's) for --out, got {out} holding {shown}, which the "
+            "demo did not write; choose another --out (the demo never writes into a folder of yours)"
+        )
+    foreign = [name for name in entries if name not in DEMO_FILES]
+    if foreign:
+        raise FileExistsError(
+            f"expected only the demo's files in {out}, got also {', '.join(foreign[:5])}; move them away or "
+            "choose another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARK).write_text(json.dumps({"emunet": "demo output folder"}) + "\n")
 
 
 def _inputs(input: str | None, ground_truth: str | None, out: Path) -> tuple[str, str | None, str, tuple | None]:
@@ -117,8 +149,8 @@ def demo(
         from emunet.cli.flow_commands import import_prefect, run_flow
 
         t0 = time.perf_counter()
+        claim_folder(out)
         import_prefect()
-        out.mkdir(parents=True, exist_ok=True)
         input_url, gt_url, source, block = _inputs(input, ground_truth, out)
         output_url = str(out / "segmentation.zarr")
 

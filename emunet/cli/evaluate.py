@@ -9,11 +9,12 @@ imported inside the command so ``emunet --help`` stays fast.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Annotated, Any
 
 import typer
 
-from emunet.cli.common import echo_json, user_errors
+from emunet.cli.common import console, echo_json, user_errors
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -47,9 +48,9 @@ def load_array(spec: str, what: str) -> Any:
     if inner is None and path.suffix.lower() in TIFF_SUFFIXES:
         if not path.is_file():
             raise FileNotFoundError(f"expected {what} to be an existing TIFF file, got {spec!r} (not found)")
-        import tifffile
+        from unetcore.io import read_tiff
 
-        return np.asarray(tifffile.imread(path))
+        return read_tiff(path)
     if inner is not None or path.suffix.lower() == ".zarr" or (path / "zarr.json").is_file() or (path / ".zarray").is_file():
         if not path.exists():
             raise FileNotFoundError(f"expected {what} to be an existing Zarr store, got {store!r} (not found)")
@@ -141,7 +142,11 @@ def register(app: typer.Typer) -> None:
 
             pred_arr = load_array(pred, "PRED")
             gt_arr = load_array(gt, "GT")
-            result = evaluate_stack(pred_arr, gt_arr, curves=curves)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", UserWarning)
+                result = evaluate_stack(pred_arr, gt_arr, curves=curves)
+            for w in caught:
+                console.print(f"[bold yellow]warning[/]: {w.message}", highlight=False, soft_wrap=True)
             if as_json:
                 echo_json(_jsonable({"pred": pred, "gt": gt, **result}))
             else:

@@ -143,6 +143,9 @@ def _print_result(result: dict[str, Any]) -> None:
     data = {k: v for k, v in result.items() if k in known}
     data["failed"] = [BlockFailure.from_dict(f) for f in data.get("failed", [])]
     console.print(describe_result(SegmentResult(**data)), highlight=False, markup=False)
+    from emunet.cli.common import print_warnings
+
+    print_warnings(data.get("warnings") or [])
 
 
 def _print_failures(failed: list[dict[str, Any]]) -> None:

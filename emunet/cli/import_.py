@@ -39,7 +39,11 @@ def register(app: typer.Typer) -> None:
             Optional[tuple[int, int, int]],
             typer.Option("--chunks", metavar="Z Y X", help="Chunk shape (z, y, x); default 32 256 256, clipped to the volume.", show_default=False),
         ] = None,
-        overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace DST if it exists.")] = False,
+        overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace DST if it is an emunet output.")] = False,
+        grey_range: Annotated[
+            Optional[tuple[float, float]],
+            typer.Option("--grey-range", metavar="LO HI", help="Store the grey range the data uses (e.g. 0 4095 for 12-bit data in uint16); `segment` maps it to [0, 1].", show_default=False),
+        ] = None,
     ) -> None:
         """Copy a volume into OME-Zarr chunk by chunk; DST appears only when complete."""
         with user_errors():
@@ -48,7 +52,7 @@ def register(app: typer.Typer) -> None:
             from pipeline.importer import import_volume
 
             start = time.perf_counter()
-            volume = import_volume(src, dst, voxel_size=voxel_size, chunks=chunks, overwrite=overwrite)
+            volume = import_volume(src, dst, voxel_size=voxel_size, chunks=chunks, overwrite=overwrite, grey_range=grey_range)
             console.print(
                 f"import: {src} -> {dst} | shape {volume.shape} {volume.dtype} | chunks "
                 f"{volume.chunks} | voxel {volume.voxel_size} nm | {time.perf_counter() - start:.1f} s",

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from emunet.cli.common import console, user_errors
+from emunet.cli.common import console, print_warnings, user_errors
 
 
 def predict(
@@ -19,30 +19,38 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 4,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     tta: Annotated[bool, typer.Option(help="Average over the 8 flips/rotations.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output TIFF that emunet wrote.")] = False,
+    grey_range: Annotated[Optional[tuple[float, float]], typer.Option(metavar="LO HI", help="Input values mapped to the model's [0, 1] (default: the dtype's range: uint8 0 255, uint16 0 65535, float 0 1).")] = None,
 ) -> None:
     """Predict every slice (2D model) or the volume (3D model) with the overlap-tile strategy."""
     with user_errors():
         import numpy as np
 
         from unetcore.checkpoint import load_checkpoint
-        from unetcore.io import read_array, write_tiff
+        from unetcore.io import check_tiff_output, read_array, write_tiff
         from unetcore.predict import PredictConfig, TilePredictor
 
-        if output.exists() and not overwrite:
-            raise FileExistsError(f"expected a new output path, got existing {output}; pass --overwrite to replace it")
+        check_tiff_output(output, overwrite=overwrite, reads=(input, model))
         ckpt = load_checkpoint(model)
         image = read_array(input)
         dims = ckpt.config.spatial_dims
+        if image.ndim not in (dims, dims + 1):
+            raise ValueError(
+                f"expected a {dims}D image or a stack of them for this {dims}D model, got shape {image.shape} in {input}"
+            )
+        from pipeline.grey import GreyStats, check_grey, resolve_grey_range
+
+        chosen, source = resolve_grey_range(image, grey_range)
+        print_warnings(check_grey(image.dtype, input, chosen, source, GreyStats.of(image), ckpt.normalization))
         tile_shape = None if tile is None else (tile,) * dims
-        predictor = TilePredictor(
-            ckpt.model, ckpt.normalization, PredictConfig(tile_shape=tile_shape, batch_size=batch_size, device=device, tta=tta)
-        )
+        config = PredictConfig(tile_shape=tile_shape, batch_size=batch_size, device=device, tta=tta,
+                               grey_range=None if source == "dtype" else chosen)  # fmt: skip
+        predictor = TilePredictor(ckpt.model, ckpt.normalization, config)
         _check_memory(ckpt.config, image, predictor)
         t0 = time.perf_counter()
         prob = predictor.predict_stack(image).astype(np.float32)
         seconds = time.perf_counter() - t0
-        write_tiff(output, prob, overwrite=overwrite)
+        write_tiff(output, prob, overwrite=overwrite, kind="probability", reads=(input, model))
         slices = prob.shape[0] if (dims == 2 and prob.ndim == 3) else 1
         console.print(
             f"wrote {output} {prob.shape} float32 in {seconds:.1f} s "

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from emunet.cli.common import console, echo_json, scheduler_lost, user_errors
+from emunet.cli.common import console, echo_json, print_warnings, scheduler_lost, user_errors
 
 
 class Dtype(str, Enum):
@@ -29,12 +29,14 @@ def segment(
     dtype: Annotated[Dtype, typer.Option(envvar="EMUNET_SEGMENT_DTYPE", help="Stored probability: uint8 = p·255, float16 or float32.")] = Dtype.uint8,
     mask: Annotated[bool, typer.Option("--mask", help="Also store mask = p ≥ 0.5.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an existing output (skip blocks done).")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing emunet output (never anything emunet did not write).")] = False,
     pyramid: Annotated[int, typer.Option(envvar="EMUNET_SEGMENT_PYRAMID_LEVELS", help="2× (y, x) mean pyramid levels written at the end.")] = 0,
     max_in_flight: Annotated[Optional[int], typer.Option(envvar="EMUNET_SEGMENT_MAX_IN_FLIGHT", help="Tasks submitted at once (default 3 × GPU slots).")] = None,
     blocks_per_task: Annotated[int, typer.Option(envvar="EMUNET_SEGMENT_BLOCKS_PER_TASK", help="Consecutive blocks per task (I/O overlaps compute inside).")] = 8,
     device: Annotated[str, typer.Option(envvar="EMUNET_SEGMENT_DEVICE", help="Device on each worker: auto, cpu or cuda.")] = "auto",
     check_finite: Annotated[bool, typer.Option("--check-finite/--no-check-finite", help="Scan a float input for NaN/inf first (refuse it); off: fail only the blocks that read them.")] = True,
+    grey_range: Annotated[Optional[tuple[float, float]], typer.Option(metavar="LO HI", help="Input values mapped to the model's [0, 1] (default: stored with the volume, else the dtype's range: uint8 0 255, uint16 0 65535, float 0 1).")] = None,
+    sparse: Annotated[bool, typer.Option("--sparse", help="Input chunks missing from the store read as the fill value (default: a block that needs one fails, naming it).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")] = False,
     ground_truth: Annotated[Optional[str], typer.Option(help="Labels (Zarr or TIFF; 0 = membrane, >0 = cell): ISBI metrics of the result (with --flow).")] = None,
     flow: Annotated[bool, typer.Option("--flow/--no-flow", help="Run as the Prefect flow segment-volume (run log, retries, artifacts); --no-flow calls the pipeline directly.")] = True,
@@ -67,10 +69,16 @@ def segment(
             "blocks_per_task": blocks_per_task,
             "device": device,
             "check_finite": check_finite,
+            "grey_range": grey_range,
+            "sparse": sparse or None,
             "progress": not as_json,
         }
         # Unset options fall back to EMUNET_SEGMENT_* (parsed by SegmentConfig.from_env).
         config = SegmentConfig.from_env(**{k: v for k, v in given.items() if v is not None})
+        from pipeline.ownership import check_output
+
+        # Before any server or cluster starts: never into an input, never over data not ours.
+        check_output(output, reads=(input, str(model), ground_truth), overwrite=config.overwrite, resume=config.resume)
         if flow:
             from emunet.cli.flow_commands import segment_with_flow
 
@@ -89,6 +97,7 @@ def segment(
         echo_json(result.to_dict())
     else:
         console.print(describe_result(result), highlight=False, markup=False)
+        print_warnings(result.warnings)
         _print_failures(result)
     if result.failed:
         raise typer.Exit(code=1)

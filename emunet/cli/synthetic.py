@@ -16,21 +16,22 @@ def synthetic(
     shape: Annotated[tuple[int, int, int], typer.Option(help="Z Y X: slices (independent 2D images unless --volume).")] = (8, 256, 256),
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same bytes.")] = 0,
     volume: Annotated[bool, typer.Option(help="One 3D volume whose cells continue across z.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace outputs that emunet wrote.")] = False,
 ) -> None:
     """Deterministic synthetic EM for demos, tests and benchmarks."""
     with user_errors():
         import numpy as np
 
-        from unetcore.io import write_tiff
+        from unetcore.io import check_tiff_output, write_tiff
         from unetcore.synthetic import synthetic_em_2d, synthetic_em_volume
 
         z, y, x = shape
         if min(shape) < 1:
             raise ValueError(f"expected a positive shape, got {shape}")
+        if images.absolute() == labels.absolute():
+            raise ValueError(f"expected two different output paths, got {images} twice")
         for path in (images, labels):
-            if path.exists() and not overwrite:
-                raise FileExistsError(f"expected a new output path, got existing {path}; pass --overwrite")
+            check_tiff_output(path, overwrite=overwrite)
         if volume:
             em = synthetic_em_volume((z, y, x), seed=seed)
             image, label = em.image, em.labels
@@ -38,8 +39,8 @@ def synthetic(
             slices = [synthetic_em_2d((y, x), seed=seed * 100_003 + i) for i in range(z)]
             image = np.stack([s.image for s in slices])
             label = np.stack([s.labels for s in slices])
-        write_tiff(images, image, overwrite=overwrite)
-        write_tiff(labels, label.astype(np.int32), overwrite=overwrite)
+        write_tiff(images, image, overwrite=overwrite, kind="synthetic-image")
+        write_tiff(labels, label.astype(np.int32), overwrite=overwrite, kind="synthetic-labels")
         console.print(f"wrote {images} and {labels}: {image.shape}, membrane {float((label == 0).mean()):.1%}")
 
 

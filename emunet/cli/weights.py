@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
             typer.Option("--3d", help="One 3D map with true 3D distances (a stack of instances)."),
         ] = False,
         overwrite: Annotated[
-            bool, typer.Option("--overwrite", help="Replace OUT if it exists.")
+            bool, typer.Option("--overwrite", help="Replace OUT if emunet wrote it.")
         ] = False,
         flow: Annotated[
             bool,
@@ -79,6 +79,9 @@ def register(app: typer.Typer) -> None:
 
             if looks_like_zarr(labels):
                 from emunet.cli.flow_commands import weights_with_flow
+                from pipeline.ownership import check_output
+
+                check_output(out, reads=(labels,), overwrite=overwrite)  # before the flow starts
 
                 done = weights_with_flow(
                     labels, out, flow=flow, w0=w0, sigma=sigma, class_balance=class_balance.value,
@@ -90,28 +93,16 @@ def register(app: typer.Typer) -> None:
                 )  # fmt: skip
                 return
             import numpy as np
-            import tifffile
 
+            from unetcore.io import check_tiff_output, read_tiff, write_tiff
             from unetcore.weightmap import WeightMapConfig, border_weight_map, weight_map_stack
 
             labels, out = Path(labels), Path(out)
             if not labels.is_file():
                 raise FileNotFoundError(f"expected a label TIFF at {labels}, got no such file")
-            if out.exists() and not overwrite:
-                raise FileExistsError(
-                    f"expected OUT not to exist, got an existing {out}; pass --overwrite "
-                    "to replace it"
-                )
+            check_tiff_output(out, overwrite=overwrite, reads=(labels,))
             config = WeightMapConfig(w0=w0, sigma=sigma, class_balance=class_balance.value)
-            try:
-                with tifffile.TiffFile(labels) as tif:
-                    axes, data = tif.series[0].axes, tif.series[0].asarray()
-            except (tifffile.TiffFileError, OSError) as exc:
-                raise ValueError(f"expected a readable TIFF at {labels}, got: {exc}") from None
-            if "S" in axes:
-                raise ValueError(
-                    f"expected grey-level labels, got colour samples (axes {axes!r}) in {labels}"
-                )
+            data = read_tiff(labels)
             start = time.perf_counter()
             if volume:
                 if data.ndim != 3:
@@ -131,9 +122,8 @@ def register(app: typer.Typer) -> None:
                     f"expected a 2D image or a (z, y, x) stack, got shape {data.shape}"
                 )
             elapsed = time.perf_counter() - start
-            out.parent.mkdir(parents=True, exist_ok=True)
             result = np.asarray(result, dtype=np.float32)
-            tifffile.imwrite(out, result, photometric="minisblack")
+            write_tiff(out, result, overwrite=overwrite, kind="weights", reads=(labels,))
             kind = "3D volume" if volume else f"{slices} slice(s)"
             console.print(
                 f"weights: {kind} {tuple(data.shape)} -> {out} | min {result.min():.3f} "

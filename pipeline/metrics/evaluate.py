@@ -24,6 +24,7 @@ as the Java loops do). With ``curves=True`` the value at every threshold is adde
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -150,6 +151,13 @@ def evaluate_stack(
     number of slices); the compiled kernels release the GIL.
     """
     prop, cells = validate_pair(pred, gt)
+    if not cells.any():
+        warnings.warn(
+            "the ground truth is all membrane (every label 0): every metric compares against an empty cell set; "
+            "check that GT is the label image (0 = membrane, > 0 = cell)",
+            UserWarning,
+            stacklevel=2,
+        )
     binary = is_binary(prop)
     n_workers = workers if workers is not None else (os.cpu_count() or 1)
     if n_workers < 1:

@@ -3,11 +3,15 @@
 Conventions
 -----------
 * Ground truth (GT): ``0`` = membrane (boundary), ``> 0`` = cell interior. The ISBI files
-  are uint8 ``0 / 255``; any integer, boolean or float label image is accepted. Only
+  are uint8 ``0 / 255``; any integer, boolean or integer-valued float label image is
+  accepted (a float GT with fractional values is a probability map: PRED and GT swapped?
+  It is refused). An all-zero GT (no cell at all) is scored with a warning. Only
   ``GT > 0`` is used: for integer-valued GT this equals the Java's ``GT > th`` at every
   threshold ``th < 1`` of the sweeps.
 * Proposal: the network's *cell* probability in ``[0, 1]`` (``0`` = certainly membrane).
-  float16/32/64 are cast to float64 (never compared in float32); ``uint8`` is divided by
+  float16/32/64 are cast to float64 (never compared in float32); values at most
+  `PROBABILITY_TOLERANCE` outside ``[0, 1]`` (rounding in another program's arithmetic,
+  e.g. ``1.0000000000000002``) are clipped, anything further out is refused; ``uint8`` is divided by
   255, ``uint16`` by 65535; ``bool`` maps to 0/1. A proposal whose values are all 0 or 1
   is *binary*.
 * A 2D array is one slice; a 3D array is a stack ``(Z, Y, X)`` evaluated slice by slice.
@@ -19,7 +23,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["as_stack", "is_binary", "normalize_gt", "normalize_proposal", "validate_pair"]
+__all__ = ["PROBABILITY_TOLERANCE", "as_stack", "is_binary", "normalize_gt", "normalize_proposal", "validate_pair"]
+
+PROBABILITY_TOLERANCE = 1e-6  # how far outside [0, 1] a float proposal may stray (then clipped)
 
 
 def as_stack(array: np.ndarray, name: str) -> np.ndarray:
@@ -55,8 +61,13 @@ def normalize_proposal(proposal: np.ndarray, name: str = "pred") -> np.ndarray:
     if np.isnan(values).any():
         raise ValueError(f"expected {name} without NaN, got {int(np.isnan(values).sum())} NaN pixel(s)")
     lo, hi = float(values.min()), float(values.max())
+    if lo < -PROBABILITY_TOLERANCE or hi > 1.0 + PROBABILITY_TOLERANCE:
+        raise ValueError(
+            f"expected {name} values in [0, 1], got range [{lo!r}, {hi!r}] (tolerance {PROBABILITY_TOLERANCE:g}); "
+            "a probability map is needed (uint8 = p·255 or float p)"
+        )
     if lo < 0.0 or hi > 1.0:
-        raise ValueError(f"expected {name} values in [0, 1], got range [{lo!r}, {hi!r}]")
+        np.clip(values, 0.0, 1.0, out=values)
     return values
 
 
@@ -67,8 +78,16 @@ def normalize_gt(gt: np.ndarray, name: str = "gt") -> np.ndarray:
         return arr.copy()
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise ValueError(f"expected {name} as an integer, float or bool label image, got dtype {arr.dtype}")
-    if np.issubdtype(arr.dtype, np.floating) and np.isnan(arr).any():
-        raise ValueError(f"expected {name} without NaN, got {int(np.isnan(arr).sum())} NaN pixel(s)")
+    if np.issubdtype(arr.dtype, np.floating):
+        if np.isnan(arr).any():
+            raise ValueError(f"expected {name} without NaN, got {int(np.isnan(arr).sum())} NaN pixel(s)")
+        fractional = arr[arr != np.round(arr)]
+        if fractional.size:
+            raise ValueError(
+                f"expected {name} as integer-valued labels (0 = membrane, > 0 = cell), got {fractional.size} "
+                f"fractional value(s) such as {float(fractional.flat[0])!r}: a probability map? Check the order "
+                "of the arguments (PRED first, then GT)"
+            )
     if arr.min() < 0:
         raise ValueError(f"expected {name} labels >= 0 (0 = membrane, > 0 = cell), got minimum {arr.min()!r}")
     return arr > 0

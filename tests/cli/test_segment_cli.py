@@ -100,7 +100,12 @@ def test_missing_input_and_existing_output_exit_2(app, runner, volume, checkpoin
     (tmp_path / "o.zarr").mkdir()
     (tmp_path / "o.zarr" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
     result = runner.invoke(app, args(volume, tmp_path / "o.zarr", checkpoint))
-    assert result.exit_code == 2 and "--resume" in result.output
+    # Someone else's Zarr group: no flag is suggested that would touch it.
+    assert result.exit_code == 2 and "emunet did not write" in result.output, result.output
+    assert "--resume" not in result.output and "--overwrite" not in result.output
+    (tmp_path / "o.zarr" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {"emunet": {}}}')
+    result = runner.invoke(app, args(volume, tmp_path / "o.zarr", checkpoint))
+    assert result.exit_code == 2 and "--resume" in result.output and "--overwrite" in result.output, result.output
 
 
 def test_unreachable_scheduler_exit_2(app, runner, volume, checkpoint, tmp_path, monkeypatch) -> None:

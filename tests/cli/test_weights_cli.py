@@ -58,11 +58,16 @@ def test_3d_volume_gives_one_3d_map(app, runner, labels, tmp_path: Path) -> None
 def test_existing_output_is_refused_unless_overwrite(app, runner, labels, tmp_path: Path) -> None:
     src, out = tmp_path / "labels.tif", tmp_path / "weights.tif"
     write(src, labels[0])
-    out.write_bytes(b"keep me")
+    out.write_bytes(b"keep me")  # the user's file: never replaced, not even with --overwrite
+    for extra in ([], ["--overwrite"]):
+        result = runner.invoke(app, ["weights", str(src), str(out), *extra])
+        assert result.exit_code == 2
+        assert "did not write" in result.output and "choose another output path" in result.output, result.output
+        assert out.read_bytes() == b"keep me"
+    out.unlink()
+    assert runner.invoke(app, ["weights", str(src), str(out)]).exit_code == 0
     result = runner.invoke(app, ["weights", str(src), str(out)])
-    assert result.exit_code == 2
-    assert "--overwrite" in result.output
-    assert out.read_bytes() == b"keep me"
+    assert result.exit_code == 2 and "--overwrite" in result.output  # ours: the flag is offered
     result = runner.invoke(app, ["weights", str(src), str(out), "--overwrite"])
     assert result.exit_code == 0, result.output
     assert tifffile.imread(out).shape == labels[0].shape

@@ -78,9 +78,12 @@ def test_existing_output_is_refused_before_any_block_runs(volume, tmp_path) -> N
 
     out = tmp_path / "seg.zarr"
     out.mkdir()
-    (out / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
-    with pytest.raises(OutputExistsError, match=r"\(--resume\) to continue it or overwrite=True \(--overwrite\)"):
+    (out / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {"emunet": {}}}')
+    with pytest.raises(OutputExistsError, match=r"--resume \(resume=True\) to continue it or --overwrite \(overwrite=True\)"):
         segment_volume(params(volume, out, "tcp://127.0.0.1:9"))  # never reached: no scheduler there
+    (out / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')  # not ours: no flag offered
+    with pytest.raises(OutputExistsError, match=r"emunet did not write .*choose another output path$"):
+        segment_volume(params(volume, out, "tcp://127.0.0.1:9"))
 
 
 def test_ground_truth_of_another_shape_is_refused(volume, tmp_path) -> None:

@@ -80,6 +80,7 @@ def predictor(_predictor, single_thread_torch):
 def write_zarr(path: Path | str, data: np.ndarray, chunks: tuple[int, ...], *, zarr_format: int = 3, **kwargs: Any):
     import zarr
 
+    kwargs.setdefault("config", {"write_empty_chunks": True})  # a complete volume: every chunk stored
     array = zarr.create_array(str(path), shape=data.shape, chunks=chunks, dtype=data.dtype, zarr_format=zarr_format, **kwargs)
     array[...] = data
     return array
@@ -92,7 +93,8 @@ def write_ome(path: Path, levels: list[np.ndarray], voxel: tuple[float, float, f
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     datasets = []
     for k, data in enumerate(levels):
-        a = group.create_array(f"s{k}", shape=data.shape, chunks=tuple(min(8, s) for s in data.shape), dtype=data.dtype)
+        a = group.create_array(f"s{k}", shape=data.shape, chunks=tuple(min(8, s) for s in data.shape), dtype=data.dtype,
+                               config={"write_empty_chunks": True})
         a[...] = data
         scale = [voxel[0], voxel[1] * 2**k, voxel[2] * 2**k]
         datasets.append({"path": f"s{k}", "coordinateTransformations": [{"type": "scale", "scale": scale}]})

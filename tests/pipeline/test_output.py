@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from pipeline.ownership import Existing
 import xarray as xr
 import zarr
 
@@ -208,7 +210,7 @@ def test_two_creators_racing_on_s3_cannot_both_win(s3, monkeypatch) -> None:
     plan = make_plan(f"s3://{bucket}/in.zarr", f"s3://{bucket}/race.zarr", SHAPE, TINY, block_shape=(1, 16, 16))
     first = output.create_output(plan, storage_options=opts)
     first.group["probability"][0, :16, :16] = 7
-    monkeypatch.setattr(output, "store_exists", lambda *a, **k: False)
+    monkeypatch.setattr(output, "check_output", lambda *a, **k: Existing("none"))
     with pytest.raises(output.OutputExistsError, match="another run created"):
         output.create_output(plan, storage_options=opts)
     monkeypatch.undo()

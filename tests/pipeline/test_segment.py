@@ -148,7 +148,7 @@ def test_config_validation_and_environment() -> None:
 def test_bad_tile_and_bad_weights_are_refused_before_any_output(volume, checkpoint, scheduler, tmp_path) -> None:
     from safetensors.torch import load_file, save_file
 
-    from unetcore.checkpoint import CheckpointError, read_header, tensor_hash
+    from unetcore.checkpoint import CheckpointError, content_hash, read_header
     from unetcore.geometry import IllegalTileSizeError
 
     out = tmp_path / "out.zarr"
@@ -160,7 +160,7 @@ def test_bad_tile_and_bad_weights_are_refused_before_any_output(volume, checkpoi
     header = read_header(checkpoint)
     header["model_config"]["base_channels"] = 8
     tensors = load_file(str(checkpoint))
-    header["content_sha256"] = tensor_hash(tensors)
+    header["content_sha256"] = content_hash(tensors, header["model_config"], header["normalization"])
     bad = tmp_path / "bad.safetensors"
     save_file(tensors, str(bad), metadata={"emunet": json.dumps(header)})
     with pytest.raises(CheckpointError, match="mismatch"):

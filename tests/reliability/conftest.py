@@ -42,7 +42,8 @@ def image() -> np.ndarray:
 def write_zarr(path: Path, data: np.ndarray, chunks: tuple[int, ...] | None = None) -> Path:
     if chunks is None:
         chunks = tuple(max(1, min(c, s)) for c, s in zip(CHUNKS, data.shape)) if data.ndim == 3 else data.shape
-    zarr.create_array(str(path), shape=data.shape, chunks=chunks, dtype=data.dtype)[...] = data
+    zarr.create_array(str(path), shape=data.shape, chunks=chunks, dtype=data.dtype,
+                      config={"write_empty_chunks": True})[...] = data  # a complete volume: every chunk stored
     return path
 
 

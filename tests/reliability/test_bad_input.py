@@ -91,12 +91,18 @@ def block_off_lattice(c: Ctx) -> list[str]:
 
 
 # -- checkpoints ----------------------------------------------------------------------------
-def _rewrite_header(src: Path, dst: Path, edit: Callable[[dict], None]) -> Path:
+def _rewrite_header(src: Path, dst: Path, edit: Callable[[dict], None], rehash: bool = True) -> Path:
     raw = src.read_bytes()
     n = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8 : 8 + n])
     meta = json.loads(header["__metadata__"]["emunet"])
     edit(meta)
+    if rehash:  # a consistent file (as if written that way), not an edited one
+        from safetensors.torch import load_file
+
+        from unetcore.checkpoint import content_hash
+
+        meta["content_sha256"] = content_hash(load_file(str(src)), meta["model_config"], meta["normalization"])
     header["__metadata__"]["emunet"] = json.dumps(meta)
     text = json.dumps(header).encode()
     text += b" " * (-len(text) % 8)
@@ -165,6 +171,31 @@ def output_exists(c: Ctx) -> list[str]:
     return seg(c, c.volume)
 
 
+def our_output_exists(c: Ctx) -> list[str]:
+    c.out.mkdir()
+    (c.out / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {"emunet": {"version": "0"}}}')
+    return seg(c, c.volume)
+
+
+def edited_normalisation(c: Ctx) -> list[str]:
+    def shift(meta: dict) -> None:
+        meta["normalization"]["mean"] += 0.25
+
+    return seg(c, c.volume, model=_rewrite_header(c.checkpoint, c.tmp / "edited.safetensors", shift, rehash=False))
+
+
+def channel_axes(c: Ctx) -> list[str]:
+    path = write_zarr(c.tmp / "cyx.zarr", c.image[:3])
+    import zarr
+
+    zarr.open_array(str(path), mode="r+").attrs["_ARRAY_DIMENSIONS"] = ["c", "y", "x"]
+    return seg(c, path)
+
+
+def float_0_255(c: Ctx) -> list[str]:
+    return seg(c, write_zarr(c.tmp / "f255.zarr", c.image.astype("float32"), CHUNKS))
+
+
 def resume_and_overwrite(c: Ctx) -> list[str]:
     _existing_output(c)
     return seg(c, c.volume, "--resume", "--overwrite")
@@ -210,10 +241,18 @@ CASES = {
     "torch.save checkpoint": Case(torch_save_checkpoint, ("pickle", "never unpickles", "re-save")),
     "truncated checkpoint": Case(truncated_checkpoint, ("truncated",)),
     "missing checkpoint": Case(missing_checkpoint, ("no file at", "none.safetensors")),
-    "output exists": Case(output_exists, ("existing", "--resume", "--overwrite")),
+    "output exists": Case(output_exists, ("expected no output", "emunet did not write", "choose another output path")),
+    "emunet output exists": Case(our_output_exists, ("existing emunet output", "--resume", "--overwrite")),
+    "edited normalisation": Case(edited_normalisation, ("an edited header counts",)),
+    "channel axes": Case(channel_axes, ("(c, y, x) image", "re-import")),
+    "float input in 0..255": Case(float_0_255, ("expected grey values in [0, 1]", "--grey-range 0 255")),
     "resume and overwrite": Case(resume_and_overwrite, ("at most one of resume and overwrite",)),
     "resume another plan": Case(resume_other_plan, ("input_url",)),
 }
+
+
+# Refused by the command itself, before a flow (and its temporary Prefect server) starts.
+REFUSED_BEFORE_THE_FLOW = {"resume and overwrite", "output exists", "emunet output exists"}
 
 
 def _flat(text: str) -> str:
@@ -232,7 +271,7 @@ def test_bad_input_is_refused_on_the_flow_path(name, prefect_api, cli, runner, t
     capfd.readouterr()
     _refused(CASES[name], cli, runner, Ctx(tmp_path, volume, checkpoint, image), flow=True)
     log = capfd.readouterr().err
-    if name != "resume and overwrite":  # that one is refused before a flow starts
+    if name not in REFUSED_BEFORE_THE_FLOW:
         assert "Flow run" in log and "Finished in state Failed" in log, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from pipeline.ownership import Existing
 import zarr
 
 from tests.reliability.conftest import chunk_files, wait_for, write_zarr
@@ -226,7 +228,7 @@ def test_a_second_run_into_a_running_output_is_refused(cli, runner, volume_copy,
 
 def test_two_simultaneous_creates_cannot_both_win(source, checkpoint, tmp_path, monkeypatch) -> None:
     """The race made deterministic: the second creator's existence check ran before the first
-    created the store (store_exists answers False for it)."""
+    created the store (the existence check answers "nothing there")."""
     import pipeline.output as output
     from pipeline.ledger import Ledger
     from pipeline.plan import plan_for_volume
@@ -238,7 +240,7 @@ def test_two_simultaneous_creates_cannot_both_win(source, checkpoint, tmp_path, 
     plan = plan_for_volume(open_volume(str(source)), str(tmp_path / "out.zarr"), config, block_shape=BLOCK)
     output.create_output(plan, output.OutputOptions(), model_config=config.to_dict())
     Ledger(plan.output_url, plan.num_blocks).mark_done(0)
-    monkeypatch.setattr(output, "store_exists", lambda *a, **k: False)  # checked before the first created it
+    monkeypatch.setattr(output, "check_output", lambda *a, **k: Existing("none"))  # checked before the first created it
     with pytest.raises(output.OutputExistsError, match="another run created"):
         output.create_output(plan, output.OutputOptions(), model_config=config.to_dict())
     assert Ledger(plan.output_url, plan.num_blocks).is_done(0)  # the first run's work survives

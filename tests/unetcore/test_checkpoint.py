@@ -83,10 +83,10 @@ def test_config_that_does_not_match_weights(tmp_path) -> None:
     path = save_checkpoint(tmp_path / "a.safetensors", model, Normalization())
     header = read_header(path)
     header["model_config"]["base_channels"] = 8
-    from unetcore.checkpoint import tensor_hash
+    from unetcore.checkpoint import content_hash
 
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    header["content_sha256"] = tensor_hash(tensors)
+    header["content_sha256"] = content_hash(tensors, header["model_config"], header["normalization"])
     bad = tmp_path / "bad.safetensors"
     save_file(tensors, str(bad), metadata={"emunet": json.dumps(header)})
     with pytest.raises(CheckpointError, match="expected weights matching the checkpoint's model config"):
@@ -100,3 +100,63 @@ def test_plain_safetensors_refused(tmp_path) -> None:
     save_file({"w": torch.zeros(3)}, str(path))
     with pytest.raises(CheckpointError, match="expected an emunet checkpoint"):
         load_checkpoint(path)
+
+
+def _edit_header(src, dst, edit) -> None:
+    """Copy `src` to `dst` with its emunet header edited and its tensors (and hash) kept."""
+    from safetensors.torch import load_file, save_file
+
+    header = read_header(src)
+    edit(header)
+    save_file(load_file(str(src)), str(dst), metadata={"emunet": json.dumps(header)})
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda h: h["normalization"].update(mean=h["normalization"]["mean"] + 0.3),
+        lambda h: h["normalization"].update(std=h["normalization"]["std"] * 2),
+        lambda h: h["model_config"].update(base_channels=2 * h["model_config"]["base_channels"]),
+    ],
+    ids=["mean", "std", "config"],
+)
+def test_an_edited_header_is_refused(tmp_path, edit) -> None:
+    """The content hash covers the normalisation and model config too: an edited mean/std
+    (which would shift every probability) is refused like edited weights."""
+    path = save_checkpoint(tmp_path / "a.safetensors", UNet(preset("tiny")), Normalization(mean=0.5, std=0.2))
+    _edit_header(path, tmp_path / "b.safetensors", edit)
+    with pytest.raises(CheckpointError, match="an edited header counts"):
+        load_checkpoint(tmp_path / "b.safetensors")
+    _edit_header(path, tmp_path / "c.safetensors", lambda h: h["metadata"].update(note="a comment"))
+    load_checkpoint(tmp_path / "c.safetensors")  # training metadata does not change the numbers
+
+
+def test_a_format_1_checkpoint_loads_with_a_warning(tmp_path) -> None:
+    """Format 1 hashed the tensors only: it still loads (its tensors verified) but warns."""
+    from safetensors.torch import load_file
+
+    from unetcore.checkpoint import FORMAT_V1, tensor_hash
+
+    path = save_checkpoint(tmp_path / "a.safetensors", UNet(preset("tiny")), Normalization())
+    tensors = load_file(str(path))
+
+    def v1(h):
+        h["format"], h["content_sha256"] = FORMAT_V1, tensor_hash(tensors)
+
+    _edit_header(path, tmp_path / "v1.safetensors", v1)
+    with pytest.warns(UserWarning, match="does not cover its normalisation"):
+        load_checkpoint(tmp_path / "v1.safetensors")
+
+
+def test_the_committed_models_are_format_2() -> None:
+    import warnings
+    from pathlib import Path
+
+    from unetcore.checkpoint import FORMAT
+
+    for name in ("isbi2012", "demo-synthetic"):
+        path = Path(__file__).resolve().parents[2] / "models" / f"{name}.safetensors"
+        assert read_header(path)["format"] == FORMAT
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            load_checkpoint(path)

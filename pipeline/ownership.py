@@ -1,0 +1,220 @@
+"""What a command may write over: only what emunet wrote, never what it reads.
+
+A user's data is never deleted or changed by a command that did not create it. Before a
+command writes OUT it checks three things, for local paths, ``file://`` and fsspec URLs
+(``s3://``) alike::
+
+    OUT == an input, or OUT inside an input's store    refused, with or without --overwrite
+    OUT contains an input (or the checkpoint)           refused, with or without --overwrite
+    something already at OUT                            refused without --overwrite; with it,
+                                                        replaced only if emunet wrote it
+
+"emunet wrote it" is read from the store's own metadata: a Zarr group whose root
+attributes carry an ``emunet`` (or ``emunet_import``) object, holding nothing else at its
+top level than Zarr nodes and metadata. A directory of the user's files, a Zarr store of
+someone else's, a regular file, or an emunet store into which the user put files of their
+own is left alone, and the message says what is there. The error for an existing output
+suggests ``--overwrite`` only when the flag would be accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.volume import fsspec_filesystem, is_remote, local_path, redact_url, split_url
+from unetcore.io import split_hdf5
+
+EMUNET_KEYS = ("emunet", "emunet_import")  # root attributes that mark a store emunet wrote
+ZARR_METADATA = frozenset({"zarr.json", ".zgroup", ".zattrs", ".zarray", ".zmetadata", ".emunet-claim"})
+SHOWN = 5  # foreign entries named in a message
+
+
+class OutputExistsError(FileExistsError):
+    """The output exists and neither resume nor overwrite was asked for."""
+
+
+class NotOursError(FileExistsError):
+    """``--overwrite`` of something emunet did not write (a user's files, a foreign store)."""
+
+
+class OutputIsInputError(ValueError):
+    """The output is, contains, or lies inside something the command reads."""
+
+
+@dataclass(frozen=True)
+class Existing:
+    """What is at a path: nothing, a file, or a directory/prefix (and whether emunet wrote it)."""
+
+    kind: str  # "none", "file", "store"
+    ours: bool = False  # a store whose metadata says emunet wrote it, with nothing foreign in it
+    detail: str = ""  # what is there, for messages
+
+    @property
+    def exists(self) -> bool:
+        return self.kind != "none"
+
+
+def _key(url: str) -> tuple[str, str]:
+    """(protocol, normalised absolute path) of a local path or URL, to compare locations."""
+    url = str(url)
+    if is_remote(url):
+        protocol, _, rest = url.partition("://")
+        rest = redact_url(url).partition("://")[2]
+        return protocol, "/" + rest.strip("/")
+    return "file", os.path.realpath(os.path.abspath(local_path(url)))
+
+
+def _within(inner: tuple[str, str], outer: tuple[str, str]) -> bool:
+    """``inner`` is ``outer`` or lies below it."""
+    if inner[0] != outer[0]:
+        return False
+    a, b = inner[1].rstrip("/") or "/", outer[1].rstrip("/") or "/"
+    return a == b or a.startswith(b if b.endswith("/") else b + "/")
+
+
+def check_not_an_input(output_url: str, reads: Iterable[str | os.PathLike[str] | None], *, what: str = "OUT") -> None:
+    """Refuse an output that is, contains, or lies inside a store or file the command reads.
+
+    ``reads``: the inputs (volume URLs with an array path are reduced to their store), the
+    checkpoint, a ground truth. Writing inside an input's store changes the input; an
+    output that contains an input would delete it on ``--overwrite``.
+    """
+    out = _key(output_url)
+    for read in reads:
+        if read is None or str(read) == "":
+            continue
+        store, _ = split_url(str(read))
+        if not is_remote(store):
+            store = str(split_hdf5(store)[0])  # file.h5:/dataset → file.h5
+        src = _key(store)
+        if _within(out, src):
+            relation = "is" if out == src else "lies inside"
+            raise OutputIsInputError(
+                f"expected {what} apart from what this command reads, got {redact_url(str(output_url))}, which "
+                f"{relation} the input {redact_url(str(read))}; write the output to another path (emunet never "
+                "writes into its inputs)"
+            )
+        if _within(src, out):
+            raise OutputIsInputError(
+                f"expected {what} apart from what this command reads, got {redact_url(str(output_url))}, which "
+                f"contains the input {redact_url(str(read))}; write the output to another path (replacing it "
+                "would delete the input)"
+            )
+
+
+def _root_attrs(fs: Any, path: str) -> dict[str, Any] | None:
+    """The root node's attributes (Zarr v3 ``zarr.json``, v2 ``.zattrs``/``.zarray``/``.zgroup``),
+    or None where there is no Zarr metadata at all."""
+    for name in ("zarr.json", ".zattrs", ".zgroup", ".zarray"):
+        try:
+            raw = fs.cat_file(f"{path.rstrip('/')}/{name}")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
+            continue
+        try:
+            meta = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return {}
+        if not isinstance(meta, dict):
+            return {}
+        if name == "zarr.json":
+            attrs = meta.get("attributes") if meta.get("node_type") == "group" else None
+            return attrs if isinstance(attrs, dict) else {}
+        return meta if name == ".zattrs" else {}
+    return None
+
+
+def _foreign_entries(fs: Any, path: str) -> list[str]:
+    """Top-level names in the store that are neither Zarr metadata nor Zarr nodes."""
+    foreign = []
+    for entry in fs.ls(path, detail=True):
+        name = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
+        if name in ZARR_METADATA:
+            continue
+        if entry.get("type") == "directory":
+            child = f"{path.rstrip('/')}/{name}"
+            if any(fs.exists(f"{child}/{m}") for m in ("zarr.json", ".zarray", ".zgroup")):
+                continue
+        foreign.append(name)
+    return sorted(foreign)
+
+
+def inspect(url: str, storage_options: Mapping[str, Any] | None = None) -> Existing:
+    """What is at ``url``, and whether emunet wrote it (see the module docstring)."""
+    fs, path = fsspec_filesystem(str(url), storage_options)
+    if not fs.exists(path):
+        return Existing("none")
+    if not fs.isdir(path):
+        return Existing("file", False, "a file")
+    attrs = _root_attrs(fs, path)
+    foreign = _foreign_entries(fs, path)
+    listed = ", ".join(foreign[:SHOWN]) + (f" and {len(foreign) - SHOWN} more" if len(foreign) > SHOWN else "")
+    if attrs is None:
+        if not foreign:
+            return Existing("store", False, "an empty directory" if not fs.ls(path) else "a Zarr store without group metadata")
+        return Existing("store", False, f"a directory that is not an emunet output (it holds {listed})")
+    if not any(isinstance(attrs.get(k), dict) for k in EMUNET_KEYS):
+        return Existing("store", False, "a Zarr store that emunet did not write (no emunet metadata)")
+    if foreign:
+        return Existing("store", False, f"an emunet output that also holds other files ({listed})")
+    return Existing("store", True, "an emunet output")
+
+
+def check_output(
+    output_url: str,
+    *,
+    reads: Sequence[str | os.PathLike[str] | None] = (),
+    overwrite: bool = False,
+    resume: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Existing:
+    """Check that ``output_url`` may be written (and, with ``overwrite``, replaced).
+
+    Returns what is there. Raises `OutputIsInputError`, `OutputExistsError` (something is
+    there and neither flag was given) or `NotOursError` (``overwrite`` of something emunet
+    did not write). ``resume`` leaves the existing store to the caller's plan check.
+    """
+    check_not_an_input(output_url, reads)
+    existing = inspect(output_url, storage_options)
+    if not existing.exists or resume:
+        return existing
+    where = redact_url(str(output_url))
+    if existing.kind == "store" and existing.detail == "an empty directory":
+        if overwrite:
+            return existing  # nothing to lose
+        raise OutputExistsError(f"expected no output at {where}, got an empty directory; remove it or choose another path")
+    if not overwrite:
+        if existing.ours:
+            raise OutputExistsError(
+                f"expected no output at {where}, got an existing emunet output; pass --resume (resume=True) to "
+                "continue it or --overwrite (overwrite=True) to replace it"
+            )
+        raise OutputExistsError(f"expected no output at {where}, got {existing.detail}; choose another output path")
+    if not existing.ours:
+        raise NotOursError(
+            f"expected --overwrite to replace an emunet output at {where}, got {existing.detail}; emunet replaces "
+            "only what it wrote: choose another output path, or move that data away yourself"
+        )
+    return existing
+
+
+def remove_ours(output_url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Delete an output after `check_output(overwrite=True)` accepted it."""
+    fs, path = fsspec_filesystem(str(output_url), storage_options)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+__all__ = [
+    "Existing",
+    "NotOursError",
+    "OutputExistsError",
+    "OutputIsInputError",
+    "check_not_an_input",
+    "check_output",
+    "inspect",
+    "remove_ours",
+]

@@ -1,0 +1,97 @@
+"""`pipeline.ownership`: what a command may write over, on local paths, file:// and s3://.
+
+The rule: never into, around or onto an input; an existing output only with overwrite, and
+then only if emunet wrote it (its own metadata, nothing foreign inside)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.ownership import NotOursError, OutputExistsError, OutputIsInputError, check_output, inspect, remove_ours
+
+OURS = {"zarr_format": 3, "node_type": "group", "attributes": {"emunet": {"version": "0"}}}
+FOREIGN = {"zarr_format": 3, "node_type": "group", "attributes": {"mine": 1}}
+
+
+def _store(path: Path, meta: dict, *children: str) -> Path:
+    path.mkdir(parents=True)
+    (path / "zarr.json").write_text(json.dumps(meta))
+    for child in children:
+        (path / child).mkdir()
+        (path / child / "zarr.json").write_text('{"zarr_format": 3, "node_type": "array"}')
+    return path
+
+
+@pytest.mark.parametrize("scheme", ["", "file://"])
+def test_locations_related_to_an_input_are_refused(tmp_path, scheme) -> None:
+    inp = _store(tmp_path / "d" / "in.zarr", FOREIGN, "0")
+    url = lambda p: f"{scheme}{p}"  # noqa: E731
+    for out, says in [
+        (inp, "which is the input"),
+        (inp / "seg.zarr", "which lies inside the input"),
+        (tmp_path / "d", "which contains the input"),
+        (tmp_path, "which contains the input"),
+    ]:
+        for overwrite in (False, True):
+            with pytest.raises(OutputIsInputError, match=says):
+                check_output(url(out), reads=(url(inp) + "/0",), overwrite=overwrite)
+    # The checkpoint and an HDF5 dataset count as inputs too.
+    ckpt = tmp_path / "models" / "m.safetensors"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"x")
+    with pytest.raises(OutputIsInputError, match="contains the input"):
+        check_output(url(tmp_path / "models"), reads=(str(ckpt),), overwrite=True)
+    with pytest.raises(OutputIsInputError, match="is the input"):
+        check_output(str(tmp_path / "v.h5"), reads=(f"{tmp_path / 'v.h5'}:/stack",))
+    check_output(url(tmp_path / "d" / "out.zarr"), reads=(url(inp),))  # a sibling is fine
+
+
+def test_what_is_there_decides_the_message_and_the_flag(tmp_path) -> None:
+    user = tmp_path / "r"
+    user.mkdir()
+    (user / "thesis.tex").write_text("years of work")
+    with pytest.raises(OutputExistsError, match="not an emunet output .*thesis.tex.*choose another") as err:
+        check_output(str(user))
+    assert "--overwrite" not in str(err.value)  # never suggested for data emunet did not write
+    with pytest.raises(NotOursError, match="replaces only what it wrote"):
+        check_output(str(user), overwrite=True)
+
+    foreign = _store(tmp_path / "foreign.zarr", FOREIGN)
+    with pytest.raises(NotOursError, match="emunet did not write"):
+        check_output(str(foreign), overwrite=True)
+
+    afile = tmp_path / "out.zarr"
+    afile.write_text("a file")
+    with pytest.raises(NotOursError, match="a file"):
+        check_output(str(afile), overwrite=True)
+
+    ours = _store(tmp_path / "seg.zarr", OURS, "probability", "ledger")
+    with pytest.raises(OutputExistsError, match="--resume .*--overwrite"):
+        check_output(str(ours))
+    assert check_output(str(ours), overwrite=True).ours
+    (ours / "notes.txt").write_text("added by the user")
+    with pytest.raises(NotOursError, match="also holds other files .*notes.txt"):
+        check_output(str(ours), overwrite=True)
+    assert (ours / "notes.txt").exists() and (user / "thesis.tex").exists() and afile.exists()
+
+
+def test_s3_prefixes_follow_the_same_rule(s3) -> None:
+    fs, bucket, opts = s3["fs"], s3["bucket"], s3["storage_options"]
+    fs.pipe(f"{bucket}/user/thesis.tex", b"years of work")
+    fs.pipe(f"{bucket}/seg.zarr/zarr.json", json.dumps(OURS).encode())
+    fs.pipe(f"{bucket}/seg.zarr/probability/zarr.json", b'{"zarr_format": 3, "node_type": "array"}')
+    fs.pipe(f"{bucket}/in.zarr/zarr.json", json.dumps(FOREIGN).encode())
+    with pytest.raises(NotOursError, match="thesis.tex"):
+        check_output(f"s3://{bucket}/user", overwrite=True, storage_options=opts)
+    with pytest.raises(OutputIsInputError, match="contains the input"):
+        check_output(f"s3://{bucket}", reads=(f"s3://{bucket}/in.zarr",), overwrite=True, storage_options=opts)
+    with pytest.raises(OutputIsInputError, match="lies inside the input"):
+        check_output(f"s3://{bucket}/in.zarr/out", reads=(f"s3://{bucket}/in.zarr",), storage_options=opts)
+    assert inspect(f"s3://{bucket}/seg.zarr", opts).ours
+    check_output(f"s3://{bucket}/seg.zarr", overwrite=True, storage_options=opts)
+    remove_ours(f"s3://{bucket}/seg.zarr", opts)
+    fs.invalidate_cache()
+    assert not fs.exists(f"{bucket}/seg.zarr") and fs.exists(f"{bucket}/user/thesis.tex")

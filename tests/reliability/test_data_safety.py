@@ -1,0 +1,146 @@
+"""A user's data is never deleted or changed by a command that did not create it.
+
+Through the real CLI, on both paths of the commands that have them (`--flow`, `--no-flow`):
+every case is refused with exit 2, a message that says what is there, and every file under
+the test's folder (inputs, the user's files, an existing output) byte-for-byte untouched.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from tests.reliability.conftest import CHUNKS, snapshot, write_zarr
+
+
+@dataclass
+class Here:
+    """The test's folder: an input volume beside a notes file, a folder of the user's work."""
+
+    tmp: Path
+    checkpoint: Path
+    image: np.ndarray
+
+    @property
+    def inp(self) -> Path:
+        return self.tmp / "d" / "in.zarr"
+
+    @property
+    def user(self) -> Path:
+        return self.tmp / "r"
+
+
+@pytest.fixture()
+def here(tmp_path, checkpoint, image) -> Here:
+    h = Here(tmp_path, checkpoint, image)
+    write_zarr(h.inp, image, CHUNKS)
+    (tmp_path / "d" / "notes.txt").write_text("lab notes")
+    h.user.mkdir()
+    (h.user / "thesis.tex").write_text("years of work")
+    return h
+
+
+def _seg(h: Here, out: Path | str, *extra: str, inp: Path | None = None) -> list[str]:
+    return ["segment", str(inp or h.inp), str(out), "--model", str(h.checkpoint), "--block", "2", "24", "24",
+            "--workers", "1", "--no-flow", *extra]  # fmt: skip
+
+
+def _labels_zarr(h: Here) -> Path:
+    return write_zarr(h.tmp / "lab.zarr", (h.image > 100).astype("uint8"), CHUNKS)
+
+
+def _tif(h: Here, name: str) -> Path:
+    path = h.tmp / name
+    tifffile.imwrite(path, h.image[:2], photometric="minisblack")
+    return path
+
+
+def _file_at_output(h: Here) -> list[str]:
+    (h.tmp / "out.zarr").write_text("a file of the user's")
+    return _seg(h, h.tmp / "out.zarr", "--overwrite")
+
+
+def _foreign_zarr(h: Here) -> list[str]:
+    (h.tmp / "theirs.zarr").mkdir()
+    (h.tmp / "theirs.zarr" / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group"}))
+    return _seg(h, h.tmp / "theirs.zarr")
+
+
+def _import_over_user_folder(h: Here) -> list[str]:
+    (h.tmp / "work.zarr").mkdir()
+    (h.tmp / "work.zarr" / "thesis.tex").write_text("years of work")
+    return ["import", str(_tif(h, "x.tif")), str(h.tmp / "work.zarr"), "--overwrite"]
+
+
+def _demo_into_user_volume(h: Here) -> list[str]:
+    write_zarr(h.user / "input.zarr", h.image, CHUNKS)  # the user's own volume under the demo's name
+    return ["demo", "--out", str(h.user)]
+
+
+@dataclass
+class Case:
+    build: Callable[[Here], list[str]]
+    says: tuple[str, ...]  # substrings (lower case) of the message
+    flow: bool = True  # the command has --flow/--no-flow
+    never: tuple[str, ...] = ()  # substrings the message must not have
+
+
+CASES = {
+    "segment --overwrite into a folder of the user's": Case(
+        lambda h: _seg(h, h.user, "--overwrite"), ("not an emunet output", "thesis.tex", "replaces only what it wrote")),
+    "segment --overwrite into the input's folder": Case(
+        lambda h: _seg(h, h.tmp / "d", "--overwrite"), ("contains the input", "would delete the input")),
+    "segment X X --overwrite": Case(lambda h: _seg(h, h.inp, "--overwrite"), ("is the input", "never writes into its inputs")),
+    "segment into the input's store": Case(lambda h: _seg(h, h.inp / "seg"), ("lies inside the input",)),
+    "segment --overwrite of a regular file": Case(_file_at_output, ("a file", "replaces only what it wrote")),
+    "segment over a foreign zarr without a flag": Case(_foreign_zarr, ("emunet did not write", "choose another output path"),
+                                                       never=("--overwrite", "--resume")),
+    "segment --overwrite of the folder holding the checkpoint": Case(
+        lambda h: _seg(h, h.checkpoint.parent, "--overwrite"), ("contains the input", "tiny.safetensors")),
+    "weights lab.zarr r --overwrite": Case(
+        lambda h: ["weights", str(_labels_zarr(h)), str(h.user), "--overwrite", "--no-flow"], ("thesis.tex", "replaces only")),
+    "weights lab.zarr lab.zarr --overwrite": Case(
+        lambda h: ["weights", str(_labels_zarr(h)), str(h.tmp / "lab.zarr"), "--overwrite", "--no-flow"], ("is the input",)),
+    "predict X X --overwrite": Case(
+        lambda h: ["predict", str(_tif(h, "x.tif")), str(h.tmp / "x.tif"), "--model", str(h.checkpoint), "--overwrite"],
+        ("apart from the input",), flow=False),
+    "predict --overwrite of the user's TIFF": Case(
+        lambda h: ["predict", str(_tif(h, "x.tif")), str(_tif(h, "mine.tif")), "--model", str(h.checkpoint), "--overwrite"],
+        ("emunet did not write", "choose another output path"), flow=False),
+    "import --overwrite of a folder of the user's": Case(_import_over_user_folder, ("thesis.tex", "replaces only"), flow=False),
+    "import into a foreign Zarr without a flag": Case(
+        lambda h: ["import", str(_tif(h, "x.tif")), str(h.inp)], ("emunet did not write", "choose another"), flow=False,
+        never=("--overwrite",)),
+    "demo --out over the user's input.zarr": Case(_demo_into_user_volume, ("input.zarr", "demo did not write"), flow=False),
+}
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+RUNS = [(name, path) for name, case in CASES.items() for path in (("--no-flow", "--flow") if case.flow else ("",))]
+
+
+@pytest.mark.parametrize("name, path", RUNS, ids=[f"{n} {p}".strip() for n, p in RUNS])
+def test_nothing_of_the_users_is_touched(name, path, cli, runner, here) -> None:
+    case = CASES[name]
+    args = case.build(here)
+    if path == "--flow":
+        args = [a for a in args if a != "--no-flow"] + ["--flow"]
+    before = snapshot(here.tmp)
+    result = runner.invoke(cli, args)
+    message = _flat(result.output)
+    assert result.exit_code == 2, result.output
+    assert "traceback" not in message
+    for text in case.says:
+        assert text in message, f"{text!r} not in {result.output!r}"
+    for text in case.never:
+        assert text not in message, f"{text!r} in {result.output!r}"
+    assert snapshot(here.tmp) == before  # not one byte or mtime changed, nothing created
