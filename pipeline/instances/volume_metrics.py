@@ -197,6 +197,37 @@ def isbi_labels(seg: Labels, gt: Labels, *, slices_per_task: int = 4, client: An
             "info_error": float(1 - vinfo), "rand_error_2012": float(1 - f2012), "n_slices": shape[0]}
 
 
+def isbi_probability_slices(pred: Labels, gt: Labels, z0: int, z1: int) -> tuple[list[Any], bool]:
+    """`pipeline.metrics.sweep.slice_counts` of slices z0…z1−1 of a probability stack; binary?"""
+    from pipeline.metrics.inputs import is_binary, normalize_gt, normalize_proposal
+    from pipeline.metrics.sweep import slice_counts
+
+    counts, binary = [], True
+    for z in range(z0, z1):
+        prop = normalize_proposal(_read(pred, (slice(z, z + 1),))[0], "pred")
+        counts.append(slice_counts(normalize_gt(_read(gt, (slice(z, z + 1),))[0], "gt"), prop))
+        binary = binary and is_binary(prop)
+    return counts, binary
+
+
+def isbi_probability(pred: Labels, gt: Labels, *, slices_per_task: int = 4, client: Any = None) -> dict[str, Any]:
+    """The ISBI 2012 metrics of a probability stack too large for memory: per-slice counts
+    on the workers, reduced once (`pipeline.metrics.evaluate.reduce_counts`): equal to
+    `evaluate_stack` on a stack that fits."""
+    from pipeline.metrics.evaluate import reduce_counts
+
+    (p_shape, _), (g_shape, _) = _shape_dtype(pred), _shape_dtype(gt)
+    if p_shape != g_shape or len(p_shape) != 3:
+        raise ValueError(f"expected PRED and GT stacks (z, y, x) of the same shape, got {p_shape} and {g_shape}")
+    ranges = [(z, min(z + slices_per_task, p_shape[0])) for z in range(0, p_shape[0], slices_per_task)]
+    if client is None:
+        parts = [isbi_probability_slices(pred, gt, a, b) for a, b in ranges]
+    else:
+        n = len(ranges)
+        parts = client.gather(client.map(isbi_probability_slices, [pred] * n, [gt] * n, *zip(*ranges, strict=True), pure=False))
+    return reduce_counts([c for counts, _ in parts for c in counts], binary=all(b for _, b in parts))
+
+
 def block_slices(shape: Sequence[int], block: Sequence[int]) -> list[tuple[slice, ...]]:
     """Write-ROI slices of a block grid over ``shape`` (helper for callers and tests)."""
     grid = BlockGrid(tuple(shape), tuple(block), (0,) * len(shape), (0,) * len(shape))  # type: ignore[arg-type]

@@ -56,3 +56,17 @@ def test_bad_input_is_refused_before_any_output(app, runner, tmp_path, cells) ->
     zarr.create_array(str(short), shape=(6, 33, 29), chunks=(6, 33, 29), dtype="uint64")
     refused = runner.invoke(app, ["evaluate", str(short), str(gt)])
     assert refused.exit_code == 2 and "same shape" in refused.output
+
+
+def test_voxel_size_mismatch_is_refused(app, runner, tmp_path, cells) -> None:
+    seg = zarr.open_group(str(tmp_path / "seg.zarr"), mode="w", zarr_format=3)
+    seg.create_array("labels", shape=cells.shape, chunks=cells.shape, dtype="uint64")[...] = cells
+    seg.attrs["emunet"] = {"voxel_size_nm": [8.0, 8.0, 8.0]}
+    gt = zarr.open_group(str(tmp_path / "gt.zarr"), mode="w", zarr_format=3)
+    gt.create_array("labels", shape=cells.shape, chunks=cells.shape, dtype="int32")[...] = cells
+    gt.attrs["emunet"] = {"voxel_size_nm": [40.0, 4.0, 4.0]}
+    refused = runner.invoke(app, ["evaluate", str(tmp_path / "seg.zarr"), f"{tmp_path / 'gt.zarr'}:labels"])
+    assert refused.exit_code == 2 and "same voxel size" in refused.output
+    gt.attrs["emunet"] = {"voxel_size_nm": [8.0, 8.0, 8.0]}
+    same = runner.invoke(app, ["evaluate", str(tmp_path / "seg.zarr"), f"{tmp_path / 'gt.zarr'}:labels", "--json"])
+    assert same.exit_code == 0 and json.loads(same.stdout)["vi_split"] == pytest.approx(0.0, abs=1e-12)

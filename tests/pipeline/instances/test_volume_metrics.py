@@ -75,3 +75,18 @@ def test_isbi_label_scores_equal_the_in_memory_isbi_metrics(isbi_labels_real, cl
 @pytest.fixture(scope="module")
 def isbi_labels_real(isbi_labels):
     return np.asarray(isbi_labels[16:19, :200, 100:300])
+
+
+@pytest.mark.realdata
+def test_isbi_probability_slice_by_slice_on_the_cluster_equals_evaluate_stack(isbi_labels_real, tmp_path, client) -> None:
+    from pipeline.instances.volume_metrics import isbi_probability
+
+    gt = isbi_labels_real
+    smooth = ndimage.gaussian_filter((gt > 0).astype(np.float32), (0, 2, 2))
+    pred = np.clip(np.rint((0.8 * smooth + 0.1) * 255), 0, 255).astype(np.uint8)
+    got = isbi_probability(write(tmp_path / "p.zarr", pred, (1, 64, 64)), write(tmp_path / "g.zarr", gt, (2, 100, 100)),
+                           slices_per_task=2, client=client)
+    reference = evaluate_stack(pred, gt)
+    for key in ("pixel_error", "rand_error", "info_error", "rand_error_2012", "warping_error", "warping_error_jain"):
+        assert got[key] == pytest.approx(reference[key], abs=1e-12), key
+    assert reference["rand_error"] > 0 or reference["warping_error"] > 0
