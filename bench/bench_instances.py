@@ -91,15 +91,30 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def warm_up() -> None:
+    """Import the kernels' libraries (what a long-lived worker has done long before)."""
+    import cc3d  # noqa: F401
+    import edt  # noqa: F401
+    import fastremap  # noqa: F401
+    import skimage.segmentation  # noqa: F401
+    import zarr  # noqa: F401
+
+    import pipeline.instances.driver  # noqa: F401
+
+
 def on_fresh_cluster(workers: int, fn):
-    """``fn(client)`` on a new LocalCluster; (result, peak RSS in MB of each worker)."""
+    """``fn(client)`` on a new, warmed-up LocalCluster: (result, seconds of fn, peak RSS in MB
+    of each worker)."""
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                       silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        client.run(warm_up)
+        start = time.perf_counter()
         result = fn(client)
+        seconds = time.perf_counter() - start
         peaks = sorted(client.run(peak_rss_mb).values())
-    return result, peaks
+    return result, seconds, peaks
 
 
 def dir_bytes(path: Path) -> int:
@@ -214,29 +229,28 @@ def main() -> None:
         cells_big, prob_big = cells_and_probability(big, seed=1)
 
         # 1. blockwise on workers vs whole volume in one process
-        url = write_store(root / "v.zarr", prob, chunks)
-        t = time.perf_counter()
-        (summary, peaks_v) = on_fresh_cluster(args.workers, lambda c: run_instances(url, config, client=c))
-        t_blocks = time.perf_counter() - t  # includes starting the cluster
-        whole_url = write_store(root / "w.zarr", prob, shape)
-        t = time.perf_counter()
-        run_instances(whole_url, InstanceConfig(**{**config.to_dict(), "block_shape": shape, "thresholds": config.thresholds}))
-        t_whole = time.perf_counter() - t
-        vox = float(np.prod(shape))
-        print(f"\n1. instance stage on V = {shape} ({vox / 1e6:.1f} Mvoxel), {summary.num_blocks} blocks of {block}")
-        print(f"   blockwise, {args.workers} workers : {t_blocks:7.2f} s  {vox / t_blocks / 1e6:6.2f} Mvoxel/s "
-              f"(cluster start included; stages {sum(summary.seconds.values()):.2f} s: "
-              + ", ".join(f"{k} {v:.2f}" for k, v in summary.seconds.items()) + ")")
-        print(f"   whole volume, 1 process: {t_whole:7.2f} s  {vox / t_whole / 1e6:6.2f} Mvoxel/s")
-        print(f"   ratio blockwise/whole (speed): {t_whole / t_blocks:.2f}x (stages only: {t_whole / sum(summary.seconds.values()):.2f}x)")
+        warm_up()
+        whole = InstanceConfig(**{**config.to_dict(), "block_shape": None, "thresholds": config.thresholds})
+        print("\n1. instance stage, blockwise on workers vs the same algorithm on the whole volume in one process")
+        runs = {}
+        for name, volume, data in (("V", shape, prob), ("8V", big, prob_big)):
+            url = write_store(root / f"{name}.zarr", data, chunks)
+            summary, t_blocks, peaks = on_fresh_cluster(args.workers, lambda c: run_instances(url, config, client=c))
+            one = write_store(root / f"{name}-whole.zarr", data, volume)
+            t = time.perf_counter()
+            run_instances(one, InstanceConfig(**{**whole.to_dict(), "thresholds": config.thresholds, "block_shape": volume}))
+            t_whole = time.perf_counter() - t
+            vox = float(np.prod(volume))
+            runs[name] = (url, summary, peaks)
+            print(f"   {name} = {volume} ({vox / 1e6:.1f} Mvoxel), {summary.num_blocks} blocks of {block}: "
+                  f"blockwise {t_blocks:6.2f} s ({vox / t_blocks / 1e6:.2f} Mvoxel/s; "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in summary.seconds.items())
+                  + f"), whole {t_whole:6.2f} s ({vox / t_whole / 1e6:.2f} Mvoxel/s): blockwise/whole speed {t_whole / t_blocks:.2f}x")
+        (url, summary, peaks_v), (url_big, summary_big, peaks_big) = runs["V"], runs["8V"]
 
         # 2. peak memory per worker, V vs 8·V
-        url_big = write_store(root / "big.zarr", prob_big, chunks)
-        t = time.perf_counter()
-        (summary_big, peaks_big) = on_fresh_cluster(args.workers, lambda c: run_instances(url_big, config, client=c))
-        t_big = time.perf_counter() - t
         print(f"\n2. peak RSS per worker: V {max(peaks_v):.0f} MB, 8V = {big} {max(peaks_big):.0f} MB, "
-              f"ratio {max(peaks_big) / max(peaks_v):.3f} (8V: {t_big:.1f} s, {np.prod(big) / t_big / 1e6:.2f} Mvoxel/s)")
+              f"ratio {max(peaks_big) / max(peaks_v):.3f}")
 
         # 3. agglomeration
         edges = summary_big.edges
@@ -260,12 +274,8 @@ def main() -> None:
             return volume_scores(LabelSource(seg_url, "labels"), LabelSource(gt_url), block_shape=(32, 128, 128), client=c)
 
         gt_v, gt_big = write_labels(root / "gt.zarr", cells, chunks), write_labels(root / "gtb.zarr", cells_big, chunks)
-        t = time.perf_counter()
-        sv, mpeak_v = on_fresh_cluster(args.workers, lambda c: scores(c, url, gt_v))
-        tv = time.perf_counter() - t
-        t = time.perf_counter()
-        sb, mpeak_big = on_fresh_cluster(args.workers, lambda c: scores(c, url_big, gt_big))
-        tb = time.perf_counter() - t
+        sv, tv, mpeak_v = on_fresh_cluster(args.workers, lambda c: scores(c, url, gt_v))
+        sb, tb, mpeak_big = on_fresh_cluster(args.workers, lambda c: scores(c, url_big, gt_big))
         print(f"\n4. volume metrics: V {tv:.1f} s peak {max(mpeak_v):.0f} MB; 8V {tb:.1f} s peak {max(mpeak_big):.0f} MB; "
               f"ratio {max(mpeak_big) / max(mpeak_v):.3f}")
         print(f"   quality on 8V (t = {config.thresholds[config.labels_index]}): VI split {sb['vi_split']:.3f}, "
