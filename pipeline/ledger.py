@@ -9,7 +9,10 @@ One object per block is safe for any number of concurrent writers on a file syst
 object store (S3 has no atomic read-modify-write: a shared bitmap chunk written by two
 workers at once would lose marks). A block is marked done only after its chunks are
 written, so a crash between the two only repeats that block. A failure marker stays until
-the block succeeds; `summary` counts a block as failed only if it is not done.
+the block succeeds; `summary` counts a block as failed only if it is not done. A failure
+marker that cannot be parsed (truncated, edited) still counts as a failure of the block its
+name gives, with the error "unreadable marker …": markers are written whole (a rename, or
+one PUT), so an unparseable one is damaged, not half-written.
 """
 
 from __future__ import annotations
@@ -150,6 +153,12 @@ class Ledger:
             {"block": block_id, "write_roi": roi, "error": text, "traceback": tb[-4000:], "time": _now()},
         )
 
+    def unmark_done(self, block_id: int) -> None:
+        """Forget that the block is done (its done marker only), so a resume recomputes it."""
+        key = self._done_key(self._check(block_id))
+        if self.fs.exists(key):
+            self.fs.rm(key)
+
     def is_done(self, block_id: int) -> bool:
         return bool(self.fs.exists(self._done_key(self._check(block_id))))
 
@@ -174,14 +183,23 @@ class Ledger:
     def failures(self) -> dict[int, FailedBlock]:
         out: dict[int, FailedBlock] = {}
         for key in self._list(f"{self.root}/failed"):
-            if not key.endswith(".json"):
+            name = key.rsplit("/", 1)[-1]
+            if not name.endswith(".json") or not name[: -len(".json")].isdigit():
+                continue
+            block = int(name[: -len(".json")])
+            try:
+                raw = self.fs.cat_file(key)
+            except FileNotFoundError:  # removed since the listing (the block succeeded)
                 continue
             try:
-                record = json.loads(self.fs.cat_file(key))
-            except (FileNotFoundError, json.JSONDecodeError):  # being rewritten right now
+                record = json.loads(raw)
+                if not isinstance(record, dict):
+                    raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+            except (UnicodeDecodeError, ValueError) as exc:
+                error = f"unreadable marker {name} ({len(raw)} bytes: {exc}); the block is treated as failed"
+                out[block] = FailedBlock(block, error)
                 continue
-            block = int(record["block"])
-            out[block] = FailedBlock(block, record.get("error", ""), record.get("write_roi"), record.get("time", ""))
+            out[block] = FailedBlock(block, str(record.get("error", "")), record.get("write_roi"), str(record.get("time", "")))
         return out
 
     def summary(self) -> LedgerSummary:

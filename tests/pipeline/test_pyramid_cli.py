@@ -1,0 +1,69 @@
+"""`emunet segment --pyramid N` stops at a sensible size; `status --verify --repair` then
+`segment --resume` recomputes a done block whose chunk was deleted (the real command)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import zarr
+
+from pipeline.pyramid import useful_levels
+from pipeline.volume import multiscales_of
+from tests.conftest import save_tiny_checkpoint
+
+SHAPE = (2, 96, 72)
+
+
+@pytest.mark.parametrize(
+    ("shape_yx", "chunk_yx", "asked", "expected"),
+    [
+        ((40, 56), (16, 16), 2, 2),  # 20×28, 10×14: the second fits one chunk, so it is the last
+        ((40, 56), (16, 16), 20, 2),
+        ((3, 5), (8, 8), 20, 1),  # level 1 is written whenever the base is larger than 1×1
+        ((1, 1), (1, 1), 20, 0),
+        ((10_000, 8_000), (512, 512), 20, 5),  # 5000, 2500, 1250, 625, 313 (≤ 512)
+        ((10_000, 8_000), (512, 512), 3, 3),
+    ],
+)
+def test_useful_levels(shape_yx, chunk_yx, asked: int, expected: int) -> None:
+    assert useful_levels(shape_yx, chunk_yx, asked) == expected
+
+
+def test_pyramid_stops_at_one_chunk_and_verify_repair_resume_recomputes_a_lost_chunk(
+    app, runner, tmp_path: Path, monkeypatch, caplog
+) -> None:
+    from unetcore.synthetic import synthetic_em_volume
+
+    monkeypatch.setenv("EMUNET_SEGMENT_TORCH_THREADS", "1")
+    checkpoint = save_tiny_checkpoint(tmp_path / "tiny.safetensors", seed=1)
+    volume = tmp_path / "in.zarr"
+    zarr.create_array(str(volume), shape=SHAPE, chunks=(1, 48, 48), dtype="uint8")[:] = synthetic_em_volume(SHAPE, seed=2).image
+    out = tmp_path / "out.zarr"
+    base = ["segment", str(volume), str(out), "--model", str(checkpoint), "--block", "2", "24", "24", "--workers", "1", "--no-flow"]
+    with caplog.at_level(logging.WARNING, logger="pipeline.pyramid"):
+        result = runner.invoke(app, [*base, "--pyramid", "20"])
+    assert result.exit_code == 0, result.output
+    group = zarr.open_group(str(out), mode="r")
+    (multiscale,) = [m for m in multiscales_of(group.attrs.asdict()) if m["name"] == "probability"]
+    shapes = [group[d["path"]].shape for d in multiscale["datasets"]]
+    assert shapes == [(2, 96, 72), (2, 48, 36), (2, 24, 18)]  # 24×18 fits one 24×24 chunk: last level
+    assert "pyramid" in group and sorted(group["pyramid/probability"].keys()) == ["1", "2"]
+    top = multiscale["datasets"][-1]["coordinateTransformations"][0]["scale"]
+    assert top[1:] == pytest.approx([4.0, 4.0])  # 1 nm voxels × 4, not × 2**20
+    assert "wrote 2 of the 20 levels" in caplog.text
+
+    chunk = out / "probability" / "c" / "0" / "1" / "2"  # block (0, 1, 2) of the 1×4×3 grid
+    good = chunk.read_bytes()
+    chunk.unlink()
+    found = runner.invoke(app, ["status", str(out), "--verify", "--repair"])
+    assert found.exit_code == 0, found.output
+    assert "block 5: missing probability/c/0/1/2" in found.output and "11/12 blocks done" in found.output
+    resumed = runner.invoke(app, [*base, "--resume", "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(resumed.stdout)["computed"] == 1  # only the block whose chunk was lost
+    assert chunk.read_bytes() == good
+    final = runner.invoke(app, ["status", str(out), "--verify"])
+    assert final.exit_code == 0 and "12/12 blocks done" in final.output and "0 failed" in final.output
