@@ -97,11 +97,11 @@ def prepare(url: str, config: InstanceConfig, *, storage_options: Mapping[str, A
             "to continue them or overwrite=True (--overwrite) to replace them"
         )
     if present and resume:
-        stored = dict(group[GROUP].attrs.asdict()).get("config", {}) if GROUP in group else {}
-        now = config.to_dict()
+        meta = dict(group[GROUP].attrs.asdict()) if GROUP in group else {}
+        stored, now = meta.get("config", {}), config.to_dict()
         diffs = [f"{k}: stored {stored.get(k)!r}, now {now[k]!r}" for k in RESUME_KEYS if stored.get(k) != now[k]]
-        if list(group[GROUP].attrs.get("block_shape", block)) != list(block):
-            diffs.append(f"block_shape: stored {group[GROUP].attrs.get('block_shape')}, now {list(block)}")
+        if list(meta.get("block_shape", block)) != list(block):
+            diffs.append(f"block_shape: stored {meta.get('block_shape')}, now {list(block)}")
         if diffs:
             raise ValueError(
                 f"expected to resume {redact_url(url)} with the config it was started with, got differences: "
@@ -136,16 +136,16 @@ def _create(job: InstanceJob, overwrite: bool) -> None:
         ledger = f"{root.rstrip('/')}/ledger/{GROUP}"
         if fs.exists(ledger):
             fs.rm(ledger, recursive=True)
-    if FRAGMENTS in group:
-        return
     for name, long_name in ((FRAGMENTS, "fragments (over-segmentation), uint64 ids unique over the volume"),
                             (LABELS, "neuron instance labels (0 = background)")):
-        group.create_array(name, shape=job.shape, chunks=job.chunks, dtype="uint64", fill_value=0,
-                           dimension_names=AXES, compressors=zstd(3), attributes={"long_name": long_name})
-    sub = group.create_group(GROUP)
-    sub.attrs.update({"config": job.config.to_dict(), "mode": job.mode, "block_shape": list(job.block_shape),
-                      "voxel_size_nm": list(job.voxel_size),
-                      "layout": "graph/<block>.npz, tree/t<k>/l<level>/<node>.npz (see pipeline.instances.layout)"})
+        if name not in group:  # each piece on its own: a run stopped half-way is completed
+            group.create_array(name, shape=job.shape, chunks=job.chunks, dtype="uint64", fill_value=0,
+                               dimension_names=AXES, compressors=zstd(3), attributes={"long_name": long_name})
+    if GROUP not in group:
+        sub = group.create_group(GROUP)
+        sub.attrs.update({"config": job.config.to_dict(), "mode": job.mode, "block_shape": list(job.block_shape),
+                          "voxel_size_nm": list(job.voxel_size),
+                          "layout": "graph/<block>.npz, seeds/<block>.npz, tree/t<k>/l<level>/<node>.npz"})
 
 
 def _histogram(results: list[dict[str, Any]]) -> dict[str, int]:
@@ -187,11 +187,13 @@ def run_instances(url: str, config: InstanceConfig = InstanceConfig(), *, client
     lap("graph")
     tree = TreeGeometry(job.grid.grid_shape, config.tree_fanout)
     merges = np.zeros(len(config.thresholds), dtype=np.int64)
-    for r in run_stage(job, "tree-l0", [TaskSpec(leaf_task, (b,), b) for b in range(n)], client):
-        merges += r["merges"]
-    for level in range(1, tree.levels + 1):
-        specs = [TaskSpec(node_task, (level, node), node) for node in range(tree.count(level))]
-        for r in run_stage(job, f"tree-l{level}", specs, client):
+    ran_all = len(frag) == n  # the counts are whole only if every task of every stage ran now
+    for level in range(tree.levels + 1):
+        fn = leaf_task if level == 0 else node_task
+        args = (lambda i: (i,)) if level == 0 else (lambda i, level=level: (level, i))
+        results = run_stage(job, f"tree-l{level}", [TaskSpec(fn, args(i), i) for i in range(tree.count(level))], client)
+        ran_all = ran_all and len(results) == tree.count(level)
+        for r in results:
             merges += r["merges"]
     lap("tree")
     k = config.labels_index
@@ -200,7 +202,7 @@ def run_instances(url: str, config: InstanceConfig = InstanceConfig(), *, client
     threshold = config.thresholds[k]
     job.group("r+")[LABELS].attrs.update(_labels_attrs(job, threshold))
     fragments = int(sum(r["fragments"] for r in frag))
-    segments = {t: fragments - int(m) for t, m in zip(config.thresholds, merges, strict=True)} if len(frag) == n else {}
+    segments = {t: fragments - int(m) for t, m in zip(config.thresholds, merges, strict=True)} if ran_all else {}
     return InstanceSummary(
         url=redact_url(url), mode=job.mode, block_shape=job.block_shape, num_blocks=n, tree_levels=tree.levels,
         thresholds=config.thresholds, labels_threshold=threshold, fragments=fragments,
