@@ -22,6 +22,7 @@ moved once complete.)
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import os
 import shutil
 import uuid
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.n5 import N5Dataset, is_n5, split_n5
+from pipeline.voxelsize import VoxelSize, check_voxel_size, hdf5_voxel_size, n5_voxel_size, plausibility_warnings, tiff_voxel_size
 from pipeline.output import AXES, DENSE, ome_attrs, ome_dataset, ome_multiscale, open_group, zstd
 from pipeline.volume import (
     SUPPORTED_DTYPES,
@@ -57,9 +59,10 @@ class Source:
     shape: tuple[int, int, int]
     dtype: np.dtype
     read: Callable[[tuple[slice, ...]], np.ndarray]
-    voxel_size: tuple[float, float, float] | None = None
+    voxel: VoxelSize | None = None  # what the source states (`pipeline.voxelsize`), in nm
     close: Callable[[], None] = lambda: None
     slab_reader: bool = False  # True: reads whole z-slabs (TIFF pages) cheaply
+    voxel_error: str | None = None  # a voxel size stated in a unit we cannot convert
 
 
 def _check_shape_dtype(shape: Sequence[int], dtype: np.dtype, what: str) -> tuple[int, int, int]:
@@ -107,7 +110,16 @@ def _tiff_source(path: Path) -> Source:
             pages = tif.asarray(key=list(range(z0, z1)), series=0) if shape[0] > 1 else tif.asarray(series=0)
             return np.asarray(pages).reshape((z1 - z0, *shape[1:]))[(slice(None), *key[1:])]
 
-    return Source(f"TIFF {path}", shape, np.dtype(series.dtype), read, None, tif.close, slab_reader=True)
+    return Source(f"TIFF {path}", shape, np.dtype(series.dtype), read, tiff_voxel_size(tif), tif.close, slab_reader=True)
+
+
+def _stated(read: Callable[[], VoxelSize | None]) -> tuple[VoxelSize | None, str | None]:
+    """The voxel size a source states, or the error of a unit we cannot convert (raised
+    later only if no ``--voxel-size`` replaces it)."""
+    try:
+        return read(), None
+    except ValueError as exc:
+        return None, str(exc)
 
 
 def _hdf5_source(spec: str) -> Source:
@@ -130,13 +142,12 @@ def _hdf5_source(spec: str) -> Source:
         raise KeyError(f"expected a dataset {dataset!r} in {path}, got only {keys}")
     ds = f[dataset]
     shape = _check_shape_dtype(ds.shape, ds.dtype, f"{path}:{dataset}")
-    res = ds.attrs.get("resolution")
-    voxel = tuple(float(r) for r in res) if res is not None and len(res) == 3 else None
+    voxel, voxel_error = _stated(lambda: hdf5_voxel_size(ds.attrs, "HDF5"))
 
     def read(key: tuple[slice, ...]) -> np.ndarray:
         return np.asarray(ds[key[-ds.ndim :]]).reshape(tuple(s.indices(n)[1] - s.indices(n)[0] for s, n in zip(key, shape, strict=True)))
 
-    return Source(f"HDF5 {path}:{dataset}", shape, np.dtype(ds.dtype), read, voxel, f.close)  # type: ignore[arg-type]
+    return Source(f"HDF5 {path}:{dataset}", shape, np.dtype(ds.dtype), read, voxel, f.close, voxel_error=voxel_error)  # type: ignore[arg-type]
 
 
 def _n5_source(spec: str) -> Source:
@@ -146,7 +157,9 @@ def _n5_source(spec: str) -> Source:
     def read(key: tuple[slice, ...]) -> np.ndarray:
         return ds[key[-ds.ndim :]].reshape(tuple(s.indices(n)[1] - s.indices(n)[0] for s, n in zip(key, shape, strict=True)))
 
-    return Source(f"N5 {spec}", shape, ds.dtype, read, ds.resolution())  # type: ignore[arg-type]
+    unit, origin = ds.resolution_unit()
+    voxel, voxel_error = _stated(lambda: n5_voxel_size(ds.resolution(), unit, origin))
+    return Source(f"N5 {spec}", shape, ds.dtype, read, voxel, voxel_error=voxel_error)
 
 
 def open_source(src: str | os.PathLike[str]) -> Source:
@@ -165,6 +178,28 @@ def open_source(src: str | os.PathLike[str]) -> Source:
     raise ValueError(
         f"expected a TIFF (.tif, .tiff), HDF5 (.h5, .hdf5, file.h5:/dataset) or N5 "
         f"(container.n5:dataset) source, got {path.name!r}; Zarr inputs need no import"
+    )
+
+
+_log = logging.getLogger(__name__)
+
+
+def _choose_voxel_size(given: Sequence[float] | None, source: Source) -> VoxelSize:
+    """``--voxel-size`` if given, else what the source states, else 1 nm (with a note)."""
+    if given is not None:
+        voxel = check_voxel_size(given)
+        notes: tuple[str, ...] = ()
+        if source.voxel is not None and any(abs(a - b) > 1e-6 * max(a, b) for a, b in zip(voxel, source.voxel.nm, strict=True)):
+            shown = ",".join(f"{v:.6g}" for v in source.voxel.nm)
+            notes = (f"--voxel-size {','.join(f'{v:.6g}' for v in voxel)} overrides the source's {shown} nm ({source.voxel.origin})",)
+        return VoxelSize(voxel, "--voxel-size", notes)
+    if source.voxel_error:
+        raise ValueError(source.voxel_error)
+    if source.voxel is not None:
+        return VoxelSize(check_voxel_size(source.voxel.nm), source.voxel.origin, source.voxel.notes)
+    return VoxelSize(
+        (1.0, 1.0, 1.0), "default",
+        ("the source states no voxel size and none was given: writing 1 nm; pass --voxel-size Z,Y,X in nm (e.g. 50,4,4)",),
     )
 
 
@@ -229,13 +264,17 @@ def import_volume(
     storage_options: Mapping[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
     grey_range: Sequence[float] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Volume:
     """Copy a TIFF/HDF5/N5 volume into an OME-Zarr v3 image at ``dst``; returns it opened.
 
-    ``voxel_size`` (z, y, x nm) overrides what the source knows (HDF5/N5 ``resolution``);
-    without either it is 1 nm and marked as a default. ``grey_range`` (lo, hi) is stored
-    with the image for `segment` (`pipeline.grey`). ``chunks`` default (32, 256, 256),
-    clipped to the volume.
+    ``voxel_size`` (z, y, x nm) overrides what the source states (`pipeline.voxelsize`:
+    TIFF resolution tags and ImageJ metadata, HDF5 and N5 attributes, converted to nm);
+    without either it is 1 nm, marked as a default. Where it came from is stored
+    (``emunet_import.voxel_size_from``); ``warn`` (default: the logger) gets one line per
+    note and implausible value (`plausibility_warnings`), which never stop the import.
+    ``grey_range`` (lo, hi) is stored with the image for `segment` (`pipeline.grey`).
+    ``chunks`` default (32, 256, 256), clipped to the volume.
     """
     dst = str(dst)
     from unetcore.normalization import check_grey_range
@@ -245,15 +284,12 @@ def import_volume(
         raise ValueError(f"expected a destination ending in .zarr, got {dst!r}")
     source = open_source(src)
     try:
-        if voxel_size is not None:
-            voxel = tuple(float(v) for v in voxel_size)
-            voxel_source = "given"
-        elif source.voxel_size is not None:
-            voxel, voxel_source = source.voxel_size, "source"
-        else:
-            voxel, voxel_source = (1.0, 1.0, 1.0), "default"
-        if len(voxel) != 3 or any(not np.isfinite(v) or v <= 0 for v in voxel):
-            raise ValueError(f"expected 3 positive voxel sizes (z, y, x nm), got {voxel}")
+        chosen = _choose_voxel_size(voxel_size, source)
+        voxel = chosen.nm
+        voxel_source = {"--voxel-size": "given", "default": "default"}.get(chosen.origin, "source")
+        say = warn or _log.warning
+        for note in (*chosen.notes, *plausibility_warnings(voxel, chosen.origin)):
+            say(note)
         chunk = tuple(int(c) for c in (chunks or DEFAULT_CHUNKS))
         if len(chunk) != 3 or min(chunk) < 1:
             raise ValueError(f"expected 3 positive chunk sizes (z, y, x), got {chunks}")
@@ -281,6 +317,7 @@ def import_volume(
                         "source": redact_url(str(src)),
                         "source_kind": source.description.split(" ", 1)[0],
                         "voxel_size_source": voxel_source,
+                        "voxel_size_from": chosen.origin,
                         "version": __version__,
                         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                         **({"grey_range": list(grey)} if grey else {}),

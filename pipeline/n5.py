@@ -137,6 +137,21 @@ class N5Dataset:
             return None
         return tuple(float(r) for r in reversed(res))
 
+    def resolution_unit(self) -> tuple[str | None, str]:
+        """The unit of `resolution` (None when not stated) and the attribute it came from.
+
+        ``resolution`` takes ``units`` (one per axis, as n5-viewer writes) or ``unit``;
+        ``pixelResolution`` carries its own ``unit``.
+        """
+        if self.attrs.get("resolution") is not None:
+            unit = self.attrs.get("units", self.attrs.get("unit"))
+            if isinstance(unit, list):
+                unit = unit[0] if unit and all(u == unit[0] for u in unit) else (str(unit) if unit else None)
+            return (str(unit) if unit is not None else None), "resolution"
+        pixel = self.attrs.get("pixelResolution")
+        unit = pixel.get("unit") if isinstance(pixel, dict) else None
+        return (str(unit) if unit is not None else None), "pixelResolution"
+
     def read_block(self, grid: tuple[int, ...]) -> np.ndarray | None:
         """The block at grid position ``grid`` (numpy order), or None if absent."""
         file = self.path.joinpath(*(str(i) for i in reversed(grid)))

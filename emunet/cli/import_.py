@@ -2,17 +2,63 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperCommand
 
-from emunet.cli.common import console, user_errors
+from emunet.cli.common import console, print_warnings, user_errors
+
+
+def _split_voxel_size(args: list[str]) -> list[str]:
+    """``--voxel-size 50,4,4`` (or ``--voxel-size=50,4,4``, ``"50 4 4"``) → ``--voxel-size 50 4 4``.
+
+    The option takes three values; one token holding all three is split, so both forms
+    work. Anything else is left for the option's own error ("requires 3 arguments").
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        value = None
+        if arg.startswith("--voxel-size="):
+            value = arg.split("=", 1)[1]
+        elif arg == "--voxel-size" and i + 1 < len(args):
+            value, i = args[i + 1], i + 1
+        if value is None:
+            out.append(arg)
+        else:
+            parts = [value]
+            if "," in value or " " in value.strip():
+                from pipeline.voxelsize import parse_voxel_size_text
+
+                try:
+                    parts = [f"{v!r}" for v in parse_voxel_size_text(value)]
+                except ValueError as exc:
+                    raise typer.BadParameter(str(exc), param_hint="'--voxel-size'") from None
+            out += ["--voxel-size", *parts]
+        i += 1
+    return out
+
+
+class _ImportCommand(TyperCommand):
+    """The `import` command, accepting ``--voxel-size Z,Y,X`` as well as ``Z Y X``."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        import click
+
+        try:
+            args = _split_voxel_size(list(args))
+        except click.UsageError as exc:
+            exc.ctx = ctx
+            raise
+        return super().parse_args(ctx, args)
 
 
 def register(app: typer.Typer) -> None:
     """Add the `import` command to ``app``."""
 
-    @app.command("import")
+    @app.command("import", cls=_ImportCommand)
     def import_(
         src: Annotated[
             str,
@@ -31,7 +77,8 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--voxel-size",
                 metavar="Z Y X",
-                help="Voxel size in nm (z, y, x); default: from the source, else 1 nm.",
+                help="Voxel size in nm (z, y, x), as 50 4 4 or 50,4,4; default: what the source states (TIFF "
+                "resolution/ImageJ spacing, HDF5 or N5 resolution attributes, converted to nm), else 1 nm with a warning.",
                 show_default=False,
             ),
         ] = None,
@@ -50,12 +97,19 @@ def register(app: typer.Typer) -> None:
             import time
 
             from pipeline.importer import import_volume
+            from pipeline.output import open_group
 
             start = time.perf_counter()
-            volume = import_volume(src, dst, voxel_size=voxel_size, chunks=chunks, overwrite=overwrite, grey_range=grey_range)
+            notes: list[str] = []
+            volume = import_volume(
+                src, dst, voxel_size=voxel_size, chunks=chunks, overwrite=overwrite, grey_range=grey_range, warn=notes.append
+            )
+            origin = (open_group(dst, "r").attrs.asdict().get("emunet_import") or {}).get("voxel_size_from", "?")
+            print_warnings(notes)
+            voxel = ",".join(f"{v:g}" for v in volume.voxel_size)
             console.print(
                 f"import: {src} -> {dst} | shape {volume.shape} {volume.dtype} | chunks "
-                f"{volume.chunks} | voxel {volume.voxel_size} nm | {time.perf_counter() - start:.1f} s",
+                f"{volume.chunks} | voxel {voxel} nm (z,y,x) from {origin} | {time.perf_counter() - start:.1f} s",
                 highlight=False,
                 soft_wrap=True,
             )

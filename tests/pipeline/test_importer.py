@@ -172,3 +172,30 @@ def test_import_to_s3(tmp_path: Path, s3) -> None:
     assert [n.rsplit("/", 1)[-1] for n in names] == ["imported.zarr"]  # no partial prefix left
     with pytest.raises(FileExistsError):
         import_volume(tmp_path / "s.tif", url, storage_options=s3["storage_options"])
+
+
+def test_source_units_are_converted_to_nm(tmp_path: Path) -> None:
+    with h5py.File(tmp_path / "u.h5", "w") as f:
+        f["raw"] = DATA[:2, :8, :8]
+        f["raw"].attrs["resolution"] = [0.04, 0.008, 0.008]
+        f["raw"].attrs["unit"] = "micrometer"
+    notes: list[str] = []
+    v = import_volume(f"{tmp_path / 'u.h5'}:/raw", tmp_path / "u.zarr", warn=notes.append)
+    assert v.voxel_size == pytest.approx((40.0, 8.0, 8.0), rel=1e-9) and notes == []
+    attrs = zarr.open_group(str(tmp_path / "u.zarr"), mode="r").attrs["emunet_import"]
+    assert attrs["voxel_size_source"] == "source" and attrs["voxel_size_from"] == "HDF5 attribute 'resolution' (unit 'micrometer')"
+    write_n5(tmp_path / "c.n5", "d", DATA[:2, :8, :8], (2, 8, 8), attrs={"resolution": [4, 4, 40], "units": ["nm", "nm", "nm"]})
+    v = import_volume(f"{tmp_path / 'c.n5'}:d", tmp_path / "n.zarr", warn=notes.append)
+    assert v.voxel_size == (40.0, 4.0, 4.0) and notes == []
+
+
+def test_an_unknown_unit_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    with h5py.File(tmp_path / "u.h5", "w") as f:
+        f["raw"] = DATA[:2, :8, :8]
+        f["raw"].attrs["resolution"] = [40, 4, 4]
+        f["raw"].attrs["unit"] = "pixel"
+    with pytest.raises(ValueError, match="expected a length unit .* got 'pixel'; pass --voxel-size"):
+        import_volume(f"{tmp_path / 'u.h5'}:/raw", tmp_path / "u.zarr")
+    assert not (tmp_path / "u.zarr").exists()
+    v = import_volume(f"{tmp_path / 'u.h5'}:/raw", tmp_path / "u.zarr", voxel_size=(40, 4, 4))  # the way out
+    assert v.voxel_size == (40.0, 4.0, 4.0)
