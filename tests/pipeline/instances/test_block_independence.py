@@ -34,7 +34,7 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    bz=st.sampled_from([2, 4, 9]), by=st.sampled_from([6, 11, 23]), bx=st.sampled_from([5, 17]),
+    bz=st.sampled_from([4, 9]), by=st.sampled_from([7, 23]), bx=st.sampled_from([6, 17]),
     seed=st.integers(0, 3),
 )
 def test_blockwise_components_equal_whole_volume_components(tmp_path_factory, bz: int, by: int, bx: int, seed: int) -> None:

@@ -20,12 +20,12 @@ def test_instances_on_s3_equal_local(s3, tmp_path) -> None:
     prob = probability_from(cells)
     url = f"s3://{bucket}/out.zarr"
     group = zarr.open_group(store=url, mode="w", zarr_format=3, storage_options=opts)
-    group.create_array("probability", shape=prob.shape, chunks=(3, 10, 9), dtype="uint8",
+    group.create_array("probability", shape=prob.shape, chunks=(3, 20, 9), dtype="uint8",
                        dimension_names=("z", "y", "x"))[...] = prob
     group.attrs["emunet"] = {"voxel_size_nm": [1.0, 1.0, 1.0]}
-    config = InstanceConfig(mode="3d", block_shape=(3, 10, 9), context=4, min_size=5, thresholds=(0.3,))
+    config = InstanceConfig(mode="3d", block_shape=(3, 20, 18), context=4, min_size=5, thresholds=(0.3,))
     run_instances(url, config, storage_options=opts)
-    local = write_probability_store(tmp_path / "out.zarr", prob, (3, 10, 9))
+    local = write_probability_store(tmp_path / "out.zarr", prob, (3, 20, 9))
     run_instances(local, config)
     on_s3 = xr.open_zarr(url, consolidated=False, storage_options=opts)["labels"]
     assert on_s3.dims == ("z", "y", "x")
