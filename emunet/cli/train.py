@@ -12,6 +12,12 @@ The merged configuration becomes a `flows.unet_training.TrainSpec`. By default i
 Prefect flow `train-unet` (`flows/train_unet.py`: run log, retries, a metrics artifact; on a
 Dask GPU worker with --scheduler/--workers); --no-flow trains in this process without Prefect.
 Images, labels and precomputed weights (--weights) may be TIFF, HDF5 or Zarr.
+
+Paths: the config file's data paths (``images``, ``labels``, ``weights``) are relative to
+the config file's folder, so ``emunet train --config configs/isbi2012-cpu.yaml`` works from
+any directory; paths given as flags (``--images``, ``--out``, …) are relative to the current
+directory, as usual on a command line. A missing data file is refused before training, with
+the path it resolved to.
 """
 
 from __future__ import annotations
@@ -23,6 +29,31 @@ from typing import Annotated, Any, Optional
 import typer
 
 from emunet.cli.common import console, echo_json, user_errors
+
+
+DATA_PATH_KEYS = ("images", "labels", "weights")
+
+
+def resolve_config_path(value: Any, folder: Path, key: str, config: Path) -> str:
+    """A data path of a config file, relative to the file's ``folder`` (URLs unchanged).
+
+    ``file.h5:/dataset`` keeps its dataset part. A local path that does not exist is an
+    error that names the config entry and the path it resolved to.
+    """
+    from unetcore.io import split_hdf5
+
+    text = str(value)
+    if "://" in text:
+        return text
+    path, dataset = split_hdf5(text)
+    given = Path(path).expanduser()
+    resolved = given if given.is_absolute() else (folder / given).resolve()
+    if not resolved.exists():
+        raise FileNotFoundError(
+            f"expected the file of data.{key} ({text!r} in {config}, relative to the config file's folder) at "
+            f"{resolved}, got no such file; fix the path in the config file or pass --{key} (relative to the current directory)"
+        )
+    return f"{resolved}:{dataset}" if dataset else str(resolved)
 
 
 def load_config_file(path: Path | None) -> dict[str, Any]:
@@ -48,8 +79,8 @@ def load_config_file(path: Path | None) -> dict[str, Any]:
 def train(
     images: Annotated[Optional[str], typer.Option(help="Raw images: TIFF stack or file.h5:/dataset.")] = None,
     labels: Annotated[Optional[str], typer.Option(help="Labels: 0 = membrane, >0 = cell (binary or instance ids).")] = None,
-    out: Annotated[Path, typer.Option(help="Output folder: best/last checkpoints and metrics.jsonl.")] = Path("runs/train"),
-    config: Annotated[Optional[Path], typer.Option(help="YAML/JSON config file (sections data, model, train, augment, weights).")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder (relative to the current directory): best/last checkpoints and metrics.jsonl.")] = Path("runs/train"),
+    config: Annotated[Optional[Path], typer.Option(help="YAML/JSON config file (sections data, model, train, augment, weights); its data paths are relative to its own folder.")] = None,
     preset: Annotated[Optional[str], typer.Option(help="Model preset (paper, cpu, tiny, aniso3d, …).")] = None,
     base_channels: Annotated[Optional[int], typer.Option(help="Override the preset's base channels.")] = None,
     depth: Annotated[Optional[int], typer.Option(help="Override the preset's depth.")] = None,
@@ -78,7 +109,12 @@ def train(
         from flows.unet_training import TrainSpec, run_training
 
         cfg = load_config_file(config)
-        data_cfg = dict(cfg.get("data", {}))
+        data_cfg = dict(cfg.get("data") or {})
+        flags = {"images": images, "labels": labels, "weights": weights}
+        if config is not None:
+            for key in DATA_PATH_KEYS:
+                if data_cfg.get(key) is not None and flags[key] is None:  # a flag replaces it, as given
+                    data_cfg[key] = resolve_config_path(data_cfg[key], config.parent, key, config)
         for key, value in (("images", images), ("labels", labels), ("train_slices", train_slices), ("val_slices", val_slices),
                            ("weights", weights)):
             if value is not None:
