@@ -197,10 +197,14 @@ def run_instances(url: str, config: InstanceConfig = InstanceConfig(), *, client
             merges += r["merges"]
     lap("tree")
     k = config.labels_index
+    threshold = config.thresholds[k]
+    labels = job.group("r+")[LABELS]
+    if (dict(labels.attrs.asdict()).get("emunet") or {}).get("threshold", threshold) != threshold:
+        for j in range(len(config.thresholds)):  # relabel marks hold only for the threshold `labels` has
+            job.ledger(f"relabel-t{j}", n).reset()
+    labels.attrs.update(_labels_attrs(job, threshold))  # first: a stopped relabel resumes at the same t
     relabel = run_stage(job, f"relabel-t{k}", [TaskSpec(relabel_task, (b, k), b) for b in range(n)], client)
     lap("relabel")
-    threshold = config.thresholds[k]
-    job.group("r+")[LABELS].attrs.update(_labels_attrs(job, threshold))
     fragments = int(sum(r["fragments"] for r in frag))
     segments = {t: fragments - int(m) for t, m in zip(config.thresholds, merges, strict=True)} if ran_all else {}
     return InstanceSummary(

@@ -103,6 +103,8 @@ def test_interrupted_run_resumes_and_other_threshold_only_relabels(clustered, tm
                               "block_shape": CONFIG.block_shape})
     run_instances(copy, again, resume=True)
     assert len(np.unique(labels_of(copy))) == summary.segments[0.2]
+    run_instances(copy, CONFIG, resume=True)  # back to 0.4: relabelled again, not trusted from before
+    np.testing.assert_array_equal(labels_of(copy), labels_of(url))
 
 
 def test_bad_input_fails_before_any_output(tmp_path, cells) -> None:
