@@ -9,6 +9,7 @@ Layout of ``OUT.zarr`` (all arrays Zarr v3, zstd-compressed)::
     ├── probability/          (z, y, x) uint8 = round(p·255) (or float16/float32), chunks = the
     │                         plan's chunks (sub-chunks inside shards if sharded)
     ├── mask/                 optional (z, y, x) uint8, 1 where p ≥ 0.5
+    ├── labels/mask/0         the same mask as an OME-Zarr label image (`pipeline.labels`)
     ├── z/ y/ x/              1-D float64 coordinates in nm (voxel centres = index·voxel size),
     │                         dimension_names ("z",) … so xarray shows physical coordinates
     ├── pyramid/probability/1 … n   optional 2× (y, x) mean levels for viewers
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.geometry import Roi
+from pipeline.labels import LABELS_GROUP, MASK_LABEL_ARRAY, create_mask_labels
 from pipeline.ownership import OutputExistsError, check_output, remove_ours
 from pipeline.plan import SegmentPlan
 from pipeline.volume import fsspec_filesystem, is_remote, local_path, redact_url
@@ -59,8 +61,8 @@ class OutputOptions:
     def __post_init__(self) -> None:
         if self.dtype not in OUTPUT_DTYPES:
             raise ValueError(f"expected an output dtype in {OUTPUT_DTYPES}, got {self.dtype!r}")
-        if not self.name or "/" in self.name or self.name in (*AXES, "mask", LEDGER_GROUP, PYRAMID_GROUP):
-            raise ValueError(f"expected a plain array name other than z/y/x/mask/ledger/pyramid, got {self.name!r}")
+        if not self.name or "/" in self.name or self.name in (*AXES, "mask", LEDGER_GROUP, PYRAMID_GROUP, LABELS_GROUP):
+            raise ValueError(f"expected a plain array name other than z/y/x/mask/ledger/pyramid/labels, got {self.name!r}")
         if not 0.0 < self.mask_threshold < 1.0:
             raise ValueError(f"expected a mask threshold in (0, 1), got {self.mask_threshold}")
 
@@ -189,6 +191,8 @@ class Output:
         if self.options.mask:
             mask = (probability >= np.float32(self.options.mask_threshold)).astype(np.uint8)
             self.array("mask")[slices] = mask
+            if MASK_LABEL_ARRAY in self._arrays or MASK_LABEL_ARRAY in self.group:  # older outputs lack it
+                self.array(MASK_LABEL_ARRAY)[slices] = mask
 
     def read(self, roi: Roi | None = None) -> np.ndarray:
         """Stored probabilities of ``roi`` (default: everything) as float32."""
@@ -330,6 +334,11 @@ def create_output(
             compressors=zstd(options.compression_level),
             attributes=_array_attrs(name, dtype, options),
         )
+    if options.mask:
+        create_mask_labels(
+            group, shape=shape, chunks=plan.chunk_shape, shards=plan.shard_shape, voxel_size=plan.voxel_size,
+            compressors=zstd(options.compression_level), attributes=_array_attrs("mask", "uint8", options),
+        )  # fmt: skip
     write_coordinates(group, shape, plan.voxel_size)
     ledger = group.create_group(LEDGER_GROUP)
     ledger.attrs.update({"layout": "one marker object per block: done/<id // 10000>/<id>, failed/<id>.json", "num_blocks": plan.num_blocks})

@@ -60,11 +60,14 @@ class VerifyReport:
 
 
 def written_arrays(attrs: Mapping[str, Any]) -> tuple[str, ...]:
-    """The arrays every block writes: the probability array and, if asked for, ``mask``."""
+    """The arrays every block writes: the probability array and, if asked for, ``mask`` and
+    its label image (`pipeline.labels`)."""
+    from pipeline.labels import MASK_LABEL_ARRAY
+
     options = (attrs.get("emunet") or {}).get("output") or {}
     names = [str(options.get("name", "probability"))]
     if options.get("mask"):
-        names.append("mask")
+        names += ["mask", MASK_LABEL_ARRAY]
     return tuple(names)
 
 
@@ -92,7 +95,7 @@ def verify_output(url: str, storage_options: Mapping[str, Any] | None = None) ->
     """Check each done block's output chunks exist; list the blocks where some do not."""
     plan = load_plan(url, storage_options)
     group = open_group(url, "r", storage_options)
-    arrays = written_arrays(dict(group.attrs.asdict()))
+    arrays = tuple(name for name in written_arrays(dict(group.attrs.asdict())) if name in group)
     ledger = Ledger(url, plan.num_blocks, storage_options)
     done = ledger.done_ids()
     fs, root = fsspec_filesystem(url, storage_options)

@@ -219,3 +219,43 @@ def test_two_creators_racing_on_s3_cannot_both_win(s3, monkeypatch) -> None:
     assert (again.group["probability"][0, :16, :16] == 7).all()  # the first run's data survives
     replaced = output.create_output(plan, overwrite=True, storage_options=opts)  # overwrite claims anew
     assert (replaced.group["probability"][0, :16, :16] == 0).all()
+
+
+def test_the_mask_is_an_ome_zarr_label_image_and_stays_an_xarray_variable(tmp_path: Path) -> None:
+    """ome-zarr-py's reader sees the image and a label layer; ome-zarr-models validates the
+    NGFF 0.5 image, labels group and label image; xarray still opens ``mask`` at the root."""
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Multiscales, Reader
+    from ome_zarr_models.v05.image import Image
+    from ome_zarr_models.v05.image_label import ImageLabel
+
+    out = str(tmp_path / "out.zarr")
+    plan = plan_for(out)
+    p = fill(create_output(plan, OutputOptions(mask=True)), plan)
+    expected = (p >= 0.5).astype(np.uint8)
+
+    location = parse_url(out)
+    assert location is not None and location.version == "0.5"
+    nodes = list(Reader(location)())
+    image = nodes[0]
+    assert image.metadata["name"] == "probability" and any(isinstance(s, Multiscales) for s in image.specs)
+    assert image.data[0].shape == SHAPE and image.metadata["coordinateTransformations"][0][0]["scale"] == list(VOXEL)
+    (label,) = [n for n in nodes if any(isinstance(s, Label) for s in n.specs)]
+    assert label.metadata["name"] == "mask" and label.metadata["properties"][1] == {"class": "cell"}
+    np.testing.assert_array_equal(np.asarray(label.data[0]), expected)
+
+    group = zarr.open_group(out, mode="r")
+    Image.from_zarr(group)  # raises on any NGFF 0.5 violation, labels included
+    ImageLabel.from_zarr(group["labels/mask"])
+    assert group["labels"].attrs["labels"] == ["mask"]  # NGFF 0.4 readers
+    assert group["labels/mask"].attrs["image-label"]["source"] == {"image": "../../"}
+    ds = xr.open_zarr(out, consolidated=False)
+    assert set(ds.data_vars) == {"probability", "mask"}
+    np.testing.assert_array_equal(ds["mask"].values, expected)
+
+
+def test_an_output_without_a_mask_has_no_labels(tmp_path: Path) -> None:
+    out = str(tmp_path / "out.zarr")
+    plan = plan_for(out)
+    fill(create_output(plan), plan)
+    assert "labels" not in zarr.open_group(out, mode="r")

@@ -1,4 +1,5 @@
-"""`emunet segment --pyramid N` stops at a sensible size; `status --verify --repair` then
+"""`emunet segment --pyramid N --mask` stops the pyramid at a sensible size and writes the
+mask as an OME-Zarr label image that ome-zarr-py reads; `status --verify --repair` then
 `segment --resume` recomputes a done block whose chunk was deleted (the real command)."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import zarr
 
@@ -32,7 +34,7 @@ def test_useful_levels(shape_yx, chunk_yx, asked: int, expected: int) -> None:
     assert useful_levels(shape_yx, chunk_yx, asked) == expected
 
 
-def test_pyramid_stops_at_one_chunk_and_verify_repair_resume_recomputes_a_lost_chunk(
+def test_pyramid_labels_and_verify_repair_resume_through_the_command(
     app, runner, tmp_path: Path, monkeypatch, caplog
 ) -> None:
     from unetcore.synthetic import synthetic_em_volume
@@ -44,7 +46,7 @@ def test_pyramid_stops_at_one_chunk_and_verify_repair_resume_recomputes_a_lost_c
     out = tmp_path / "out.zarr"
     base = ["segment", str(volume), str(out), "--model", str(checkpoint), "--block", "2", "24", "24", "--workers", "1", "--no-flow"]
     with caplog.at_level(logging.WARNING, logger="pipeline.pyramid"):
-        result = runner.invoke(app, [*base, "--pyramid", "20"])
+        result = runner.invoke(app, [*base, "--pyramid", "20", "--mask"])
     assert result.exit_code == 0, result.output
     group = zarr.open_group(str(out), mode="r")
     (multiscale,) = [m for m in multiscales_of(group.attrs.asdict()) if m["name"] == "probability"]
@@ -55,13 +57,22 @@ def test_pyramid_stops_at_one_chunk_and_verify_repair_resume_recomputes_a_lost_c
     assert top[1:] == pytest.approx([4.0, 4.0])  # 1 nm voxels × 4, not × 2**20
     assert "wrote 2 of the 20 levels" in caplog.text
 
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Reader
+
+    nodes = list(Reader(parse_url(str(out)))())  # what napari-ome-zarr shows: image + label layer
+    assert nodes[0].metadata["name"] == "probability" and [d.shape for d in nodes[0].data] == shapes
+    (label,) = [n for n in nodes if any(isinstance(s, Label) for s in n.specs)]
+    np.testing.assert_array_equal(np.asarray(label.data[0]), group["mask"][...])
+    assert 0 < int(group["mask"][...].sum()) < group["mask"].size  # a real mask, not all one value
+
     chunk = out / "probability" / "c" / "0" / "1" / "2"  # block (0, 1, 2) of the 1×4×3 grid
     good = chunk.read_bytes()
     chunk.unlink()
     found = runner.invoke(app, ["status", str(out), "--verify", "--repair"])
     assert found.exit_code == 0, found.output
     assert "block 5: missing probability/c/0/1/2" in found.output and "11/12 blocks done" in found.output
-    resumed = runner.invoke(app, [*base, "--resume", "--json"])
+    resumed = runner.invoke(app, [*base, "--mask", "--resume", "--json"])
     assert resumed.exit_code == 0, resumed.output
     assert json.loads(resumed.stdout)["computed"] == 1  # only the block whose chunk was lost
     assert chunk.read_bytes() == good
