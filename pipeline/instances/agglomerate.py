@@ -1,34 +1,33 @@
-"""Global agglomeration: merge fragments joined by an edge with score < t, for several t in
+"""Global agglomeration: merge watershed basins whose edge scores below t, for several t in
 one pass, as a tree reduction over blocks in which no process holds all edges.
 
-Level 0 is the block grid; a node of level L covers ``fanout³`` nodes of level L − 1 (a box
-of blocks); the top node covers the volume. Every node, for every threshold::
+An edge is a pair of *basins* (`pipeline.instances.region_graph.basins`: the pieces of one
+watershed basin cut apart by block faces share its seed key), scored with the contact
+statistics summed over every block that holds a piece of the pair. That is the edge the
+whole-volume watershed would see, so a decision does not depend on where blocks cut.
+
+A pair can only get contributions from blocks whose read ROI contains one of its seeds
+(or, for a basin without a seed, its block and the next one along each axis): its *box* of
+blocks, known from the keys alone. Level 0 of the tree is the block grid; a node of level
+L covers ``fanout³`` nodes of level L − 1; the top node covers the volume::
 
     level 2            [                   top                   ]
-    level 1      [  node (0,0)  ]   [  node (0,1)  ]   …         each reads only its children's
-    level 0      [b0] [b1] [b2] [b3]   …                         face maps and pending edges
+    level 1      [  node (0,0)  ]   [  node (0,1)  ]   …        each reads only its children's
+    level 0      [b0] [b1] [b2] [b3]   …                        pending edges and open maps
 
-* **leaf (a block)**: union-find over the block's own edges with both ends in the block;
-  writes its lookup table (fragment → root in the block); passes up its *face map* (each
-  fragment on a face towards another block → its root, with the face bits) and its
-  *pending* edges (root of the end in the block, fragment id of the end outside it).
-* **node**: a pending edge whose outside end now lies in the node is resolved: that end
-  is on its own block's face, so its root is in a child's face map; union-find over the
-  children's roots; writes its lookup table (child root → node root, changed ones only);
-  passes up the face entries that still face outside the node and the unresolved edges.
+For every node and threshold: edges whose box lies inside the node are *complete* (every
+contribution has been summed) and are decided (union-find, merge if mean < t); the others
+stay *pending* and go up with their sums, together with the *open map* (basin → its root
+here) of the basins they touch. A node first unites, in each basin, the roots its children
+gave it (one basin, many blocks), then decides. It writes a lookup table (representative →
+root); a block's segment id is its fragments' basins sent through the tables on its path
+(`pipeline.instances.relabel`). What a task holds grows with its node's surface (edges
+within one context of its faces), not its volume; the top node holds the most.
 
-A block's final segment id is its fragment id sent through the lookup tables on its path
-to the top (`pipeline.instances.relabel`). What a process holds is a node's face maps and
-pending edges: they grow with the node's *surface*, not its volume; the top node holds the
-most (face fragments of its children's shared faces).
-
-What it decides across blocks: merging is single linkage over edge scores (connected
-components of the edges below t), a global property computed exactly; the scores of an
-edge are its full contact statistics (every contact pair is owned by one block, and
-cross-face contacts are counted by the block that owns them). What it cannot decide across
-blocks: the fragments themselves are cut at block faces (a cell is one fragment per block),
-so a merge across a face needs an edge whose score is below t there; a cut whose contact
-is a membrane stays split.
+What it decides across blocks: exactly the whole-volume decision on every basin pair, for
+basins both watersheds agree on. What it cannot: where two blocks flood the same region
+from different seeds (a seed only one of them sees), the pieces are different basins and
+their contact is an edge of its own, usually through cell interior (it merges).
 """
 
 from __future__ import annotations
@@ -108,89 +107,108 @@ def lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarra
     return np.where(hit, values[pos], query)
 
 
-def _scores(job: InstanceJob, graph: dict[str, np.ndarray]) -> np.ndarray:
+def _scores(job: InstanceJob, count: np.ndarray, total: np.ndarray) -> np.ndarray:
     if job.config.method == "components":  # touching foreground components always merge
-        return np.zeros(graph["u"].size)
-    score = graph[job.config.score]
-    if "same_seed" in graph:  # pieces of one basin cut by a block face: always one segment
-        score = np.where(graph["same_seed"], -1.0, score)
-    return score
+        return np.zeros(count.size)
+    return total / np.maximum(count, 1)
+
+
+def basin_box(job: InstanceJob, basin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi): inclusive block-grid ranges, (n, 3) each, of the blocks that can hold a piece."""
+    from .region_graph import FLAG
+
+    grid = np.asarray(job.grid.grid_shape)
+    bs, ctx = np.asarray(job.block_shape), np.asarray(job.context)
+    seeded = (basin & FLAG) == 0
+    pos = np.stack(np.unravel_index(np.where(seeded, basin - np.uint64(1), 0).astype(np.int64), job.shape), axis=1)
+    lo = np.where(seeded[:, None], np.maximum(0, (pos - ctx) // bs), 0)
+    hi = np.where(seeded[:, None], np.minimum(grid - 1, (pos + ctx) // bs), 0)
+    own = job.block_of_fragment(basin & ~FLAG).astype(np.int64)
+    idx = np.stack(np.unravel_index(np.where(seeded, 0, own), job.grid.grid_shape), axis=1)
+    lo = np.where(seeded[:, None], lo, idx)
+    hi = np.where(seeded[:, None], hi, np.minimum(grid - 1, idx + 1))
+    return lo, hi
+
+
+def _merge_edges(a: np.ndarray, b: np.ndarray, count: np.ndarray, total: np.ndarray):
+    """Sum the statistics of equal basin pairs (a < b)."""
+    if a.size == 0:
+        return a, b, count, total
+    pairs, inverse = np.unique(np.stack([a, b], axis=1), axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    return (pairs[:, 0], pairs[:, 1], np.bincount(inverse, weights=count, minlength=len(pairs)),
+            np.bincount(inverse, weights=total, minlength=len(pairs)))
+
+
+def _complete(job: InstanceJob, a: np.ndarray, b: np.ndarray, lo_node: np.ndarray, hi_node: np.ndarray) -> np.ndarray:
+    if a.size == 0:
+        return np.zeros(0, dtype=bool)
+    (la, ha), (lb, hb) = basin_box(job, a), basin_box(job, b)
+    lo, hi = np.minimum(la, lb), np.maximum(ha, hb)
+    return np.all((lo >= lo_node) & (hi <= hi_node), axis=1)
+
+
+def _decide(job: InstanceJob, name: str, a, b, count, total, lo_node, hi_node, present: np.ndarray,
+            open_basin: list[np.ndarray], open_root: list[np.ndarray]) -> dict[str, Any]:
+    """Sum, decide the complete edges for every threshold, write ``tree/…/<name>.npz``.
+
+    ``present``: the basins seen below this node; those that may have pieces outside it
+    (box not inside) stay *open*, with the endpoints of pending edges: their roots go up,
+    so every piece of a basin ends in one segment. ``open_basin``/``open_root``: the
+    children's open maps, per threshold.
+    """
+    a, b, count, total = _merge_edges(a, b, count, total)
+    done = _complete(job, a, b, lo_node, hi_node)
+    score = _scores(job, count, total)
+    pa, pb = a[~done], b[~done]
+    job.put(f"tree/e/{name}.npz", a=pa, b=pb, count=count[~done], total=total[~done])
+    present = np.unique(present)
+    blo, bhi = basin_box(job, present)
+    outside = ~np.all((blo >= lo_node) & (bhi <= hi_node), axis=1) if present.size else np.zeros(0, dtype=bool)
+    touched = np.unique(np.concatenate([pa, pb, present[outside]]))
+    merges = []
+    for k, t in enumerate(job.config.thresholds):
+        take = done & (score < t)
+        keep = open_basin[k] if open_basin else EMPTY
+        rkeep = open_root[k] if open_root else EMPTY
+        ids, roots = union_roots(np.concatenate([keep, rkeep, touched]), np.concatenate([a[take], keep]),
+                                 np.concatenate([b[take], rkeep]))
+        changed = ids != roots
+        job.put(f"tree/t{k}/{name}.npz", lut_keys=ids[changed], lut_values=roots[changed],
+                open_basin=touched, open_root=lookup(ids, roots, touched))
+        merges.append(int(take.sum()))
+    return {"merges": merges, "pending": int(pa.size), "decided": int(done.sum()), "open": int(touched.size)}
 
 
 def leaf_task(job: InstanceJob, block_id: int) -> dict[str, Any]:
-    """Level 0 of the tree for one block, every threshold → ``tree/t<k>/l0/<block>.npz``."""
+    """Level 0 of the tree for one block, every threshold → ``tree/…/l0/<block>.npz``."""
     graph = job.get(f"graph/{block_id}.npz")
-    u, v, score = graph["u"], graph["v"], _scores(job, graph)
-    in_u = job.block_of_fragment(u) == block_id
-    in_v = job.block_of_fragment(v) == block_id
-    merges = []
-    for k, t in enumerate(job.config.thresholds):
-        below = score < t
-        inner = below & in_u & in_v
-        cross = below & (in_u != in_v)
-        inside = np.where(in_u[cross], u[cross], v[cross])
-        outside = np.where(in_u[cross], v[cross], u[cross])
-        ids, roots = union_roots(np.concatenate([graph["face_ids"], inside]), u[inner], v[inner])
-        changed = ids != roots
-        face_roots = lookup(ids, roots, graph["face_ids"])
-        job.put(
-            f"tree/t{k}/l0/{block_id}.npz",
-            lut_keys=ids[changed], lut_values=roots[changed],
-            face_ids=graph["face_ids"], face_roots=face_roots, face_bits=graph["face_bits"],
-            pend_root=lookup(ids, roots, inside), pend_out=outside.astype(np.uint64),
-        )
-        merges.append(int(changed.sum()))
-    return {"block": block_id, "merges": merges}
-
-
-def _still_facing_out(job: InstanceJob, tree: TreeGeometry, level: int, node: int,
-                      ids: np.ndarray, bits: np.ndarray) -> np.ndarray:
-    """Which face entries have a face whose neighbouring block lies outside ``node``."""
-    if ids.size == 0:
-        return np.zeros(0, dtype=bool)
-    blocks = job.block_of_fragment(ids).astype(np.int64)
-    index = np.stack(np.unravel_index(blocks, tree.grid_shape), axis=1)  # (n, 3)
-    f = tree.fanout**level
-    here = np.asarray(tree.index(level, node))
-    out = np.zeros(ids.size, dtype=bool)
-    for axis in range(3):
-        for side, step in ((0, -1), (1, 1)):
-            has = (bits & (1 << (2 * axis + side))) != 0
-            neighbour = index[:, axis] + step
-            out |= has & (neighbour // f != here[axis])
-    return out
+    a, b = np.minimum(graph["a"], graph["b"]), np.maximum(graph["a"], graph["b"])
+    other = a != b  # pieces of one basin touching: one basin already
+    count = graph["count"].astype(np.float64)
+    total = count * graph["quantile" if job.config.score == "quantile" else "mean"]
+    here = np.asarray(job.grid.block_index(block_id))
+    out = _decide(job, f"l0/{block_id}", a[other], b[other], count[other], total[other], here, here,
+                  np.concatenate([graph["a"], graph["b"]]), [], [])
+    return {"block": block_id, **out}
 
 
 def node_task(job: InstanceJob, level: int, node: int) -> dict[str, Any]:
-    """Level ≥ 1 of the tree for one node, every threshold → ``tree/t<k>/l<level>/<node>.npz``."""
+    """Level ≥ 1 of the tree for one node, every threshold → ``tree/…/l<level>/<node>.npz``."""
     tree = TreeGeometry(job.grid.grid_shape, job.config.tree_fanout)
     children = tree.children(level, node)
     f = tree.fanout**level
-    here = np.asarray(tree.index(level, node))
-    merges = []
-    for k in range(len(job.config.thresholds)):
-        parts = [job.get(f"tree/t{k}/l{level - 1}/{c}.npz") for c in children]
-        cat = lambda name: np.concatenate([p[name] for p in parts])  # noqa: E731
-        face_ids, face_roots, face_bits = cat("face_ids"), cat("face_roots"), cat("face_bits")
-        pend_root, pend_out = cat("pend_root"), cat("pend_out")
-        order = np.argsort(face_ids)
-        face_ids, face_roots, face_bits = face_ids[order], face_roots[order], face_bits[order]
-        out_index = np.stack(np.unravel_index(job.block_of_fragment(pend_out).astype(np.int64), tree.grid_shape), axis=1)
-        resolved = np.all(out_index // f == here, axis=1) if pend_out.size else np.zeros(0, dtype=bool)
-        other = lookup(face_ids, face_roots, pend_out[resolved])
-        ids, roots = union_roots(face_roots, pend_root[resolved], other)
-        changed = ids != roots
-        keep = _still_facing_out(job, tree, level, node, face_ids, face_bits)
-        job.put(
-            f"tree/t{k}/l{level}/{node}.npz",
-            lut_keys=ids[changed], lut_values=roots[changed],
-            face_ids=face_ids[keep], face_roots=lookup(ids, roots, face_roots[keep]), face_bits=face_bits[keep],
-            pend_root=lookup(ids, roots, pend_root[~resolved]), pend_out=pend_out[~resolved],
-        )
-        merges.append(int(changed.sum()))
-        if level == tree.levels and (~resolved).any():
-            raise AssertionError(f"expected every edge resolved at the top of the tree, got {int((~resolved).sum())} pending")
-    return {"level": level, "node": node, "merges": merges, "children": len(children)}
+    lo = np.asarray(tree.index(level, node)) * f
+    hi = np.minimum(lo + f, np.asarray(job.grid.grid_shape)) - 1
+    edges = [job.get(f"tree/e/l{level - 1}/{c}.npz") for c in children]
+    cat = lambda parts, name: np.concatenate([p[name] for p in parts])  # noqa: E731
+    opened = [[job.get(f"tree/t{k}/l{level - 1}/{c}.npz") for c in children] for k in range(len(job.config.thresholds))]
+    out = _decide(job, f"l{level}/{node}", cat(edges, "a"), cat(edges, "b"), cat(edges, "count"), cat(edges, "total"),
+                  lo, hi, cat(opened[0], "open_basin"), [cat(o, "open_basin") for o in opened],
+                  [cat(o, "open_root") for o in opened])
+    if level == tree.levels and out["pending"]:
+        raise AssertionError(f"expected every edge decided at the top of the tree, got {out['pending']} pending")
+    return {"level": level, "node": node, "children": len(children), **out}
 
 
 def path(tree: TreeGeometry, block_index: Coordinate | tuple[int, ...]) -> list[tuple[int, int]]:

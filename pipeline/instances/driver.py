@@ -51,7 +51,7 @@ class InstanceSummary:
     labels_threshold: float
     fragments: int  # fragments made by this run (0 when resumed past that stage)
     edges: int
-    segments: dict[float, int] = field(default_factory=dict)  # per threshold (if fragments ran here)
+    segments: dict[float, int] = field(default_factory=dict)  # at the labels threshold (if relabelled whole here)
     size_histogram: dict[str, int] = field(default_factory=dict)  # segment voxels, log2 bins, of labels
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage (tree: all levels)
 
@@ -186,15 +186,10 @@ def run_instances(url: str, config: InstanceConfig = InstanceConfig(), *, client
     graph = run_stage(job, "graph", [TaskSpec(graph_task, (b,), b) for b in range(n)], client)
     lap("graph")
     tree = TreeGeometry(job.grid.grid_shape, config.tree_fanout)
-    merges = np.zeros(len(config.thresholds), dtype=np.int64)
-    ran_all = len(frag) == n  # the counts are whole only if every task of every stage ran now
     for level in range(tree.levels + 1):
         fn = leaf_task if level == 0 else node_task
         args = (lambda i: (i,)) if level == 0 else (lambda i, level=level: (level, i))
-        results = run_stage(job, f"tree-l{level}", [TaskSpec(fn, args(i), i) for i in range(tree.count(level))], client)
-        ran_all = ran_all and len(results) == tree.count(level)
-        for r in results:
-            merges += r["merges"]
+        run_stage(job, f"tree-l{level}", [TaskSpec(fn, args(i), i) for i in range(tree.count(level))], client)
     lap("tree")
     k = config.labels_index
     threshold = config.thresholds[k]
@@ -206,11 +201,12 @@ def run_instances(url: str, config: InstanceConfig = InstanceConfig(), *, client
     relabel = run_stage(job, f"relabel-t{k}", [TaskSpec(relabel_task, (b, k), b) for b in range(n)], client)
     lap("relabel")
     fragments = int(sum(r["fragments"] for r in frag))
-    segments = {t: fragments - int(m) for t, m in zip(config.thresholds, merges, strict=True)} if ran_all else {}
+    histogram = _histogram(relabel) if len(relabel) == n else {}
+    segments = {threshold: sum(histogram.values())} if histogram else {}  # distinct ids in labels
     return InstanceSummary(
         url=redact_url(url), mode=job.mode, block_shape=job.block_shape, num_blocks=n, tree_levels=tree.levels,
         thresholds=config.thresholds, labels_threshold=threshold, fragments=fragments,
         edges=int(sum(r["edges"] for r in graph)), segments=segments,
-        size_histogram=_histogram(relabel) if len(relabel) == n else {},
+        size_histogram=histogram,
         seconds={k: v for k, v in clock.items() if k != "start"},
     )

@@ -14,9 +14,9 @@ Per contact pair the boundary value is ``(b_lo + b_hi) / 2`` with ``b = 1 − p`
 order statistic) of those values. Pairs where either side is 0 (background in the
 "components" method) are not edges.
 
-An edge between two pieces of one watershed basin that a block face cut apart (the same
-seed seen by both blocks) is marked ``same_seed``: the agglomeration joins such pieces at
-every threshold, as the whole-volume watershed would have kept them one fragment.
+Each edge also carries the *basins* of its ends (``a``, ``b``): the seed key shared by all
+pieces of one watershed basin that block faces cut apart. The agglomeration decides on
+basin pairs, with the statistics summed over every block that holds a piece of the pair.
 
 The block also lists its *face fragments*: ids on a face that has a neighbouring block,
 with a bit per face (bit 2·axis for the low face, 2·axis + 1 for the high one); the
@@ -107,19 +107,25 @@ def face_fragments(frag: np.ndarray, faces: list[tuple[int, int]]) -> tuple[np.n
     return all_ids[starts], np.bitwise_or.reduceat(all_bits, starts)
 
 
-def same_seed(job: InstanceJob, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """True for edges between two pieces of one watershed basin cut apart by a block face
-    (equal non-zero seed keys, `pipeline.instances.fragments`)."""
-    if job.config.method != "watershed" or u.size == 0:
-        return np.zeros(u.size, dtype=bool)
-    keys_u, keys_v = np.zeros(u.size, np.uint64), np.zeros(v.size, np.uint64)
-    bu, bv = job.block_of_fragment(u), job.block_of_fragment(v)
-    for block in np.unique(np.concatenate([bu, bv])):
+FLAG = np.uint64(1 << 63)  # basin id of a fragment without a seed: its own id with this bit
+
+
+def basins(job: InstanceJob, ids: np.ndarray) -> np.ndarray:
+    """The watershed basin of each fragment: its seed key (the same in every block that cut a
+    piece of it), or ``id | FLAG`` for a fragment without one (`pipeline.instances.fragments`)."""
+    ids = np.asarray(ids, dtype=np.uint64)
+    out = ids | FLAG
+    if job.config.method != "watershed" or ids.size == 0:
+        return out
+    blocks = job.block_of_fragment(ids)
+    for block in np.unique(blocks):
         table = job.get(f"seeds/{int(block)}.npz")
-        for ids, blocks, out in ((u, bu, keys_u), (v, bv, keys_v)):
-            mine = blocks == block
-            out[mine] = table["keys"][(ids[mine] - table["ids"][0]).astype(np.int64)] if table["ids"].size else 0
-    return (keys_u == keys_v) & (keys_u != 0) & (bu != bv)
+        if not table["ids"].size:
+            continue
+        mine = blocks == block
+        keys = table["keys"][(ids[mine] - table["ids"][0]).astype(np.int64)]
+        out[mine] = np.where(keys != 0, keys, out[mine])
+    return out
 
 
 def graph_task(job: InstanceJob, block_id: int) -> dict[str, Any]:
@@ -135,7 +141,7 @@ def graph_task(job: InstanceJob, block_id: int) -> dict[str, Any]:
     axes = (1, 2) if job.mode == "2d" and not job.config.link_z else (0, 1, 2)
     u, v, values = contact_pairs(frag, boundary, margin, axes)  # type: ignore[arg-type]
     edges = aggregate_edges(u, v, values, job.config.quantile)
-    edges["same_seed"] = same_seed(job, edges["u"], edges["v"])
+    edges["a"], edges["b"] = basins(job, edges["u"]), basins(job, edges["v"])
     inner = frag[tuple(slice(m, None) for m in margin)]
     faces = [(a, s) for a in axes for s in (0, 1)
              if (s == 0 and write.begin[a] > 0) or (s == 1 and write.end[a] < total.end[a])]

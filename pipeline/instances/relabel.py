@@ -1,13 +1,13 @@
 """Relabel: fragments → segments, blockwise on the workers, through the agglomeration tree.
 
-A block's segment ids come from its fragment ids sent through the lookup tables on its
-path to the top of the tree (`pipeline.instances.agglomerate`), for one threshold::
+A block's segment ids come from its fragments' basins sent through the lookup tables on
+its path to the top of the tree (`pipeline.instances.agglomerate`), for one threshold::
 
-    fragments ─► lut(level 0: the block) ─► lut(level 1 node) ─► … ─► lut(top) ─► labels
+    fragments ─► basins ─► lut(level 0: the block) ─► lut(level 1 node) ─► … ─► lut(top) ─► labels
 
 Each table maps only the ids that changed at that level; others pass through. A segment's
-id is the smallest fragment id in it (uint64), the same whichever block computes it, so
-``labels`` agree across block faces. `segment_lookup` gives the fragment → segment table
+id is the smallest basin id in it (uint64: a seed key, or a fragment id with the top bit
+set), the same whichever block computes it, so ``labels`` agree across block faces. `segment_lookup` gives the fragment → segment table
 of any fragment ids (e.g. to pick another threshold later without recomputing anything).
 """
 
@@ -19,6 +19,7 @@ import numpy as np
 
 from .agglomerate import TreeGeometry, lookup, path
 from .layout import FRAGMENTS, LABELS, InstanceJob
+from .region_graph import basins
 
 __all__ = ["relabel_task", "segment_lookup"]
 
@@ -43,7 +44,7 @@ def _apply(tables: list[tuple[np.ndarray, np.ndarray]], ids: np.ndarray) -> np.n
 
 def segment_lookup(job: InstanceJob, block_id: int, k: int, fragment_ids: np.ndarray) -> np.ndarray:
     """Segment ids (uint64) of fragments of block ``block_id`` at threshold index ``k``."""
-    return _apply(_tables(job, block_id, k), fragment_ids)
+    return _apply(_tables(job, block_id, k), basins(job, fragment_ids))
 
 
 def relabel_task(job: InstanceJob, block_id: int, k: int | None = None) -> dict[str, Any]:
@@ -55,7 +56,8 @@ def relabel_task(job: InstanceJob, block_id: int, k: int | None = None) -> dict[
     group = job.group("r+")
     frag = np.asarray(group[FRAGMENTS][roi.to_slices()])  # (z, y, x) uint64
     ids, counts = fastremap.unique(frag, return_counts=True)
-    segments = _apply(_tables(job, block_id, k), ids)
+    segments = _apply(_tables(job, block_id, k), basins(job, ids))
+    segments[ids == 0] = 0  # background (method "components") stays 0
     mapping = {int(a): int(b) for a, b in zip(ids, segments, strict=True) if a != b}
     labels = fastremap.remap(frag, mapping, preserve_missing_labels=True, in_place=False) if mapping else frag
     group[LABELS][roi.to_slices()] = labels.astype(np.uint64, copy=False)
