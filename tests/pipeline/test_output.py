@@ -1,5 +1,6 @@
 """The output group: xarray dims and physical coords, OME metadata, provenance without
-credentials, refusal/resume/overwrite of existing outputs, dtypes, the mask and the pyramid."""
+credentials, refusal/resume/overwrite of existing outputs, dtypes, the mask (and its OME-Zarr
+label image, read by ome-zarr-py), the pyramid, and the code of docs/viewers.md."""
 
 from __future__ import annotations
 
@@ -259,3 +260,52 @@ def test_an_output_without_a_mask_has_no_labels(tmp_path: Path) -> None:
     plan = plan_for(out)
     fill(create_output(plan), plan)
     assert "labels" not in zarr.open_group(out, mode="r")
+
+
+VIEWERS = Path(__file__).resolve().parents[2] / "docs" / "viewers.md"
+
+
+def _viewer_blocks() -> list[str]:
+    return [b.split("```")[0] for b in VIEWERS.read_text().split("```python\n")[1:]]
+
+
+def test_the_viewers_page_reader_snippet_runs(tmp_path: Path, capsys) -> None:
+    out = str(tmp_path / "seg.zarr")
+    plan = plan_for(out)
+    fill(create_output(plan, OutputOptions(mask=True)), plan)
+    (snippet,) = [b for b in _viewer_blocks() if "ome_zarr.reader" in b]
+    scope: dict = {"out": out}
+    exec(compile(snippet, str(VIEWERS), "exec"), scope)  # the documented code, verbatim
+    assert scope["levels"][0].shape == SHAPE and scope["scale"] == list(VOXEL) and scope["mask"].dtype == np.uint8
+    assert "probability (3, 40, 56) [50.0, 4.0, 4.0] mask uint8" in capsys.readouterr().out
+
+
+def test_the_viewers_page_cors_server_serves_metadata_and_byte_ranges(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    (server,) = [b for b in _viewer_blocks() if "CORSHandler" in b]
+    (tmp_path / "cors_server.py").write_text(server)
+    out = str(tmp_path / "seg.zarr")
+    plan = plan_for(out)
+    fill(create_output(plan, OutputOptions(mask=True)), plan)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "cors_server.py", str(port)], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and "serving" in proc.stdout.readline()
+        base = f"http://127.0.0.1:{port}/seg.zarr"
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+        with opener.open(f"{base}/labels/mask/zarr.json", timeout=10) as reply:
+            assert reply.headers["Access-Control-Allow-Origin"] == "*"
+            assert json.loads(reply.read())["attributes"]["ome"]["image-label"]["source"] == {"image": "../../"}
+        chunk = (tmp_path / "seg.zarr" / "probability" / "c" / "0" / "0" / "0").read_bytes()
+        request = urllib.request.Request(f"{base}/probability/c/0/0/0", headers={"Range": "bytes=2-5"})
+        with opener.open(request, timeout=10) as reply:
+            assert reply.status == 206 and reply.read() == chunk[2:6]  # rangehttpserver came with ome-zarr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
