@@ -7,8 +7,9 @@ Prefect sees three stages; the per-block and per-tree-node loops live in Dask
     (map, config,    (fragments, graph,   (VI, adapted Rand, CREMI, ISBI
      resume policy)   tree, relabel)       per slice, if ground truth is given)
                                 │
-       artifacts: instances-summary (markdown), instances-segments (table: segments per
-       threshold), instances-sizes (table: segment size histogram), instances-metrics (table)
+       artifacts: instances-summary (markdown), instances-segments (table: the thresholds,
+       segments counted at the one in `labels`), instances-sizes (table: segment size
+       histogram), instances-metrics (table)
 
 A retried ``run-instances`` resumes from the ledger (``ledger/instances``) instead of
 starting over; stages retry only transient errors.

@@ -58,8 +58,9 @@ def _print_summary(summary: Any) -> None:
     table.add_column("Threshold", justify="right")
     table.add_column("Segments", justify="right")
     for t in summary.thresholds:
-        table.add_row(repr(t), str(summary.segments.get(t, "(resumed)")))
-    table.caption = (f"{summary.num_blocks} block(s) of {summary.block_shape}, mode {summary.mode}, "
+        table.add_row(repr(t), str(summary.segments.get(t, "-")))
+    table.caption = ("segments are counted in `labels` (other thresholds: --resume --labels-threshold T); "
+                     f"{summary.num_blocks} block(s) of {summary.block_shape}, mode {summary.mode}, "
                      f"{summary.fragments} fragments, {summary.edges} edges, tree of {summary.tree_levels} level(s)")
     Console().print(table)
 
