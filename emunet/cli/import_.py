@@ -14,7 +14,7 @@ def _split_voxel_size(args: list[str]) -> list[str]:
     """``--voxel-size 50,4,4`` (or ``--voxel-size=50,4,4``, ``"50 4 4"``) → ``--voxel-size 50 4 4``.
 
     The option takes three values; one token holding all three is split, so both forms
-    work. Anything else is left for the option's own error ("requires 3 arguments").
+    work. Anything else (two numbers, a word) is refused with the two right forms.
     """
     out: list[str] = []
     i = 0
@@ -28,17 +28,28 @@ def _split_voxel_size(args: list[str]) -> list[str]:
         if value is None:
             out.append(arg)
         else:
-            parts = [value]
-            if "," in value or " " in value.strip():
-                from pipeline.voxelsize import parse_voxel_size_text
+            from pipeline.voxelsize import parse_voxel_size_text
 
-                try:
-                    parts = [f"{v!r}" for v in parse_voxel_size_text(value)]
-                except ValueError as exc:
-                    raise typer.BadParameter(str(exc), param_hint="'--voxel-size'") from None
-            out += ["--voxel-size", *parts]
+            if not ("," in value or " " in value.strip()):  # the Z Y X form: the next two tokens
+                numbers = [value]
+                while len(numbers) < 3 and i + 1 < len(args) and _is_number(args[i + 1]):
+                    numbers.append(args[i + 1])
+                    i += 1
+                value = " ".join(numbers)
+            try:
+                out += ["--voxel-size", *(f"{v!r}" for v in parse_voxel_size_text(value))]
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc), param_hint="'--voxel-size'") from None
         i += 1
     return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 class _ImportCommand(TyperCommand):

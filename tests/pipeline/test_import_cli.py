@@ -124,7 +124,7 @@ def test_given_voxel_sizes_comma_form_and_warnings(app, runner, tmp_path: Path, 
         assert "warning" not in text
 
 
-@pytest.mark.parametrize("given", [["50,4"], ["50,4,4,4"], ["50,four,4"]])
+@pytest.mark.parametrize("given", [["50,4"], ["50,4,4,4"], ["50,four,4"], ["50", "4"]])
 def test_a_malformed_voxel_size_answers_with_the_right_form_and_writes_nothing(app, runner, tmp_path: Path, given) -> None:
     tifffile.imwrite(tmp_path / "s.tif", DATA, photometric="minisblack")
     result, text = _import(app, runner, tmp_path / "s.tif", tmp_path / "s.zarr", "--voxel-size", *given)
@@ -138,3 +138,11 @@ def test_the_option_before_the_paths_in_comma_form(app, runner, tmp_path: Path) 
     result = runner.invoke(app, ["import", "--voxel-size", "30,5,5", str(tmp_path / "s.tif"), str(tmp_path / "s.zarr")])
     assert result.exit_code == 0, result.output
     assert open_volume(tmp_path / "s.zarr").voxel_size == (30.0, 5.0, 5.0)
+
+
+def test_two_numbers_before_the_paths_are_refused_with_the_right_form(app, runner, tmp_path: Path) -> None:
+    tifffile.imwrite(tmp_path / "s.tif", DATA, photometric="minisblack")
+    result = runner.invoke(app, ["import", "--voxel-size", "50", "4", str(tmp_path / "s.tif"), str(tmp_path / "s.zarr")])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "got '50 4'" in text and "--voxel-size 50,4,4 or --voxel-size 50 4 4" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
