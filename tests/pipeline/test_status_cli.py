@@ -98,3 +98,23 @@ def test_verify_finds_a_done_block_whose_chunk_was_deleted_and_repair_lets_resum
 def test_repair_needs_verify(app, output: str) -> None:
     result = CliRunner().invoke(app, ["status", output, "--repair"])
     assert result.exit_code == 2 and "--verify --repair" in result.output
+
+
+def test_verify_checks_shards_and_the_mask_label_image(app, tmp_path: Path) -> None:
+    import numpy as np
+
+    from pipeline.output import OutputOptions
+
+    plan = make_plan("/data/in.zarr", str(tmp_path / "s.zarr"), (1, 32, 32), preset("tiny"), block_shape=(1, 16, 16),
+                     chunk_shape=(1, 8, 8), shard_shape=(1, 16, 16))  # fmt: skip
+    out = create_output(plan, OutputOptions(mask=True))
+    ledger = Ledger(plan.output_url, plan.num_blocks)
+    for i in plan.block_ids():
+        out.write(plan.block(i).write_roi, np.full((1, 16, 16), 0.75, np.float32))
+        ledger.mark_done(i)
+    (tmp_path / "s.zarr" / "labels" / "mask" / "0" / "c" / "0" / "1" / "0").unlink()  # the shard of block 2
+    result = CliRunner().invoke(app, ["status", plan.output_url, "--verify", "--json"])
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)["verify"]
+    assert report["arrays"] == ["probability", "mask", "labels/mask/0"] and report["checked"] == 4
+    assert report["missing"] == [{"block_id": 2, "missing": ["labels/mask/0/c/0/1/0"]}]
