@@ -46,6 +46,7 @@ def register(app: typer.Typer) -> None:
 
             plan = load_plan(out)
             summary = Ledger(out, plan.num_blocks).summary()
+            pyramid = _pyramid_shapes(out)
             failed = []
             for f in summary.failed:
                 block = plan.block(f.block_id)
@@ -68,6 +69,7 @@ def register(app: typer.Typer) -> None:
                         "total": summary.total,
                         "complete": summary.complete,
                         "block_shape": list(plan.block_shape),
+                        "pyramid": [list(s) for s in pyramid],
                         "failed": failed,
                         **({"verify": report.to_dict()} if report is not None else {}),
                     }
@@ -81,6 +83,9 @@ def register(app: typer.Typer) -> None:
                 highlight=False,
                 soft_wrap=True,
             )
+            if len(pyramid) > 1:
+                sizes = ", ".join("×".join(str(n) for n in shape[1:]) for shape in pyramid[1:])
+                console.print(f"pyramid: {len(pyramid) - 1} level(s) above the full resolution, (y, x) {sizes}", highlight=False, soft_wrap=True)
             for f in failed:
                 console.print(
                     f"  block {f['block_id']} at z,y,x {tuple(f['write_offset'])} shape "
@@ -91,6 +96,21 @@ def register(app: typer.Typer) -> None:
             if report is not None:
                 _print_report(report)
             _exit_for(report)
+
+
+def _pyramid_shapes(out: str) -> list[tuple[int, ...]]:
+    """Shapes of the probability's multiscale levels (full resolution first)."""
+    from pipeline.output import open_group
+    from pipeline.volume import multiscales_of
+
+    group = open_group(out, "r")
+    attrs = dict(group.attrs.asdict())
+    name = ((attrs.get("emunet") or {}).get("output") or {}).get("name", "probability")
+    for multiscale in multiscales_of(attrs) or []:
+        if multiscale.get("name") == name:
+            paths = [d["path"] for d in multiscale.get("datasets", [])]
+            return [tuple(group[p].shape) for p in paths if p in group]
+    return []
 
 
 def _print_report(report: VerifyReport) -> None:

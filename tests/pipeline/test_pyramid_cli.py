@@ -78,3 +78,4 @@ def test_pyramid_labels_and_verify_repair_resume_through_the_command(
     assert chunk.read_bytes() == good
     final = runner.invoke(app, ["status", str(out), "--verify"])
     assert final.exit_code == 0 and "12/12 blocks done" in final.output and "0 failed" in final.output
+    assert "pyramid: 2 level(s) above the full resolution, (y, x) 48×36, 24×18" in final.output
