@@ -256,15 +256,24 @@ def main() -> None:
         edges = summary_big.edges
         tree_s = summary_big.seconds["tree"]
         graph_bytes = dir_bytes(Path(url_big) / "instances" / "graph")
-        tree_root = Path(url_big) / "instances" / "tree" / "t0"
-        levels = sorted(tree_root.iterdir(), key=lambda p: int(p.name[1:]))
-        per_level = [(p.name, dir_bytes(p), max(f.stat().st_size for f in p.iterdir())) for p in levels]
+        tree_root = Path(url_big) / "instances" / "tree"
+        levels = sorted((tree_root / "t0").iterdir(), key=lambda p: int(p.name[1:]))
+
+        def node_bytes(level: str) -> dict[str, int]:  # pending edges (all thresholds) + one threshold's maps
+            sizes: dict[str, int] = {}
+            for part in (tree_root / "e" / level, tree_root / "t0" / level):
+                for f in part.iterdir():
+                    sizes[f.name] = sizes.get(f.name, 0) + f.stat().st_size
+            return sizes
+
+        per_level = [(p.name, sum(node_bytes(p.name).values()), max(node_bytes(p.name).values())) for p in levels]
         print(f"\n3. agglomeration on 8V: {edges} edges, {summary_big.fragments} fragments, "
               f"{len(config.thresholds)} thresholds in one pass")
         print(f"   tree stages {tree_s:.2f} s: {edges / tree_s:,.0f} edges/s (all thresholds)")
         print(f"   graph files: {graph_bytes / edges:.1f} bytes/edge; edges/voxel {edges / np.prod(big):.4f}")
         for name, total, largest in per_level:
-            print(f"   tree level {name}: {total / 1024:8.1f} KiB per threshold, largest node {largest / 1024:7.1f} KiB")
+            print(f"   tree level {name}: {total / 1024:8.1f} KiB (pending edges + one threshold's tables), "
+                  f"largest node {largest / 1024:7.1f} KiB")
         tera = 1e12 * edges / np.prod(big)
         print(f"   teravoxel extrapolation: {tera:.2e} edges, {tera * graph_bytes / edges / 1e12:.1f} TB of graph files, "
               f"tree {tera / (edges / tree_s) / 3600:.1f} core-hours")
