@@ -229,12 +229,20 @@ def verify_ledger(output_url: str) -> dict[str, Any]:
 
 @_stage("evaluate-output")
 def evaluate_output(output_url: str, ground_truth_url: str) -> dict[str, float]:
-    """Slice-wise ISBI 2012 metrics of the probability read back from the output Zarr."""
+    """Slice-wise ISBI 2012 metrics of the probability read back from the output Zarr.
+
+    The stored values go to the metrics as they are (uint8 = p·255 is scaled there in
+    float64), exactly as `emunet evaluate OUT.zarr GT` reads them: converting to float32
+    first moved values that sit on a threshold of the sweeps and changed the warping error.
+    """
+    import numpy as np
+
     from pipeline.output import open_output
 
     from flows._common import as_stack, isbi_scores, read_any
 
-    probability = open_output(output_url, mode="r").read()  # float32, (z, y, x)
+    output = open_output(output_url, mode="r")
+    probability = np.asarray(output.array(output.options.name)[...])  # stored dtype, (z, y, x)
     labels = as_stack(read_any(ground_truth_url, "labels"))
     scores = isbi_scores(probability, labels)
     run_logger().info(f"metrics over {probability.shape[0]} slice(s): {metric_line(scores)}")

@@ -39,6 +39,7 @@ class ClusterConfig:
     threads_per_worker: int = 1  # Dask task threads per worker (block tasks run one at a time)
     torch_threads: int | None = None  # intra-op threads per CPU worker; None = cores / workers
     timeout_s: float = 60.0  # how long to wait for a worker with a GPU slot
+    connect_timeout_s: float = 5.0  # reaching the scheduler's address and its handshake
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 1:
@@ -101,8 +102,39 @@ def _memory_per_worker(n: int) -> int:
     return int(MEMORY_LIMIT // max(n, 1))
 
 
+@contextlib.contextmanager
+def children_ignore_sigint() -> Iterator[None]:
+    """Processes started inside ignore SIGINT (Ctrl-C), which then reaches only this one.
+
+    Ctrl-C in a terminal signals the whole foreground process group: local Dask workers (and
+    a temporary Prefect server) would die with tracebacks while the client is still stopping
+    the run cleanly. An ignored signal stays ignored across fork and exec, and Python does
+    not install its KeyboardInterrupt handler in a process that starts with SIGINT ignored.
+    Only the main thread may change signal handlers; elsewhere this does nothing.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def local_cluster(config: ClusterConfig) -> tuple[Any, str, int | None]:
-    """Start a local cluster for `config`: (cluster, kind, torch threads per worker)."""
+    """Start a local cluster for `config`: (cluster, kind, torch threads per worker).
+
+    The workers ignore Ctrl-C (`children_ignore_sigint`): the client stops the run and
+    closes them."""
+    with children_ignore_sigint():
+        return _local_cluster(config)
+
+
+def _local_cluster(config: ClusterConfig) -> tuple[Any, str, int | None]:
     common: dict[str, Any] = {"dashboard_address": None, "silence_logs": logging.WARNING}
     gpus = gpu_count()
     if gpus:
@@ -185,17 +217,92 @@ def _closing(client: Client) -> Iterator[Client]:
             logging.getLogger(name).removeFilter(quiet)
 
 
+def probe_scheduler(address: str, timeout_s: float) -> None:
+    """Fail fast on an address where no Dask scheduler can be: nothing listening, no answer.
+
+    A TCP connection is tried first (a closed port answers at once); ``tcp://`` and
+    ``tls://`` addresses only, other comms are left to Dask.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme not in ("tcp", "tls"):
+        return
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host, port = None, None
+    if not host or port is None:
+        raise ValueError(f"expected a scheduler address like tcp://HOST:8786, got {address!r}")
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except ConnectionRefusedError:
+        raise ConnectionError(
+            f"Expected a Dask scheduler at {address}. Got nothing listening there (connection refused); start one "
+            "with `dask scheduler`, check the port (the scheduler's default is 8786), or drop --scheduler to run locally"
+        ) from None
+    except OSError as exc:
+        raise ConnectionError(
+            f"Expected a Dask scheduler at {address}. Got no connection within {timeout_s:g} s ({exc or type(exc).__name__}); "
+            "check the host and port and that a firewall lets it through (EMUNET_SEGMENT_CONNECT_TIMEOUT_S sets the limit)"
+        ) from None
+
+
+def _what_answers(address: str, timeout_s: float) -> str:
+    """A guess at what listens at `address`, for the message when the Dask handshake fails."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=timeout_s) as sock:
+            sock.settimeout(timeout_s)
+            sock.sendall(b"GET / HTTP/1.0\r\nHost: emunet\r\n\r\n")
+            first = sock.recv(128)
+    except OSError:
+        return "something that does not answer Dask's handshake"
+    if first.startswith(b"HTTP/"):
+        line = first.split(b"\r\n", 1)[0].decode(errors="replace")
+        return f"an HTTP server ({line}; the Dask dashboard listens on 8787, the scheduler on 8786)"
+    return "something that does not speak Dask's protocol"
+
+
+def connect_client(address: str, timeout_s: float) -> Client:
+    """A `Client` of the scheduler at `address`, or a `ConnectionError` within about `timeout_s`.
+
+    The handshake runs in a helper thread with a deadline: a server that accepts the
+    connection but never answers in Dask's protocol (an HTTP server, a wrong service) made
+    `Client` wait for many minutes.
+    """
+    import threading
+
+    probe_scheduler(address, timeout_s)
+    made: dict[str, Any] = {}
+
+    def make() -> None:
+        try:
+            made["client"] = Client(address, timeout=timeout_s)
+        except BaseException as exc:  # reported below
+            made["error"] = exc
+
+    thread = threading.Thread(target=make, name="emunet-connect", daemon=True)
+    thread.start()
+    thread.join(timeout_s + 2.0)
+    if "client" in made:
+        return made["client"]
+    detail = f"no Dask handshake within {timeout_s:g} s" if thread.is_alive() else f"{made.get('error')}"
+    raise ConnectionError(
+        f"Expected a Dask scheduler at {address}. Got {_what_answers(address, min(timeout_s, 3.0))} instead ({detail}); "
+        "point --scheduler at the scheduler's address (tcp://HOST:8786), or drop it to run locally"
+    )
+
+
 @contextlib.contextmanager
 def connect(config: ClusterConfig = ClusterConfig()) -> Iterator[Cluster]:
     """A client on the configured cluster; a cluster started here is closed on exit."""
     if config.scheduler is not None:
-        try:
-            client = Client(config.scheduler, timeout=config.timeout_s)
-        except OSError as exc:
-            raise ConnectionError(
-                f"Expected a Dask scheduler at {config.scheduler!r}. Got no answer instead ({exc}); "
-                "start one with `dask scheduler` or drop --scheduler to run locally"
-            ) from None
+        client = connect_client(config.scheduler, config.connect_timeout_s)
         with _closing(client):
             slots = wait_for_gpu_slots(client, config.timeout_s)
             yield Cluster(client, "scheduler", slots, config.torch_threads)

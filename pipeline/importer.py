@@ -110,7 +110,17 @@ def _tiff_source(path: Path) -> Source:
             pages = tif.asarray(key=list(range(z0, z1)), series=0) if shape[0] > 1 else tif.asarray(series=0)
             return np.asarray(pages).reshape((z1 - z0, *shape[1:]))[(slice(None), *key[1:])]
 
-    return Source(f"TIFF {path}", shape, np.dtype(series.dtype), read, tiff_voxel_size(tif), tif.close, slab_reader=True)
+    def checked(key: tuple[slice, ...]) -> np.ndarray:
+        try:
+            return read(key)
+        except (IndexError, ValueError, OSError, tifffile.TiffFileError) as exc:
+            z0, z1, _ = key[0].indices(shape[0])
+            raise ValueError(
+                f"expected a complete TIFF at {path} ({shape[0]} page(s) of {shape[1:]}), got pages {z0}..{z1 - 1} "
+                f"unreadable ({type(exc).__name__}: {exc}): the file is truncated or damaged; copy it again"
+            ) from None
+
+    return Source(f"TIFF {path}", shape, np.dtype(series.dtype), checked, tiff_voxel_size(tif), tif.close, slab_reader=True)
 
 
 def _stated(read: Callable[[], VoxelSize | None]) -> tuple[VoxelSize | None, str | None]:

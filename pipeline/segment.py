@@ -17,12 +17,9 @@ Never imports Prefect; `flows/` wraps this function.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
-import math
-import os
-import time
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -140,16 +137,6 @@ def _peak_rss() -> int:
 
 
 # -- on the client --------------------------------------------------------------------------
-def _absolute(url: str | Path) -> str:
-    """Local paths made absolute (workers may run elsewhere); URLs unchanged."""
-    from pipeline.volume import is_remote
-
-    text = str(url)
-    if is_remote(text) or text.startswith("file://") or os.path.isabs(text):
-        return text
-    return os.path.abspath(text)
-
-
 def _groups(ids: Iterator[int], size: int) -> Iterator[tuple[int, ...]]:
     while group := tuple(itertools.islice(ids, size)):
         yield group
@@ -202,46 +189,18 @@ def segment(
     reported in the result (and the output's ledger), never retried beyond `config.retries`
     transient I/O errors; a rerun with ``resume=True`` computes only what is left.
     """
-    from pipeline.fingerprint import input_fingerprint, read_sample
-    from pipeline.grey import GreyStats, check_grey, resolve_grey_range
-    from pipeline.volume import redact_url
     from pipeline.ledger import Ledger
-    from pipeline.output import OutputOptions, check_input_unchanged, create_output
-    from pipeline.ownership import check_output
+    from pipeline.prepare import prepare as check_and_plan
     from pipeline.pyramid import write_pyramid
-    from pipeline.plan import plan_for_volume
-    from pipeline.volume import open_volume
-    from unetcore.checkpoint import file_sha256, read_header
-    from unetcore.config import UNetConfig
 
     start = time.perf_counter()
-    checkpoint = Path(checkpoint).absolute()
-    model_config = UNetConfig.from_dict(read_header(checkpoint)["model_config"])
-    sha256 = config.checkpoint_sha256 or file_sha256(checkpoint)
-    volume = open_volume(_absolute(input_url), level=config.input_level, sparse=config.sparse)
-    plan = plan_for_volume(volume, _absolute(output_url), model_config, block_shape=config.block_shape, checkpoint_sha256=sha256)
-    tile, batch, normalization = _check_before_writing(checkpoint, plan, config)
-    checks = _Prechecks(model_config, tile, batch, float_input=volume.dtype.kind == "f")
-    options = OutputOptions(dtype=config.dtype, mask=config.mask)
-    grey_range, grey_source = resolve_grey_range(volume, config.grey_range)
-    sample = read_sample(volume)  # a few chunks spread over the volume, read once on the client
-    warnings = check_grey(
-        volume.dtype, redact_url(volume.url), grey_range, grey_source, GreyStats.of_sample(sample), normalization
-    )
-    for warning in warnings:
+    ready = check_and_plan(input_url, output_url, checkpoint, config)
+    plan, checkpoint, sha256 = ready.plan, ready.checkpoint, ready.sha256
+    for warning in ready.warnings:
         logger.warning(warning)
-    existing = check_output(plan.output_url, reads=(plan.input_url, str(checkpoint)), overwrite=config.overwrite, resume=config.resume)
-    resuming = existing.exists and config.resume
-    inputs = {"grey_range": list(grey_range), "grey_range_source": grey_source, "sparse": config.sparse,
-              "fingerprint": None if resuming else input_fingerprint(volume, sample)}  # fmt: skip
-    create = functools.partial(
-        create_output, plan, options, model_config=model_config.to_dict(), resume=config.resume,
-        overwrite=config.overwrite, reads=(str(checkpoint),), extra_attrs={"input": inputs},
-    )  # fmt: skip
-    if resuming:
-        create()  # checks that the resumed output has this plan; writes nothing
-        check_input_unchanged(plan.output_url, volume)
-    result = SegmentResult(plan.output_url, plan.num_blocks, warnings=warnings)
+    checks = _Prechecks(ready.model_config, ready.tile, ready.batch, float_input=ready.volume.dtype.kind == "f")
+    create = ready.create_output  # a resumed output's plan and input were checked by `prepare`
+    result = SegmentResult(plan.output_url, plan.num_blocks, warnings=list(ready.warnings))
 
     def prepare() -> Iterator[int]:
         """Create the output (once the workers hold the model) and list the blocks to run."""
@@ -251,8 +210,8 @@ def segment(
         return (i for i in range(plan.num_blocks) if done is None or not done[i])
 
     predict = {"tile_shape": config.tile_shape, "batch_size": config.batch_size, "device": config.device, "amp": config.amp}
-    if grey_source != "dtype":
-        predict["grey_range"] = tuple(grey_range)
+    if ready.grey_source != "dtype":
+        predict["grey_range"] = tuple(ready.grey_range)
     spec = ModelSpec(str(checkpoint), sha256, predict=predict, torch_threads=config.torch_threads)
     payload = {"plan": plan.to_dict(), "run": uuid.uuid4().hex, "sparse": config.sparse}
     if client is not None:
@@ -277,30 +236,6 @@ class _Prechecks:
     tile: tuple[int, ...]
     batch: int  # tiles per forward pass a block can fill
     float_input: bool
-
-
-def _check_before_writing(checkpoint: Path, plan: Any, config: SegmentConfig) -> tuple[tuple[int, ...], int, Any]:
-    """Refuse what would fail on every worker before any output is created.
-
-    Returns the input tile the blocks use, the largest batch a forward pass will hold
-    (``batch_size``, or fewer when a block has fewer tiles) and the model's normalisation.
-
-    The weights must load into the checkpoint's own config (the workers would refuse them
-    one by one), and the tile must be legal for the model and the block.
-    """
-    from unetcore.checkpoint import load_checkpoint
-    from unetcore.predict import PredictConfig, plan_tiles
-
-    ckpt = load_checkpoint(checkpoint)  # weight shapes, tensor hash; raises CheckpointError
-    dims = ckpt.config.spatial_dims
-    if config.tile_shape is not None and len(config.tile_shape) != dims:
-        raise ValueError(
-            f"Expected a tile of {dims} sizes for this {dims}D model. Got {tuple(config.tile_shape)} instead."
-        )
-    predict = PredictConfig(tile_shape=config.tile_shape, batch_size=config.batch_size)
-    tiles = plan_tiles(ckpt.config, tuple(plan.block_shape[-dims:]), config.tile_shape, predict)  # illegal tiles raise
-    per_block = math.prod(tiles.counts) * (plan.block_shape[0] if dims == 2 else 1)
-    return tiles.in_tile, min(config.batch_size, per_block), ckpt.normalization
 
 
 def _run(

@@ -40,7 +40,8 @@ class SegmentConfig:
     input_level: int | None = None  # multiscale level of an OME-Zarr input
     checkpoint_sha256: str | None = None  # expected file hash; None = hash of the client's file
     torch_threads: int | None = None  # intra-op threads per CPU worker; None = cores / workers
-    timeout_s: float = 60.0  # waiting for the scheduler and for a worker with a GPU slot
+    timeout_s: float = 60.0  # waiting for a worker with a GPU slot
+    connect_timeout_s: float = 5.0  # reaching a --scheduler address and its handshake
     check_finite: bool = True  # scan a float input for NaN/inf before writing (pipeline.finite)
     sparse: bool = False  # input chunks missing from the store read as the fill value (else the block fails)
     grey_range: tuple[float, float] | None = None  # input values mapped to [0, 1]; None = stored or dtype range
@@ -51,6 +52,14 @@ class SegmentConfig:
         for name in ("batch_size", "blocks_per_task", "queue_depth", "compute_threads", "retries"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Expected {name} ≥ 1. Got {getattr(self, name)} instead.")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"Expected torch_threads ≥ 1 (or unset: cores / workers). Got {self.torch_threads} instead.")
+        for name in ("timeout_s", "connect_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"Expected {name} > 0 seconds. Got {getattr(self, name)} instead.")
+        from pipeline.prepare import check_device
+
+        check_device(self.device, local=False)
         if self.max_in_flight is not None and self.max_in_flight < 1:
             raise ValueError(f"Expected max_in_flight ≥ 1. Got {self.max_in_flight} instead.")
         if self.pyramid_levels < 0:
@@ -66,7 +75,8 @@ class SegmentConfig:
             object.__setattr__(self, "grey_range", check_grey_range(tuple(self.grey_range)))
 
     def cluster(self) -> ClusterConfig:
-        return ClusterConfig(self.workers, self.scheduler, torch_threads=self.torch_threads, timeout_s=self.timeout_s)
+        return ClusterConfig(self.workers, self.scheduler, torch_threads=self.torch_threads, timeout_s=self.timeout_s,
+                             connect_timeout_s=self.connect_timeout_s)  # fmt: skip
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> SegmentConfig:
@@ -77,6 +87,10 @@ class SegmentConfig:
             raw = environ.get(ENV_PREFIX + f.name.upper())
             if raw is not None:
                 values[f.name] = _parse_env(f.name, str(f.type), raw)
+        # workers and scheduler are one choice: the one given here replaces the other's variable.
+        for given, other in (("scheduler", "workers"), ("workers", "scheduler")):
+            if overrides.get(given) is not None and overrides.get(other) is None:
+                values.pop(other, None)
         return cls(**{**values, **overrides})
 
 

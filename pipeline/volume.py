@@ -227,13 +227,29 @@ class Volume:
 
 
 def multiscales_of(attrs: Mapping[str, Any]) -> list[dict[str, Any]] | None:
-    """The NGFF ``multiscales`` list of a group's attributes (0.4 top level or 0.5 ``ome``)."""
+    """The NGFF ``multiscales`` list of a group's attributes (0.4 top level or 0.5 ``ome``).
+
+    Each entry must be an object whose ``datasets`` is a list of objects with a ``path``
+    (`NotAZarrError` otherwise, naming what was found).
+    """
     ome = attrs.get("ome")
-    if isinstance(ome, Mapping) and isinstance(ome.get("multiscales"), list):
-        return list(ome["multiscales"])
-    if isinstance(attrs.get("multiscales"), list):
-        return list(attrs["multiscales"])
-    return None
+    if isinstance(ome, Mapping) and "multiscales" in ome:
+        found = ome["multiscales"]
+    elif "multiscales" in attrs:
+        found = attrs["multiscales"]
+    else:
+        return None
+    valid = isinstance(found, list) and all(
+        isinstance(m, Mapping) and isinstance(m.get("datasets"), list)
+        and all(isinstance(d, Mapping) and "path" in d for d in m["datasets"])
+        for m in found
+    )  # fmt: skip
+    if not valid:
+        raise NotAZarrError(
+            "expected OME multiscales as a list of objects, each with datasets [{\"path\": …}, …], got "
+            f"{json.dumps(found, default=str)[:120]}; fix the image's metadata (NGFF 0.4/0.5)"
+        )
+    return list(found)
 
 
 def _scale_of(transforms: Any, ndim: int) -> tuple[float, ...]:
@@ -304,6 +320,14 @@ def _open_node(store_url: str, path: str, storage_options: Mapping[str, Any] | N
         raise VolumeNotFoundError(
             f"expected a Zarr volume at {redact_url(url)}, got nothing there "
             f"(store {redact_url(store_url)}, path {path!r})"
+        ) from None
+    except ValueError as exc:  # json.JSONDecodeError and zarr's metadata errors
+        where = join_url(store_url, path)
+        names = [n for n in ("zarr.json", ".zarray", ".zgroup", ".zattrs") if not remote and Path(where, n).is_file()]
+        named = join_url(where, names[0]) if names else f"{where} (zarr.json, .zarray, .zgroup)"
+        raise NotAZarrError(
+            f"expected readable Zarr metadata at {redact_url(named)}, got: {exc}; the metadata file is truncated or "
+            "was edited by hand: restore it from the original"
         ) from None
 
 

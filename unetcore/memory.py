@@ -6,7 +6,7 @@ module answers before anything runs, and names a tile that fits::
 
     need   = SAFETY × activations(tile, batch) + weights
     budget = free device memory (CUDA) or min(available RAM, the process's limit) (CPU)
-    need > budget  →  TileMemoryError: "... use --tile 380 380 (…fits…) or --batch-size 1"
+    need > budget  →  TileMemoryError: "... use --tile 380 (…fits…) or --batch-size 1"
 
 Activations are counted as `geometry.activation_bytes` counts them (skip connections plus
 the two largest consecutive tensors; every tensor when training), with channels rounded
@@ -119,8 +119,9 @@ def _gib(n: float) -> str:
     return f"{n / GIB:.2f} GiB"
 
 
-def _flag(tile: tuple[int, ...], one_size: bool) -> str:
-    return str(tile[0]) if one_size and len(set(tile)) == 1 else " ".join(map(str, tile))
+def _flag(tile: tuple[int, ...]) -> str:
+    """A tile as the CLI's ``--tile`` takes it: one size for a square/cube, else comma-separated."""
+    return str(tile[0]) if len(set(tile)) == 1 else ",".join(map(str, tile))
 
 
 def suggestion(
@@ -131,22 +132,20 @@ def suggestion(
     budget: int,
     bytes_per_element: int = 4,
     threads: int = 1,
-    one_size_flag: bool = False,
 ) -> str:
     """"use --tile … or --batch-size …" that fit `budget`, or what the smallest tile needs.
 
-    `one_size_flag`: the command's ``--tile`` takes one size (``emunet predict``), not one per axis.
     """
     kw = {"bytes_per_element": bytes_per_element, "threads": threads}
     options = []
     fit = largest_fitting_tile(config, budget, batch=batch, **kw)
     if fit is not None and math.prod(fit) < math.prod(tile):
-        options.append(f"use --tile {_flag(fit, one_size_flag)} (the largest that fits at batch size {batch})")
+        options.append(f"use --tile {_flag(fit)} (the largest that fits at batch size {batch})")
     smaller = [b for b in range(batch - 1, 0, -1) if inference_bytes(config, tile, batch=b, **kw) <= budget]
     if smaller:
         options.append(f"--batch-size {smaller[0]} (at this tile)")
     if not options and batch > 1 and (fit1 := largest_fitting_tile(config, budget, batch=1, **kw)) is not None:
-        options.append(f"use --batch-size 1 --tile {_flag(fit1, one_size_flag)}")
+        options.append(f"use --batch-size 1 --tile {_flag(fit1)}")
     if options:
         return " or ".join(options)
     smallest = geometry.smallest_input_shape(config)
@@ -165,7 +164,6 @@ def check_tile(
     where: str = "this machine",
     bytes_per_element: int = 4,
     threads: int = 1,
-    one_size_flag: bool = False,
 ) -> int:
     """The bytes `tile` needs at `batch`; `TileMemoryError` naming what fits if over `budget`."""
     tile = tuple(int(t) for t in tile)
@@ -173,7 +171,7 @@ def check_tile(
     need = inference_bytes(config, tile, batch=batch, **kw)
     if need <= budget:
         return need
-    hint = suggestion(config, tile, batch=batch, budget=budget, one_size_flag=one_size_flag, **kw)
+    hint = suggestion(config, tile, batch=batch, budget=budget, **kw)
     raise TileMemoryError(
         f"Expected a tile that fits in memory. Got tile {tile} at batch size {batch}, which needs about "
         f"{_gib(need)} while {where} has {_gib(budget)} free; {hint}"
@@ -188,7 +186,7 @@ def check_training_tile(config: UNetConfig, tile: Sequence[int], *, batch: int, 
         return need
     fit = geometry.largest_tile_where(config, lambda t: training_bytes(config, t, batch=batch) <= budget)
     hint = (
-        f"use --tile {_flag(fit, True)} (the largest that fits at batch size {batch})"
+        f"use --tile {_flag(fit)} (the largest that fits at batch size {batch})"
         if fit is not None
         else "even the smallest legal tile does not fit: free memory or use a larger machine"
     )

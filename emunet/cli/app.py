@@ -16,6 +16,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: rich panels cut long option names at 80 columns
 )
 
 
@@ -59,7 +60,17 @@ def _register_all() -> None:
 _register_all()
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Warnings for the user (a format-1 checkpoint, …) as one line, without source lines."""
+    from emunet.cli.common import console
+
+    console.print(f"[bold yellow]warning[/]: {message}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
+    import warnings
+
+    warnings.showwarning = _show_warning
     app()
 
 

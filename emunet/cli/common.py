@@ -18,6 +18,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     FileExistsError,
     PermissionError,
     KeyError,
+    ConnectionError,  # a scheduler that is not there or does not answer (pipeline.cluster)
+    TimeoutError,  # no worker with a GPU slot in time
 )
 
 
@@ -46,6 +48,61 @@ def scheduler_lost() -> Iterator[None]:
     except SchedulerLostError as exc:
         console.print(f"[bold red]error[/] (scheduler lost): {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=SCHEDULER_LOST) from None
+
+
+TILE_HELP = (
+    "Model INPUT tile in voxels (the U-Net's input; its output is smaller by the halo, e.g. 572 → 388): "
+    "one size for every axis (572) or one per axis (572,572; z,y,x for a 3D model)"
+)
+
+
+def parse_tile(text: str | None) -> tuple[int, ...] | None:
+    """``--tile`` as given: "572", "572,572", "572x572" or "76 252 252" → a tuple of sizes."""
+    import re
+
+    if text is None:
+        return None
+    parts = [p for p in re.split(r"[,x\s]+", str(text).strip()) if p]
+    try:
+        sizes = tuple(int(p) for p in parts)
+    except ValueError:
+        sizes = ()
+    if not sizes or len(sizes) > 3 or min(sizes) < 1:
+        raise ValueError(f"expected --tile as one positive size (572) or one per axis (572,572), got {text!r}")
+    return sizes
+
+
+def expand_tile(tile: tuple[int, ...] | None, dims: int) -> tuple[int, ...] | None:
+    """One size for every axis of a `dims`-D model, or exactly `dims` sizes."""
+    if tile is None:
+        return None
+    if len(tile) == 1:
+        return tile * dims
+    if len(tile) != dims:
+        raise ValueError(
+            f"expected --tile as one size or {dims} sizes for this {dims}D model, got {','.join(map(str, tile))}"
+        )
+    return tile
+
+
+INTERRUPTED = 130  # exit code after Ctrl-C (128 + SIGINT), as shells report it
+
+
+def interrupted(output: str) -> int:
+    """After Ctrl-C: one line saying what is done and how to continue; the exit code."""
+    done = ""
+    try:
+        from pipeline.ledger import Ledger
+
+        summary = Ledger.open(str(output)).summary()
+        done = f": {summary.done} of {summary.total} blocks done in {output} (its ledger keeps them)"
+    except Exception:  # no output yet, or not readable: nothing to count
+        done = f": no output written at {output}"
+    console.print(
+        f"[bold red]interrupted[/]{done}; rerun the same command with --resume to continue",
+        highlight=False, soft_wrap=True,
+    )  # fmt: skip
+    return INTERRUPTED
 
 
 def print_warnings(warnings: list[str] | tuple[str, ...]) -> None:

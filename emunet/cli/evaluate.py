@@ -56,12 +56,20 @@ def load_array(spec: str, what: str) -> Any:
             raise FileNotFoundError(f"expected {what} to be an existing Zarr store, got {store!r} (not found)")
         import zarr
 
+        where = f"{store}:{inner}" if inner else store
         try:
-            array = zarr.open_array(store=str(path), path=inner or "", mode="r")
+            node = zarr.open(store=str(path), path=inner or "", mode="r")
         except (ValueError, KeyError, FileNotFoundError) as exc:
-            where = f"{store}:{inner}" if inner else store
             raise ValueError(f"expected {what} to name a Zarr array, got {where!r} ({exc})") from None
-        return np.asarray(array[...])
+        if isinstance(node, zarr.Group):  # e.g. the output group of `emunet segment`
+            arrays = sorted(str(k) for k in node.array_keys())
+            if "probability" not in arrays:
+                raise ValueError(
+                    f"expected {what} to name a Zarr array, got the group {where!r} holding arrays {arrays[:10]}; "
+                    f"name one as {store}:{(inner + '/') if inner else ''}NAME"
+                )
+            node = node["probability"]  # an emunet output: its probability map
+        return np.asarray(node[...])
     raise ValueError(
         f"expected {what} as a .tif/.tiff file or a Zarr array (path.zarr or store.zarr:path/in/group), got {spec!r}"
     )
@@ -88,7 +96,7 @@ def _print_table(result: dict[str, Any], pred: str, gt: str) -> None:
     table.add_column("Threshold", justify="right")
     for label, key, th_key in _ROWS:
         th = result.get(th_key) if th_key else None
-        table.add_row(label, f"{result[key]:.6g}", "" if th is None else repr(th))
+        table.add_row(label, f"{result[key]:.6g}", "" if th is None else f"{th:.6g}")
     table.caption = (
         f"{result['n_slices']} slice(s) of {result['height']}×{result['width']}; "
         f"V_rand = {result['v_rand']:.6g}, V_info = {result['v_info']:.6g}; "
@@ -110,7 +118,7 @@ def _print_table(result: dict[str, Any], pred: str, gt: str) -> None:
             for _, name in columns:
                 values = curves[name]["values"]
                 cells.append(f"{values[k]:.4g}" if k < len(values) else "")
-            sweep.add_row(repr(th), *cells)
+            sweep.add_row(f"{th:.6g}", *cells)
         console.print(sweep)
 
 

@@ -92,9 +92,51 @@ def prefect_defaults() -> Iterator[None]:
         yield
 
 
+def start_temporary_server() -> None:
+    """Without a configured Prefect API, start Prefect's temporary server now, ignoring Ctrl-C.
+
+    Prefect starts it on first use, as a child in this process group: Ctrl-C in the terminal
+    killed it first, and the flow then spent minutes retrying against a dead API. Started
+    here (`children_ignore_sigint`), it lives until this process stops it on exit, and Ctrl-C
+    reaches only the command, which stops the run and says how to resume.
+    """
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+    if PREFECT_API_URL.value() or not sys.platform.startswith("linux"):
+        return
+    import subprocess
+
+    from prefect.server.api.server import SubprocessASGIServer
+
+    popen = subprocess.Popen
+
+    def detached(*args: Any, **kwargs: Any) -> Any:
+        # Its own session: the terminal's Ctrl-C does not reach it (uvicorn would catch an
+        # ignored SIGINT anew). PR_SET_PDEATHSIG: it still ends when this process dies, even
+        # by SIGKILL, so no server is ever left behind.
+        kwargs.setdefault("start_new_session", True)
+        kwargs.setdefault("preexec_fn", _die_with_parent)
+        return popen(*args, **kwargs)
+
+    subprocess.Popen = detached  # type: ignore[misc]  # for the one Popen of start()
+    try:
+        SubprocessASGIServer().start(timeout=PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+    finally:
+        subprocess.Popen = popen  # type: ignore[misc]
+
+
+def _die_with_parent() -> None:
+    """In a child before exec: SIGTERM when the parent dies (Linux ``prctl``)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 def run_flow(flow_fn: Any, params: Any) -> Any:
     """``flow_fn(params)`` under `prefect_defaults`; the flow's return value."""
     with prefect_defaults():
+        start_temporary_server()
         return flow_fn(params)
 
 

@@ -7,13 +7,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from emunet.cli.common import console, echo_json, user_errors
+from emunet.cli.common import TILE_HELP, console, echo_json, expand_tile, parse_tile, user_errors
 
 
 def model_info(
     preset: Annotated[str, typer.Option(help="Named configuration (paper, paper-transposed, cpu, tiny, aniso3d).")] = "paper",
     model: Annotated[Optional[Path], typer.Option(help="A checkpoint (.safetensors); overrides --preset.")] = None,
-    tile: Annotated[Optional[list[int]], typer.Option(help="Input tile (one size per axis, or one for all); default: the paper's 572.")] = None,
+    tile: Annotated[Optional[str], typer.Option(metavar="SIZE|Y,X", help=TILE_HELP + "; default: the paper's 572.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Print input/output tile shapes, halo, receptive field, parameters and memory."""
@@ -35,7 +35,7 @@ def model_info(
             want = (572,) * dims
             shape = tuple(geometry.nearest_legal(config, w, a)[1] for a, w in enumerate(want))
         else:
-            shape = tuple(tile) * dims if len(tile) == 1 else tuple(tile)
+            shape = expand_tile(parse_tile(tile), dims)
         geo = geometry.describe(config, shape)
         info = {
             "model": name,
@@ -50,7 +50,7 @@ def model_info(
             "parameters": count_parameters(UNet(config)),
             "activation_bytes_inference": geo.activation_bytes_inference,
             "activation_bytes_training": geo.activation_bytes_training,
-            "legal_input_sizes": geometry.legal_input_sizes(config, dims - 1, up_to=700)[:12],
+            "legal_input_sizes": _near(geometry.legal_input_sizes(config, dims - 1, up_to=shape[-1] + 400), shape[-1]),
             "config": config.to_dict(),
         }
         if as_json:
@@ -63,6 +63,11 @@ def model_info(
             if key != "config":
                 table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
         console.print(table)
+
+
+def _near(sizes: list[int], tile: int, count: int = 12) -> list[int]:
+    """The `count` legal sizes closest to the chosen tile (it is among them), ascending."""
+    return sorted(sorted(sizes, key=lambda s: (abs(s - tile), s))[:count])
 
 
 def register(app: typer.Typer) -> None:

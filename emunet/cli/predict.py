@@ -8,14 +8,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from emunet.cli.common import console, print_warnings, user_errors
+from emunet.cli.common import TILE_HELP, console, expand_tile, parse_tile, print_warnings, user_errors
 
 
 def predict(
     input: Annotated[str, typer.Argument(help="Input TIFF stack (or file.h5:/dataset).")],
     output: Annotated[Path, typer.Argument(help="Output float32 TIFF: cell probability, 0 = membrane, 1 = cell.")],
     model: Annotated[Path, typer.Option(help="Checkpoint (.safetensors).")],
-    tile: Annotated[Optional[int], typer.Option(help="Input tile size (legal); default: chosen automatically.")] = None,
+    tile: Annotated[Optional[str], typer.Option(metavar="SIZE|Y,X", help=TILE_HELP + "; default: chosen automatically.")] = None,
     batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 4,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     tta: Annotated[bool, typer.Option(help="Average over the 8 flips/rotations.")] = False,
@@ -42,7 +42,7 @@ def predict(
 
         chosen, source = resolve_grey_range(image, grey_range)
         print_warnings(check_grey(image.dtype, input, chosen, source, GreyStats.of(image), ckpt.normalization))
-        tile_shape = None if tile is None else (tile,) * dims
+        tile_shape = expand_tile(parse_tile(tile), dims)
         config = PredictConfig(tile_shape=tile_shape, batch_size=batch_size, device=device, tta=tta,
                                grey_range=None if source == "dtype" else chosen)  # fmt: skip
         predictor = TilePredictor(ckpt.model, ckpt.normalization, config)
@@ -68,7 +68,7 @@ def _check_memory(config, image, predictor) -> None:
     cuda = predictor.device.type == "cuda"
     check_tile(
         config, tile, batch=predictor.config.batch_size, budget=device_budget(str(predictor.device)),
-        where=f"this machine ({predictor.device})", bytes_per_element=2 if cuda and predictor.config.amp else 4, one_size_flag=True,
+        where=f"this machine ({predictor.device})", bytes_per_element=2 if cuda and predictor.config.amp else 4,
     )  # fmt: skip
 
 

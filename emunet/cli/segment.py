@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from emunet.cli.common import console, echo_json, print_warnings, scheduler_lost, user_errors
+from emunet.cli.common import TILE_HELP, interrupted, console, echo_json, expand_tile, parse_tile, print_warnings, scheduler_lost, user_errors
 
 
 class Dtype(str, Enum):
@@ -21,10 +21,10 @@ def segment(
     input: Annotated[str, typer.Argument(metavar="IN.zarr", help="Input Zarr volume: a path or URL, an array or an OME-Zarr image.")],
     output: Annotated[str, typer.Argument(metavar="OUT.zarr", help="Output OME-Zarr group (probability, optional mask, ledger).")],
     model: Annotated[Path, typer.Option(help="Checkpoint (.safetensors).")],
-    workers: Annotated[Optional[int], typer.Option(envvar="EMUNET_SEGMENT_WORKERS", help="Local workers to start (default: one per GPU, 2 on a CPU).")] = None,
-    scheduler: Annotated[Optional[str], typer.Option(envvar="EMUNET_SEGMENT_SCHEDULER", help="Address of a running Dask scheduler, e.g. tcp://host:8786.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Local workers to start (default: one per GPU, 2 on a CPU; at most one per core or GPU).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="Address of a running Dask scheduler, e.g. tcp://host:8786.")] = None,
     block: Annotated[Optional[tuple[int, int, int]], typer.Option(metavar="Z Y X", help="Block shape in voxels (default 8 512 512, aligned).")] = None,
-    tile: Annotated[Optional[tuple[int, int]], typer.Option(metavar="Y X", help="Model input tile (legal sizes; default: largest ≤ 572).")] = None,
+    tile: Annotated[Optional[str], typer.Option(metavar="SIZE|Y,X", help=TILE_HELP + "; default: the largest legal ≤ 572 that fits the workers' memory.")] = None,
     batch_size: Annotated[int, typer.Option(envvar="EMUNET_SEGMENT_BATCH_SIZE", help="Tiles per forward pass.")] = 4,
     dtype: Annotated[Dtype, typer.Option(envvar="EMUNET_SEGMENT_DTYPE", help="Stored probability: uint8 = p·255, float16 or float32.")] = Dtype.uint8,
     mask: Annotated[bool, typer.Option("--mask", help="Also store mask = p ≥ 0.5.")] = False,
@@ -54,9 +54,14 @@ def segment(
 
         if workers is not None and scheduler is not None:
             raise ValueError(f"expected --workers or --scheduler, got both ({workers}, {scheduler!r})")
+        tile_shape = parse_tile(tile)
+        if tile_shape is not None:
+            from unetcore.checkpoint import read_header
+
+            tile_shape = expand_tile(tile_shape, int(read_header(model)["model_config"].get("spatial_dims", 2)))
         given = {
             "block_shape": block,
-            "tile_shape": tile,
+            "tile_shape": tile_shape,
             "batch_size": batch_size,
             "dtype": dtype.value,
             "mask": mask,
@@ -75,20 +80,34 @@ def segment(
         }
         # Unset options fall back to EMUNET_SEGMENT_* (parsed by SegmentConfig.from_env).
         config = SegmentConfig.from_env(**{k: v for k, v in given.items() if v is not None})
+        from pipeline.cluster import connect_client
         from pipeline.ownership import check_output
+        from pipeline.prepare import prepare
 
-        # Before any server or cluster starts: never into an input, never over data not ours.
+        # Before any server or cluster starts, so that a mistake is one line within seconds:
+        # the output (never into an input, never over data not ours), the input, the
+        # checkpoint, the tile, the device, the workers, the scheduler's address.
         check_output(output, reads=(input, str(model), ground_truth), overwrite=config.overwrite, resume=config.resume)
+        if flow:
+            prepare(input, output, model, config)
+        if config.scheduler is not None:
+            connect_client(config.scheduler, config.connect_timeout_s).close()  # reachable, and speaks Dask
         if flow:
             from emunet.cli.flow_commands import segment_with_flow
 
-            raise typer.Exit(segment_with_flow(input, output, model, config, ground_truth=ground_truth, as_json=as_json))
+            try:
+                code = segment_with_flow(input, output, model, config, ground_truth=ground_truth, as_json=as_json)
+            except KeyboardInterrupt:
+                code = interrupted(output)
+            raise typer.Exit(code)
         if ground_truth is not None:
             raise ValueError("expected --ground-truth with --flow (the flow computes the metrics), got --no-flow")
         from pipeline.submit import SchedulerLostError
 
         try:
             result = run_segment(input, output, model, config)
+        except KeyboardInterrupt:
+            raise typer.Exit(interrupted(output)) from None
         except SchedulerLostError:
             raise  # exit 3 (scheduler_lost): not a usage error
         except (ConnectionError, TimeoutError) as exc:  # no scheduler / no GPU workers

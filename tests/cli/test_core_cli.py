@@ -34,7 +34,7 @@ def test_model_info_illegal_tile_names_nearest() -> None:
 
 
 def test_model_info_table_and_3d() -> None:
-    result = invoke("model-info", "--preset", "aniso3d", "--tile", "76", "--tile", "252", "--tile", "252")
+    result = invoke("model-info", "--preset", "aniso3d", "--tile", "76,252,252")
     assert result.exit_code == 0 and "halo" in result.output
 
 

@@ -48,7 +48,7 @@ def one_torch_thread(monkeypatch) -> None:
 
 def test_json_result_against_a_scheduler(app, runner, volume, checkpoint, scheduler, tmp_path) -> None:
     out = tmp_path / "out.zarr"
-    extra = ("--scheduler", scheduler, "--dtype", "float16", "--mask", "--tile", "116", "116", "--json")
+    extra = ("--scheduler", scheduler, "--dtype", "float16", "--mask", "--tile", "116,116", "--json")
     result = runner.invoke(app, args(volume, out, checkpoint, *extra))
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)

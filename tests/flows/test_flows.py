@@ -73,6 +73,20 @@ def test_failed_block_fails_the_flow_naming_it_and_resume_finishes(volume, sched
     assert again["result"]["computed"] == 1 and again["result"]["skipped"] == 3 and again["ledger"]["complete"]
 
 
+def test_the_flows_metrics_equal_evaluate_of_the_stored_output(volume, scheduler, tmp_path, app, runner) -> None:
+    """The flow scores the stored uint8 values as `emunet evaluate OUT.zarr GT` reads them
+    (it converted them to float32 first until 2 Dec, which moved the warping error)."""
+    import json
+
+    out = tmp_path / "seg.zarr"
+    summary = segment_volume(params(volume, out, scheduler, ground_truth_url=volume[1]))
+    result = runner.invoke(app, ["evaluate", str(out), volume[1], "--json"])  # the group: its probability
+    assert result.exit_code == 0, result.output
+    cli = json.loads(result.stdout)
+    for key in ("pixel_error", "rand_error", "info_error", "rand_error_2012", "warping_error"):
+        assert summary["metrics"][key] == cli[key], key
+
+
 def test_existing_output_is_refused_before_any_block_runs(volume, tmp_path) -> None:
     from pipeline.output import OutputExistsError
 

@@ -110,7 +110,11 @@ def test_uint8_mask_and_pyramid(volume, checkpoint, scheduler, expected, tmp_pat
     group = zarr.open_group(str(out), mode="r")
     assert group["probability"].dtype == np.uint8
     np.testing.assert_allclose(group["probability"][:] / 255.0, expected, atol=0.5 / 255 + 1e-6)
-    np.testing.assert_array_equal(group["mask"][:], (expected >= 0.5).astype(np.uint8))
+    # Blockwise and whole-volume p agree to ~1e-5, not bitwise on every CPU: voxels within that
+    # of the threshold may fall either side of it, so the mask is compared everywhere else.
+    clear = np.abs(expected - 0.5) > 1e-4
+    np.testing.assert_array_equal(group["mask"][:][clear], (expected >= 0.5).astype(np.uint8)[clear])
+    assert clear.mean() > 0.99
     assert group["pyramid/probability/1"].shape == (6, 48, 40)
 
 

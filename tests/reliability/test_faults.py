@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.ownership import Existing
 import zarr
 
+from pipeline.ownership import Existing
 from tests.reliability.conftest import chunk_files, wait_for, write_zarr
 
 SHAPE = (24, 48, 48)
@@ -168,6 +168,43 @@ def test_killing_the_client_process_then_resuming(local_scheduler, volume_copy, 
     assert result["skipped"] >= before and result["computed"] + result["skipped"] == NUM_BLOCKS
     recomputed = result["computed"] - (NUM_BLOCKS - result["skipped"])  # done blocks run again
     assert recomputed <= 0.05 * result["skipped"]
+    assert np.array_equal(probability(out), clean)
+
+
+@pytest.mark.parametrize("path", ["--no-flow", "--flow"])
+def test_ctrl_c_stops_the_run_cleanly_and_it_resumes(path, local_scheduler, volume_copy, checkpoint, clean, tmp_path) -> None:
+    """Ctrl-C (SIGINT to the terminal's whole process group) mid-run: the command stops within
+    seconds with exit 130 and one line naming the done blocks and --resume; no traceback (local
+    workers and the temporary Prefect server ignore the terminal's SIGINT: the command stops
+    them); the ledger is consistent, so --resume completes and equals a clean run."""
+    out = tmp_path / "out.zarr"
+    where = ["--workers", "2"] if path == "--no-flow" else ["--scheduler", local_scheduler]
+    args = [sys.executable, "-c", CLI, "segment", str(volume_copy), str(out), "--model", str(checkpoint), *where,
+            "--block", *map(str, BLOCK), "--blocks-per-task", "1", "--max-in-flight", "2", path]  # fmt: skip
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}, "EMUNET_SEGMENT_TORCH_THREADS": "1",
+           "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}  # fmt: skip
+    log = open(tmp_path / "run.log", "w+")
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: done_count(out) >= 3 or proc.poll() is not None, 240, "3 blocks done")
+        assert proc.poll() is None, "finished before the interrupt"
+        t0 = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        proc.wait(60)
+        stopped = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    log.seek(0)
+    text = log.read()
+    assert proc.returncode == 130, text[-3000:]
+    assert stopped < 30, stopped  # generous on a loaded machine; ~5 s here
+    assert "Traceback" not in text, text[-3000:]
+    assert text.count("interrupted") == 1 and "rerun the same command with --resume" in text, text[-2000:]
+    time.sleep(1.0)  # blocks still running on a long-lived scheduler's workers may finish
+    rerun = subprocess.run([*args[:-1], "--no-flow", "--resume", "--json"], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=180)  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert np.array_equal(probability(out), clean)
 
 

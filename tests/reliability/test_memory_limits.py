@@ -44,7 +44,7 @@ def test_segment_refuses_a_tile_the_workers_cannot_hold_and_its_suggestion_runs(
                 "--block", "1", "48", "48", "--no-flow", "--json", *extra]  # fmt: skip
         return runner.invoke(cli, args)
 
-    refused = segment("--tile", "3004", "3004")
+    refused = segment("--tile", "3004,3004")
     assert refused.exit_code == 2, refused.output
     text = " ".join(refused.output.split())
     assert "Expected a tile that fits in memory" in text and "tile (3004, 3004) at batch size 1" in text
@@ -52,13 +52,13 @@ def test_segment_refuses_a_tile_the_workers_cannot_hold_and_its_suggestion_runs(
     assert "Traceback" not in refused.output
     assert not out.exists()
 
-    size = re.search(r"--tile (\d+) (\d+)", text).groups()
-    assert 116 <= int(size[0]) < 3004
-    ran = segment("--tile", *size)
+    size = re.search(r"--tile ([\d,]+) \(", text).group(1)
+    assert 116 <= int(size.split(",")[0]) < 3004
+    ran = segment("--tile", size)
     assert ran.exit_code == 0, ran.output
     before = snapshot(out)
 
-    again = segment("--tile", "3004", "3004", "--overwrite")  # refused before the old output is touched
+    again = segment("--tile", "3004", "--overwrite")  # refused before the old output is touched
     assert again.exit_code == 2, again.output
     assert snapshot(out) == before
 

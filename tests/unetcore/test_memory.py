@@ -51,7 +51,7 @@ def test_a_tile_that_does_not_fit_names_a_tile_and_a_batch_that_do() -> None:
         memory.check_tile(config, (572, 572), batch=4, budget=budget, where="worker w1 (cpu)")
     text = str(info.value)
     assert "tile (572, 572) at batch size 4" in text and "worker w1 (cpu) has 1.00 GiB free" in text
-    size = tuple(int(v) for v in re.search(r"--tile (\d+) (\d+)", text).groups())
+    size = (int(re.search(r"--tile (\d+) ", text).group(1)),) * 2  # one size: a square tile
     batch = int(re.search(r"--batch-size (\d+)", text).group(1))
     geometry.output_shape(config, size)  # legal
     assert memory.inference_bytes(config, size, batch=4) <= budget  # fits…
@@ -61,9 +61,11 @@ def test_a_tile_that_does_not_fit_names_a_tile_and_a_batch_that_do() -> None:
     assert memory.inference_bytes(config, (572, 572), batch=batch + 1) > budget
 
 
-def test_one_size_flag_for_commands_whose_tile_is_one_number() -> None:
+def test_the_suggested_tile_is_written_as_every_command_takes_it() -> None:
+    """One convention: one size for a square (cube) tile, else one per axis with commas."""
     with pytest.raises(memory.TileMemoryError, match=r"--tile \d+ \(the largest"):
-        memory.check_tile(preset("paper"), (572, 572), batch=1, budget=GIB // 4, one_size_flag=True)
+        memory.check_tile(preset("paper"), (572, 572), batch=1, budget=GIB // 4)
+    assert memory._flag((76, 252, 252)) == "76,252,252" and memory._flag((252, 252)) == "252"
 
 
 def test_when_nothing_fits_the_smallest_tile_is_named() -> None:

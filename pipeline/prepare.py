@@ -1,0 +1,155 @@
+"""Everything `segment` checks before a cluster (or a Prefect server) starts.
+
+`prepare` opens the input and the checkpoint, plans the blocks, checks the tile, the
+device and the number of local workers, samples the input's grey values and fingerprint,
+and checks what is at the output. It reads a few chunks and the checkpoint and writes
+nothing, so `emunet segment` calls it first on both of its paths: every usage or input
+error is one line within a second or two, before any process is started; `segment` calls
+it again (the flow may run elsewhere) and uses what it found.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEVICES = ("auto", "cpu", "cuda")  # plus "cuda:N"
+
+
+def absolute(url: str | Path) -> str:
+    """Local paths made absolute (workers may run elsewhere); URLs unchanged."""
+    from pipeline.volume import is_remote
+
+    text = str(url)
+    if is_remote(text) or text.startswith("file://") or os.path.isabs(text):
+        return text
+    return os.path.abspath(text)
+
+
+def check_device(device: str, *, local: bool) -> None:
+    """A device name the workers understand; ``cuda`` on a local cluster needs a GPU here."""
+    from pipeline.cluster import gpu_count
+
+    name = str(device)
+    if name not in DEVICES and not (name.startswith("cuda:") and name[5:].isdigit()):
+        raise ValueError(f"expected a device in auto, cpu, cuda or cuda:N, got {name!r}")
+    if local and name.startswith("cuda") and gpu_count() == 0:
+        raise ValueError(
+            f"expected a CUDA GPU for --device {name} on this machine's local workers, got none; use --device cpu "
+            "(or auto), or --scheduler for a cluster with GPU workers"
+        )
+
+
+def check_local_workers(workers: int | None) -> None:
+    """At most one local worker per core (CPU) or per GPU: more only slows every block down."""
+    from pipeline.cluster import gpu_count
+
+    if workers is None:
+        return
+    gpus = gpu_count()
+    limit, what = (gpus, f"{gpus} GPU(s)") if gpus else (os.cpu_count() or 1, f"{os.cpu_count() or 1} CPU core(s)")
+    if workers > limit:
+        raise ValueError(
+            f"expected at most {limit} local workers on this machine ({what}: each worker runs one block at a time "
+            f"with all its threads), got --workers {workers}; use --workers {limit} or fewer, or --scheduler ADDRESS "
+            "for a larger cluster"
+        )
+
+
+@dataclass
+class Prepared:
+    """What `prepare` found: the plan and everything a run needs before it starts workers."""
+
+    checkpoint: Path
+    sha256: str
+    model_config: Any
+    normalization: Any
+    volume: Any = field(repr=False)
+    plan: Any
+    tile: tuple[int, ...]  # the input tile the blocks use
+    batch: int  # the largest batch a forward pass will hold
+    grey_range: tuple[float, float]
+    grey_source: str  # "given", "stored" or "dtype"
+    warnings: list[str]
+    resuming: bool  # an existing output is resumed
+    inputs: dict[str, Any]  # provenance of what was read (grey range, fingerprint)
+    config: Any = field(repr=False)
+
+    def create_output(self) -> Any:
+        from pipeline.output import OutputOptions, create_output
+
+        options = OutputOptions(dtype=self.config.dtype, mask=self.config.mask)
+        return create_output(
+            self.plan, options, model_config=self.model_config.to_dict(), resume=self.config.resume,
+            overwrite=self.config.overwrite, reads=(str(self.checkpoint),), extra_attrs={"input": self.inputs},
+        )  # fmt: skip
+
+    def check_input_unchanged(self) -> None:
+        from pipeline.output import check_input_unchanged
+
+        check_input_unchanged(self.plan.output_url, self.volume)
+
+
+def _tile_and_batch(checkpoint: Path, plan: Any, config: Any) -> tuple[tuple[int, ...], int, Any, Any]:
+    """The checkpoint (its weights must load into its own config) and a legal tile for it."""
+    from unetcore.checkpoint import load_checkpoint
+    from unetcore.predict import PredictConfig, plan_tiles
+
+    ckpt = load_checkpoint(checkpoint)  # weight shapes, content hash; raises CheckpointError
+    dims = ckpt.config.spatial_dims
+    if config.tile_shape is not None and len(config.tile_shape) != dims:
+        raise ValueError(
+            f"Expected a tile of {dims} sizes for this {dims}D model. Got {tuple(config.tile_shape)} instead."
+        )
+    predict = PredictConfig(tile_shape=config.tile_shape, batch_size=config.batch_size)
+    tiles = plan_tiles(ckpt.config, tuple(plan.block_shape[-dims:]), config.tile_shape, predict)  # illegal tiles raise
+    per_block = math.prod(tiles.counts) * (plan.block_shape[0] if dims == 2 else 1)
+    return tiles.in_tile, min(config.batch_size, per_block), ckpt.config, ckpt.normalization
+
+
+def prepare(input_url: str | Path, output_url: str | Path, checkpoint: str | Path, config: Any) -> Prepared:
+    """Check everything that can be checked without workers; nothing is written."""
+    from pipeline.fingerprint import input_fingerprint, read_sample
+    from pipeline.grey import GreyStats, check_grey, resolve_grey_range
+    from pipeline.ownership import check_output
+    from pipeline.plan import plan_for_volume
+    from pipeline.volume import open_volume, redact_url
+    from unetcore.checkpoint import file_sha256, read_header
+    from unetcore.config import UNetConfig
+
+    local = config.scheduler is None
+    check_device(config.device, local=local)
+    if local:
+        check_local_workers(config.workers)
+    checkpoint = Path(checkpoint).absolute()
+    read_header(checkpoint)  # refuses pickles and truncated files before anything else
+    sha256 = config.checkpoint_sha256 or file_sha256(checkpoint)
+    existing = check_output(absolute(output_url), reads=(absolute(input_url), str(checkpoint)), overwrite=config.overwrite,
+                            resume=config.resume)  # fmt: skip
+    volume = open_volume(absolute(input_url), level=config.input_level, sparse=config.sparse)
+    model_config = UNetConfig.from_dict(read_header(checkpoint)["model_config"])
+    plan = plan_for_volume(volume, absolute(output_url), model_config, block_shape=config.block_shape, checkpoint_sha256=sha256)
+    tile, batch, model_config, normalization = _tile_and_batch(checkpoint, plan, config)
+    grey_range, grey_source = resolve_grey_range(volume, config.grey_range)
+    sample = read_sample(volume)  # a few chunks spread over the volume, read once here
+    warnings = check_grey(
+        volume.dtype, redact_url(volume.url), grey_range, grey_source, GreyStats.of_sample(sample), normalization
+    )
+    resuming = existing.exists and config.resume
+    inputs = {"grey_range": list(grey_range), "grey_range_source": grey_source, "sparse": config.sparse,
+              "fingerprint": None if resuming else input_fingerprint(volume, sample)}  # fmt: skip
+    ready = Prepared(
+        checkpoint=checkpoint, sha256=sha256, model_config=model_config, normalization=normalization, volume=volume,
+        plan=plan, tile=tile, batch=batch, grey_range=grey_range, grey_source=grey_source, warnings=warnings,
+        resuming=resuming, inputs=inputs, config=config,
+    )  # fmt: skip
+    if resuming:
+        ready.create_output()  # checks that the output has this plan (and grey range); writes nothing
+        ready.check_input_unchanged()  # the same input: its fingerprint
+    return ready
+
+
+__all__ = ["Prepared", "absolute", "check_device", "check_local_workers", "prepare"]
