@@ -14,6 +14,7 @@ another ``labels_threshold`` only relabels (the tree is stored for every thresho
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.volume import fsspec_filesystem, redact_url
+from pipeline.volume import fsspec_filesystem, is_remote, local_path, redact_url
 
 from .agglomerate import TreeGeometry, leaf_task, node_task
 from .config import RESUME_KEYS, InstanceConfig
@@ -67,7 +68,9 @@ def _check_map(job: InstanceJob, client: Any) -> None:
     arr = da.from_zarr(job.group("r")[PROBABILITY])
     th = job.config.seed_threshold * (255 if str(arr.dtype) == "uint8" else 1)
     parts = [arr.min(), arr.max()]
-    lo, hi = (float(v) for v in (da.compute(*parts) if client is None else client.compute(parts, sync=True)))
+    # client None: this process (threads), even if a distributed client is the default scheduler
+    lo, hi = (float(v) for v in (da.compute(*parts, scheduler="threads") if client is None
+                                 else client.compute(parts, sync=True)))
     if hi <= th:
         raise ValueError(
             f"expected cells in the probability map (some p > seed_threshold {job.config.seed_threshold}), got "
@@ -85,6 +88,8 @@ def prepare(url: str, config: InstanceConfig, *, storage_options: Mapping[str, A
     """Validate everything and return the job (nothing written yet)."""
     if resume and overwrite:
         raise ValueError("expected at most one of resume and overwrite, got both")
+    if not is_remote(url):  # tasks run on workers whose working directory may differ
+        url = os.path.abspath(local_path(url))
     info = probability_info(url, storage_options)
     mode = config.resolved_mode(info.voxel_size)
     block = config.block_shape or default_block_shape(info, mode)

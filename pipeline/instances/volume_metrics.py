@@ -28,6 +28,7 @@ the label score of its thinned segmentation).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,12 @@ class LabelSource:
 
     store: str
     path: str = ""
+
+    def __post_init__(self) -> None:
+        from pipeline.volume import is_remote, local_path
+
+        if not is_remote(self.store):  # read on workers whose working directory may differ
+            object.__setattr__(self, "store", os.path.abspath(local_path(self.store)))
 
     def open(self) -> Any:
         import zarr

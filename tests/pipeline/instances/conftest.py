@@ -68,13 +68,14 @@ def store3d(tmp_path: Path, cells3d: np.ndarray) -> str:
     return write_probability_store(tmp_path / "out.zarr", probability_from(cells3d), (5, 8, 8))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def client():
-    """A real two-worker `distributed.LocalCluster` (processes), shared by this folder's tests."""
+    """A real two-worker `distributed.LocalCluster` (processes), shared by this folder's tests,
+    closed when they are done; never the default scheduler (tests elsewhere keep theirs)."""
     import logging
 
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=logging.WARNING) as cluster, Client(cluster) as c:
+                      silence_logs=logging.WARNING) as cluster, Client(cluster, set_as_default=False) as c:
         yield c
