@@ -147,3 +147,15 @@ def test_partition_barely_depends_on_the_block_shape(clustered, tmp_path) -> Non
         for basin in np.unique(np.concatenate([graph["a"], graph["b"]])).tolist():
             seen.setdefault(basin, set()).add(f.name)
     assert sum(len(blocks) > 1 for blocks in seen.values()) > 0  # basins cut by faces, recognised by seed
+
+
+def test_no_tree_node_reads_all_edges(clustered) -> None:
+    """The reduction never gathers the region graph: each node reads only pending edges."""
+    url, summary, _ = clustered
+    root = Path(url) / "instances"
+    total = sum(np.load(f)["u"].size for f in (root / "graph").iterdir())
+    for level in range(summary.tree_levels):  # what nodes of level + 1 read
+        read = [np.load(f)["a"].size for f in (root / "tree" / "e" / f"l{level}").iterdir()]
+        assert sum(read) < 0.9 * total, (level, sum(read), total)
+    top = [np.load(f)["a"].size for f in (root / "tree" / "e" / f"l{summary.tree_levels}").iterdir()]
+    assert top == [0]  # everything decided at the top
