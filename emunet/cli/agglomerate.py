@@ -178,7 +178,10 @@ def score_segmentation(pred: str, gt: str, *, as_json: bool, workers: int = 0) -
     for label, key in (("ISBI V_rand error (per slice)", "rand_error"), ("ISBI V_info error (per slice)", "info_error"),
                        ("ISBI Rand error 2012", "rand_error_2012")):
         table.add_row(label, f"{result['isbi'][key]:.6g}")
-    table.caption = f"{result['voxels']} GT-labelled voxels; {result['isbi']['n_slices']} slice(s); GT label 0 ignored"
+    table.caption = (f"{result['voxels']} GT-labelled voxels, {result['gt_labels']} GT labels, {result['seg_labels']} "
+                     f"segments; {result['isbi']['n_slices']} slice(s); GT label 0 ignored"
+                     + ("; GT has one label (a binary mask?): only the ISBI rows, which label GT > 0 per slice, "
+                        "are meaningful" if result["gt_labels"] == 1 else ""))
     Console().print(table)
 
 

@@ -143,12 +143,13 @@ def scores_from_table(g: np.ndarray, s: np.ndarray, c: np.ndarray) -> dict[str, 
     a = np.bincount(gi.ravel(), weights=c)
     b = np.bincount(si.ravel(), weights=c)
     p = c / n
-    split = float(-np.sum(p * np.log2(c / a[gi.ravel()])))
-    merge = float(-np.sum(p * np.log2(c / b[si.ravel()])))
+    split = float(-np.sum(p * np.log2(c / a[gi.ravel()]))) + 0.0  # + 0.0: no "-0"
+    merge = float(-np.sum(p * np.log2(c / b[si.ravel()]))) + 0.0
     sum_c2, sum_a2, sum_b2 = c @ c - n, a @ a - n, b @ b - n
     arand = float(1.0 - sum_c2 / (0.5 * sum_a2 + 0.5 * sum_b2)) if sum_a2 + sum_b2 > 0 else 0.0
     return {"vi_split": split, "vi_merge": merge, "vi": split + merge, "adapted_rand_error": arand,
-            "cremi_score": math.sqrt(max(arand, 0.0) * (split + merge)), "voxels": int(n)}
+            "cremi_score": math.sqrt(max(arand, 0.0) * (split + merge)), "voxels": int(n),
+            "gt_labels": int(a.size), "seg_labels": int(b.size)}
 
 
 def volume_scores(seg: Labels, gt: Labels, **kwargs: Any) -> dict[str, float]:
