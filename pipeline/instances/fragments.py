@@ -15,8 +15,8 @@ Kernel (method "watershed"), per 2D slice in mode "2d" and on the volume in "3d"
    connected plateau one seed;
 3. `skimage.segmentation.watershed` of the boundary map ``1 − p`` from the seeds, ties
    on the quantised map broken by the distance (see `seeds`);
-4. size rule: seeds whose basin has fewer than ``min_size`` voxels are dropped and the
-   watershed is run again, so small basins are flooded by their neighbours;
+4. size rule: basins smaller than ``min_size`` voxels join the neighbouring basin they
+   share the lowest mean boundary with;
 5. the write ROI is cut out and re-split into connected pieces (`cc3d`), so a fragment
    never spans two pieces that only touched through the context;
 6. each fragment keeps the *seed key* of its basin (the global index of the seed's first
@@ -75,22 +75,56 @@ def seeds(prob: np.ndarray, config: InstanceConfig, anisotropy: tuple[float, ...
     return out.astype(np.int32, copy=False), surface
 
 
-def _watershed(boundary: np.ndarray, markers: np.ndarray, min_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded watershed of ``boundary`` with the size rule: (int32 labels of all voxels, markers used)."""
+def _watershed(surface: np.ndarray, markers: np.ndarray, min_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded watershed of ``surface`` with the size rule: (int32 labels of all voxels, markers).
+
+    Size rule: a basin smaller than ``min_size`` joins the neighbouring basin it shares the
+    lowest mean boundary with (chains of small basins end in one large one); one watershed
+    instead of a second flooding without the small seeds (measured: half the time).
+    """
     from skimage.segmentation import watershed
 
     if markers.max() == 0:  # no cell voxel: one fragment (the caller splits it into pieces)
-        return np.ones(boundary.shape, dtype=np.int32), markers
-    labels = watershed(boundary, markers).astype(np.int32, copy=False)
+        return np.ones(surface.shape, dtype=np.int32), markers
+    labels = watershed(surface, markers).astype(np.int32, copy=False)
     if min_size > 1:
-        sizes = np.bincount(labels.ravel())
-        small = np.flatnonzero(sizes < min_size)
-        small = small[small > 0]
-        if small.size and small.size < np.count_nonzero(sizes):
-            markers = markers.copy()
-            markers[np.isin(markers, small)] = 0
-            labels = watershed(boundary, markers).astype(np.int32, copy=False)
+        labels = _absorb_small(labels, surface, min_size)
     return labels, markers
+
+
+def _absorb_small(labels: np.ndarray, surface: np.ndarray, min_size: int) -> np.ndarray:
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from .region_graph import aggregate_edges, contact_pairs
+
+    sizes = np.bincount(labels.ravel())
+    small = (sizes < min_size) & (sizes > 0)
+    if not small.any() or small.sum() == np.count_nonzero(sizes):
+        return labels
+    lab3, surf3 = (labels[None], surface[None]) if labels.ndim == 2 else (labels, surface)
+    u, v, values = contact_pairs(lab3, surf3, (0, 0, 0), (1, 2) if labels.ndim == 2 else (0, 1, 2))
+    edges = aggregate_edges(u, v, values, 0.5)
+    a, b, mean = edges["u"].astype(np.int64), edges["v"].astype(np.int64), edges["mean"]
+    src = np.concatenate([a, b])  # each edge seen from both ends
+    dst = np.concatenate([b, a])
+    score = np.concatenate([mean, mean])
+    pick = small[src]
+    src, dst, score = src[pick], dst[pick], score[pick]
+    if src.size == 0:
+        return labels
+    order = np.lexsort((score, src))  # per small basin, its lowest-boundary neighbour first
+    src, dst = src[order], dst[order]
+    first = np.ones(src.size, dtype=bool)
+    first[1:] = src[1:] != src[:-1]
+    n = sizes.size
+    graph = coo_matrix((np.ones(int(first.sum())), (src[first], dst[first])), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    big = np.where(small, n, np.arange(n))  # a component's id: its one large basin, if any
+    target = np.full(comp.max() + 1, n, dtype=np.int64)
+    np.minimum.at(target, comp, big)
+    mapped = np.where(target[comp] < n, target[comp], np.arange(n))
+    return mapped[labels].astype(np.int32)
 
 
 def seed_keys(markers: np.ndarray, origin: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
