@@ -62,6 +62,14 @@ class Cluster:
     slots: int  # GPU slots (block tasks that can run at once)
     torch_threads: int | None
 
+    @property
+    def dashboard(self) -> str | None:
+        """The Dask dashboard's URL (None where the scheduler serves none)."""
+        try:
+            return self.client.dashboard_link or None
+        except Exception:  # pragma: no cover - no HTTP server on that scheduler
+            return None
+
 
 def gpu_count() -> int:
     """CUDA devices visible to this process (0 without CUDA or without torch's CUDA build)."""
@@ -135,7 +143,7 @@ def local_cluster(config: ClusterConfig) -> tuple[Any, str, int | None]:
 
 
 def _local_cluster(config: ClusterConfig) -> tuple[Any, str, int | None]:
-    common: dict[str, Any] = {"dashboard_address": None, "silence_logs": logging.WARNING}
+    common: dict[str, Any] = {"dashboard_address": "127.0.0.1:0", "silence_logs": logging.WARNING}  # a free port
     gpus = gpu_count()
     if gpus:
         n = config.workers or gpus

@@ -147,8 +147,11 @@ def prepare(input_url: str | Path, output_url: str | Path, checkpoint: str | Pat
         resuming=resuming, inputs=inputs, config=config,
     )  # fmt: skip
     if resuming:
+        from pipeline.runlock import check_free
+
         ready.create_output()  # checks that the output has this plan (and grey range); writes nothing
         ready.check_input_unchanged()  # the same input: its fingerprint
+        check_free(plan.output_url)  # no other live run is writing it
     return ready
 
 

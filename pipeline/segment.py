@@ -55,6 +55,7 @@ class SegmentResult:
     blocks_per_task: int = 0  # the group size used (config's, smaller for small runs)
     plugin: str = ""  # the model plugin's name on the workers
     warnings: list[str] = field(default_factory=list)  # about the input (e.g. grey values far from the model's)
+    dashboard: str = ""  # the Dask dashboard's URL while the run lasted ("" if none)
 
     @property
     def ok(self) -> bool:
@@ -191,6 +192,7 @@ def segment(
     """
     from pipeline.ledger import Ledger
     from pipeline.prepare import prepare as check_and_plan
+    from pipeline.runlock import RunLock
     from pipeline.pyramid import write_pyramid
 
     start = time.perf_counter()
@@ -202,9 +204,13 @@ def segment(
     create = ready.create_output  # a resumed output's plan and input were checked by `prepare`
     result = SegmentResult(plan.output_url, plan.num_blocks, warnings=list(ready.warnings))
 
+    locks: list[Any] = []
+
     def prepare() -> Iterator[int]:
-        """Create the output (once the workers hold the model) and list the blocks to run."""
+        """Create the output (once the workers hold the model), take its run lock (one run
+        per output at a time, `pipeline.runlock`) and list the blocks to run."""
         create()
+        locks.append(RunLock(plan.output_url).acquire())
         done = Ledger(plan.output_url, plan.num_blocks).done_mask() if config.resume else None
         result.skipped = int(done.sum()) if done is not None else 0
         return (i for i in range(plan.num_blocks) if done is None or not done[i])
@@ -214,13 +220,11 @@ def segment(
         predict["grey_range"] = tuple(ready.grey_range)
     spec = ModelSpec(str(checkpoint), sha256, predict=predict, torch_threads=config.torch_threads)
     payload = {"plan": plan.to_dict(), "run": uuid.uuid4().hex, "sparse": config.sparse}
-    if client is not None:
-        _run(client, "client", config, spec, payload, prepare, result, checks)
-    else:
-        with connect(config.cluster()) as cluster:
-            if spec.torch_threads is None and cluster.torch_threads:
-                spec = ModelSpec(spec.checkpoint, sha256, predict, torch_threads=cluster.torch_threads)
-            _run(cluster.client, cluster.kind, config, spec, payload, prepare, result, checks)
+    try:
+        _run_on_a_cluster(client, config, spec, payload, prepare, result, checks)
+    finally:
+        for lock in locks:
+            lock.release()
     if config.pyramid_levels and result.ok:
         write_pyramid(plan.output_url, config.pyramid_levels)
     result.seconds = time.perf_counter() - start
@@ -236,6 +240,30 @@ class _Prechecks:
     tile: tuple[int, ...]
     batch: int  # tiles per forward pass a block can fill
     float_input: bool
+
+
+def _run_on_a_cluster(
+    client: Any,
+    config: SegmentConfig,
+    spec: ModelSpec,
+    payload: dict[str, Any],
+    prepare: Callable[[], Iterator[int]],
+    result: SegmentResult,
+    checks: _Prechecks,
+) -> None:
+    """`_run` on `client`'s cluster, or on one `config` names (started and closed here)."""
+    if client is not None:
+        _run(client, "client", config, spec, payload, prepare, result, checks)
+        return
+    with connect(config.cluster()) as cluster:
+        result.dashboard = cluster.dashboard or ""
+        if result.dashboard and config.progress:
+            from rich.console import Console
+
+            Console(stderr=True).print(f"Dask dashboard: {result.dashboard}", highlight=False, soft_wrap=True)
+        if spec.torch_threads is None and cluster.torch_threads:
+            spec = dataclasses.replace(spec, torch_threads=cluster.torch_threads)
+        _run(cluster.client, cluster.kind, config, spec, payload, prepare, result, checks)
 
 
 def _run(

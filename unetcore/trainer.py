@@ -59,6 +59,17 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
+        whole = ("steps", "batch_size", "warmup_steps", "val_every", "log_every", "checkpoint_every", "seed", "num_workers")
+        for name in whole:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"expected {name} as a whole number, got {value!r}")
+        for name in ("lr", "momentum", "weight_decay", "grad_clip", "max_seconds"):
+            value = getattr(self, name)
+            if value is None and name in ("grad_clip", "max_seconds"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"expected {name} as a finite number, got {value!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"expected steps ≥ 1 and batch_size ≥ 1, got {self.steps}, {self.batch_size}")
         if self.lr <= 0 or not 0 <= self.momentum < 1:

@@ -46,7 +46,8 @@ def segment(
     Options may also come from EMUNET_SEGMENT_<NAME> variables (the command line wins).
 
     Exit codes: 0 all blocks done, 1 some blocks failed (listed; rerun with --resume),
-    2 a usage or input error, 3 the Dask scheduler was lost mid-run (rerun with --resume).
+    2 a usage or input error, 3 the Dask scheduler was lost mid-run (rerun with --resume),
+    130 interrupted by Ctrl-C (rerun with --resume).
     """
     with user_errors(), scheduler_lost():
         from pipeline.segment import SegmentConfig, describe_result

@@ -62,12 +62,14 @@ def load_config_file(path: Path | None) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"expected a config file, got no file at {path}")
     text = path.read_text()
-    if path.suffix.lower() == ".json":
-        data = json.loads(text)
-    else:
-        import yaml
+    import yaml
 
-        data = yaml.safe_load(text)  # parsed, never evaluated
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)  # parsed, never evaluated
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        raise ValueError(f"expected valid YAML/JSON in {path}, got a syntax error{at}: {getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(data, dict):
         raise ValueError(f"expected a mapping of sections in {path}, got {type(data).__name__}")
     unknown = set(data) - {"data", "model", "train", "augment", "weights"}

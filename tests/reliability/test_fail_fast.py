@@ -176,3 +176,70 @@ def test_evaluate_takes_the_probability_of_an_output_group_and_prints_plain_thre
     group.create_array("other", data=np.zeros((2, 2, 2), "uint8"))
     del group["probability"]
     one_error(run("evaluate", str(tmp_path / "seg.zarr"), str(labels)), "holding arrays ['other']", "seg.zarr:name")
+
+
+def test_a_local_cluster_serves_its_dashboard() -> None:
+    """The dashboard works out of the box (bokeh is a dependency) on a free local port, and
+    `emunet segment` prints its link for local --workers runs."""
+    import urllib.request
+
+    from pipeline.cluster import ClusterConfig, connect
+
+    with connect(ClusterConfig(workers=1, torch_threads=1)) as cluster:
+        link = cluster.dashboard
+        assert link and link.startswith("http://127.0.0.1:"), link
+        with urllib.request.urlopen(link, timeout=30) as page:
+            assert page.status == 200 and b"Dask" in page.read()
+
+
+@pytest.mark.parametrize(
+    "config, extra, says",
+    [
+        ("train:\n  steps: many\n", [], "expected steps as a whole number, got 'many'"),
+        ("train: [steps: 1\n", [], "got a syntax error at line 2"),
+        (None, ["--lr", "nan"], "expected lr as a finite number, got nan"),
+    ],
+    ids=["steps many", "yaml syntax", "lr nan"],
+)
+def test_train_configuration_errors_are_messages(config, extra, says, tmp_path, image) -> None:
+    tifffile.imwrite(tmp_path / "x.tif", image[:2], photometric="minisblack")
+    tifffile.imwrite(tmp_path / "y.tif", (image[:2] > 100).astype("uint8"), photometric="minisblack")
+    args = ["train", "--images", str(tmp_path / "x.tif"), "--labels", str(tmp_path / "y.tif"), "--preset", "tiny",
+            "--out", str(tmp_path / "run"), "--no-flow", *extra]  # fmt: skip
+    if config is not None:
+        (tmp_path / "bad.yaml").write_text(config)
+        args += ["--config", str(tmp_path / "bad.yaml")]
+    one_error(run(*args), says)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_second_resume_of_one_output_is_refused_while_the_first_runs(tmp_path, image, checkpoint, local_scheduler) -> None:
+    """Two --resume runs of one output would each compute every remaining block: the run
+    writing an output holds its lock (`pipeline.runlock`), a second is refused naming it; a
+    lock whose process is gone (a killed run) is taken over."""
+    import time
+
+    from pipeline.runlock import LOCK
+    from tests.reliability.conftest import wait_for
+
+    inp = write_zarr(tmp_path / "in.zarr", np.concatenate([image] * 40), CHUNKS)  # 160 slices: 640 blocks, minutes
+    out = tmp_path / "o.zarr"
+    args = ["segment", str(inp), str(out), "--model", str(checkpoint), "--block", "1", "24", "24", "--scheduler",
+            local_scheduler, "--blocks-per-task", "1", "--max-in-flight", "1", "--no-flow"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMUNET_")} | {"EMUNET_SEGMENT_TORCH_THREADS": "1"}
+    first = subprocess.Popen([str(EMUNET), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (out / LOCK).exists() or first.poll() is not None, 120, "the first run's lock")
+        assert first.poll() is None
+        holder = json.loads((out / LOCK).read_text())
+        assert holder["pid"] == first.pid
+        one_error(run(*args, "--resume"), "expected no other run writing", f"pid {first.pid}", "wait for it")
+    finally:
+        first.kill()
+        first.wait(30)
+    assert first.returncode == -9, "the first run ended before it was killed"
+    time.sleep(0.5)
+    assert (out / LOCK).exists()  # left behind by the killed run: its pid is gone, so it is stale
+    again = run(*args, "--resume", "--json")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert not (out / LOCK).exists()  # released at the end
