@@ -172,6 +172,11 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
                 f"expected {key!r} ({kind.__name__}) in the checkpoint header at {path}, got "
                 f"{type(header.get(key)).__name__}; re-save it with unetcore.checkpoint.save_checkpoint"
             )
+    try:  # every reader of the header may build the model config: check it once, here
+        UNetConfig.from_dict(header["model_config"])
+        Normalization.from_dict(header["normalization"])
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise CheckpointError(f"expected a valid model config and normalisation in the header of {path}, got: {exc}") from None
     return header
 
 

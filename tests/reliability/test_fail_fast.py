@@ -243,3 +243,17 @@ def test_a_second_resume_of_one_output_is_refused_while_the_first_runs(tmp_path,
     again = run(*args, "--resume", "--json")
     assert again.returncode == 0, again.stderr[-2000:]
     assert not (out / LOCK).exists()  # released at the end
+
+
+def test_a_checkpoint_header_with_a_wrong_type_is_a_message(tmp_path, checkpoint, image) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from unetcore.checkpoint import read_header
+
+    header = read_header(checkpoint)
+    header["model_config"]["num_classes"] = "two"
+    save_file(load_file(str(checkpoint)), str(tmp_path / "two.safetensors"), metadata={"emunet": json.dumps(header)})
+    tifffile.imwrite(tmp_path / "x.tif", image[:1], photometric="minisblack")
+    for args in (["predict", str(tmp_path / "x.tif"), str(tmp_path / "p.tif")],
+                 ["segment", str(write_zarr(tmp_path / "in.zarr", image, CHUNKS)), str(tmp_path / "o.zarr")]):  # fmt: skip
+        one_error(run(*args, "--model", str(tmp_path / "two.safetensors")), "expected a valid model config")
