@@ -332,8 +332,18 @@ def _stream(
         from pipeline.ledger import Ledger
 
         ledger = Ledger(plan.output_url, plan.num_blocks)
+        written = []
         for b in job.block_ids:
             roi = plan.block(b).write_roi
+            try:
+                done = ledger.is_done(b)  # written before the task died: done, not failed
+            except Exception:  # the ledger unreadable now: report the block as failed
+                done = False
+            if done:
+                written.append(b)
+                result.computed += 1
+                result.voxels += roi.size
+                continue
             error = f"{type(exc).__name__}: {exc}"
             if type(exc).__name__ == "KilledWorker":  # the nanny's verdict after repeated deaths
                 error += (
@@ -345,7 +355,7 @@ def _stream(
                 ledger.mark_failed(b, exc, roi)
             except Exception:  # the result still carries the failure
                 pass
-        progress.advance(len(job.block_ids), 0)
+        progress.advance(len(job.block_ids), sum(plan.block(b).write_roi.size for b in written))
 
     # Small runs get smaller groups, so every slot has work: at least 2 tasks per slot.
     result.blocks_per_task = max(1, min(config.blocks_per_task, -(-total // (2 * result.slots))))
