@@ -258,3 +258,16 @@ def test_a_checkpoint_header_with_a_wrong_type_is_a_message(tmp_path, checkpoint
     for args in (["predict", str(tmp_path / "x.tif"), str(tmp_path / "p.tif")],
                  ["segment", str(write_zarr(tmp_path / "in.zarr", image, CHUNKS)), str(tmp_path / "o.zarr")]):  # fmt: skip
         one_error(run(*args, "--model", str(tmp_path / "two.safetensors")), "expected a valid model config")
+
+
+def test_a_checkpoint_header_without_its_hash_is_a_message(tmp_path, checkpoint, image) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from unetcore.checkpoint import read_header
+
+    header = read_header(checkpoint)
+    del header["content_sha256"]
+    save_file(load_file(str(checkpoint)), str(tmp_path / "nohash.safetensors"), metadata={"emunet": json.dumps(header)})
+    tifffile.imwrite(tmp_path / "x.tif", image[:1], photometric="minisblack")
+    one_error(run("predict", str(tmp_path / "x.tif"), str(tmp_path / "p.tif"), "--model", str(tmp_path / "nohash.safetensors")),
+              "expected 'content_sha256'", "re-save it")  # fmt: skip
