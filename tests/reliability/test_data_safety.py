@@ -144,3 +144,20 @@ def test_nothing_of_the_users_is_touched(name, path, cli, runner, here) -> None:
     for text in case.never:
         assert text not in message, f"{text!r} in {result.output!r}"
     assert snapshot(here.tmp) == before  # not one byte or mtime changed, nothing created
+
+
+def test_the_demo_writes_only_into_a_new_or_its_own_folder(tmp_path) -> None:
+    from emunet.cli.demo import DEMO_MARK, claim_folder
+
+    claim_folder(tmp_path / "new")  # a new folder becomes the demo's
+    assert (tmp_path / "new" / DEMO_MARK).is_file()
+    (tmp_path / "new" / "report.json").write_text("{}")
+    claim_folder(tmp_path / "new")  # an earlier demo's folder is reused
+    (tmp_path / "new" / "mine.csv").write_text("the user's")
+    with pytest.raises(FileExistsError, match="mine.csv"):
+        claim_folder(tmp_path / "new")  # …unless the user put something of theirs there
+    (tmp_path / "empty").mkdir()
+    claim_folder(tmp_path / "empty")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(FileExistsError, match="got a file"):
+        claim_folder(tmp_path / "afile")
