@@ -45,15 +45,15 @@ def demo_input(shape: tuple[int, int, int] = DEMO_SHAPE, seed: int = DEMO_SEED):
     return np.stack([s.image for s in slices]), np.stack([s.labels for s in slices])
 
 
-def write_overlay(path: Path, image, prob, labels) -> None:
-    """Image | prediction overlay (membrane in magenta) [| ground truth] for one slice."""
+def write_overlay(path: Path, image, prob, labels, instances=None) -> None:
+    """Image | prediction overlay (membrane in magenta) [| ground truth] [| instances] for one slice."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    panels = 2 if labels is None else 3
+    panels = 2 + (labels is not None) + (instances is not None)
     fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 4.3))
     axes[0].imshow(image, cmap="gray")
     axes[0].set_title("input")
@@ -67,6 +67,11 @@ def write_overlay(path: Path, image, prob, labels) -> None:
     if labels is not None:
         axes[2].imshow(labels > 0, cmap="gray")
         axes[2].set_title("ground truth (white = cell)")
+    if instances is not None:  # one random colour per segment of `labels`
+        ids, inverse = np.unique(instances, return_inverse=True)
+        colours = np.random.default_rng(0).uniform(0.2, 1.0, (ids.size, 3))
+        axes[-1].imshow(colours[inverse.reshape(instances.shape)])
+        axes[-1].set_title(f"instances: {ids.size} segments (labels)")
     for ax in axes:
         ax.set_axis_off()
     fig.tight_layout()
@@ -163,6 +168,7 @@ def demo(
         )  # fmt: skip
         summary = run_flow(segment_volume, params)
         report = _report(summary, source, model, output_url, out)
+        report["segments"] = _instances(output_url)
         _overlay(out / "overlay.png", input_url, output_url, as_stack(read_any(gt_url, "labels"))[0] if gt_url else None)
         report["total_seconds"] = round(time.perf_counter() - t0, 1)
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -193,7 +199,20 @@ def _overlay(path: Path, input_url: str, output_url: str, labels: Any) -> None:
 
     volume = open_volume(input_url)
     roi = Roi((0, 0, 0), (1, *volume.shape[1:]))
-    write_overlay(path, volume.read(roi)[0], open_output(output_url, mode="r").read(roi)[0], labels)
+    output = open_output(output_url, mode="r")
+    instances = output.group["labels"][0] if "labels" in output.group else None
+    write_overlay(path, volume.read(roi)[0], output.read(roi)[0], labels, instances)
+
+
+def _instances(output_url: str) -> int | str:
+    """Neuron instances (`labels`) of the output, in this process (`emunet agglomerate`)."""
+    from pipeline.instances import InstanceConfig, run_instances
+
+    try:  # the demo's slices are independent images: 2D
+        summary = run_instances(output_url, InstanceConfig(mode="2d"), overwrite=True)
+    except ValueError as exc:  # e.g. a model that finds no cells: the demo still reports the rest
+        return f"skipped: {exc}"
+    return sum(summary.segments.values())
 
 
 def _print(report: dict[str, Any], out: Path, snippet: str) -> None:
