@@ -93,7 +93,7 @@ def prepare(url: str, config: InstanceConfig, *, storage_options: Mapping[str, A
     info = probability_info(url, storage_options)
     mode = config.resolved_mode(info.voxel_size)
     block = config.block_shape or default_block_shape(info, mode)
-    job = InstanceJob(url, info.shape, info.chunks, block, info.voxel_size, mode, config, storage_options)
+    job = InstanceJob(url, info.shape, info.chunks, block, info.voxel_size, mode, config, storage_options, info.shards)
     group = open_group(url, "r", storage_options)
     present = [name for name in (FRAGMENTS, LABELS, GROUP) if name in group]
     if present and not (resume or overwrite):
@@ -144,7 +144,7 @@ def _create(job: InstanceJob, overwrite: bool) -> None:
     for name, long_name in ((FRAGMENTS, "fragments (over-segmentation), uint64 ids unique over the volume"),
                             (LABELS, "neuron instance labels (0 = background)")):
         if name not in group:  # each piece on its own: a run stopped half-way is completed
-            group.create_array(name, shape=job.shape, chunks=job.chunks, dtype="uint64", fill_value=0,
+            group.create_array(name, shape=job.shape, chunks=job.chunks, shards=job.shards, dtype="uint64", fill_value=0,
                                dimension_names=AXES, compressors=zstd(3), attributes={"long_name": long_name})
     if GROUP not in group:
         sub = group.create_group(GROUP)

@@ -51,6 +51,7 @@ class ProbabilityInfo:
     chunks: tuple[int, int, int]
     dtype: str
     voxel_size: tuple[float, float, float]
+    shards: tuple[int, int, int] | None = None  # the probability's shards (labels get the same)
 
 
 def open_group(url: str, mode: str, storage_options: Mapping[str, Any] | None = None) -> Any:
@@ -104,7 +105,9 @@ def probability_info(url: str, storage_options: Mapping[str, Any] | None = None,
     if min(array.shape) < 1:
         raise ValueError(f"expected a non-empty probability map, got shape {array.shape}")
     shape = tuple(int(s) for s in array.shape)
-    return ProbabilityInfo(url, shape, tuple(int(c) for c in array.chunks), str(array.dtype), _voxel_size(group, shape))  # type: ignore[arg-type]
+    shards = getattr(array, "shards", None)
+    return ProbabilityInfo(url, shape, tuple(int(c) for c in array.chunks), str(array.dtype), _voxel_size(group, shape),  # type: ignore[arg-type]
+                           None if shards is None else tuple(int(v) for v in shards))  # type: ignore[arg-type]
 
 
 def to_probability(stored: np.ndarray) -> np.ndarray:
@@ -118,7 +121,7 @@ def default_block_shape(info: ProbabilityInfo, mode: str) -> tuple[int, int, int
     """Chunk multiples near (8, 256, 256) in 2D mode and 64³ in 3D, clipped to the volume."""
     target = (8, 256, 256) if mode == "2d" else (64, 64, 64)
     out = []
-    for size, want, chunk in zip(info.shape, target, info.chunks, strict=True):
+    for size, want, chunk in zip(info.shape, target, info.shards or info.chunks, strict=True):
         cap = -(-size // chunk) * chunk
         out.append(max(chunk, min(-(-want // chunk) * chunk, cap)))
     return tuple(out)  # type: ignore[return-value]
@@ -136,13 +139,15 @@ class InstanceJob:
     mode: str  # "2d" or "3d"
     config: InstanceConfig
     storage_options: Mapping[str, Any] | None = field(default=None, repr=False)
+    shards: tuple[int, int, int] | None = None  # written whole by one block each, like the chunks
 
     def __post_init__(self) -> None:
-        bad = [b for b, c in zip(self.block_shape, self.chunks, strict=True) if b % c]
+        unit, what = (self.shards, "shards") if self.shards else (self.chunks, "chunks")
+        bad = [b for b, c in zip(self.block_shape, unit, strict=True) if b % c]
         if bad:
             raise ValueError(
-                f"expected a block shape that is a multiple of the probability chunks {self.chunks}, got "
-                f"{self.block_shape}; choose multiples of the chunk shape (or omit --block-shape)"
+                f"expected a block shape that is a multiple of the probability {what} {unit}, got "
+                f"{self.block_shape}; choose multiples of the {what[:-1]} shape (or omit --block-shape)"
             )
 
     @property

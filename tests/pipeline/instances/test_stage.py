@@ -159,3 +159,19 @@ def test_no_tree_node_reads_all_edges(clustered) -> None:
         assert sum(read) < 0.9 * total, (level, sum(read), total)
     top = [np.load(f)["a"].size for f in (root / "tree" / "e" / f"l{summary.tree_levels}").iterdir()]
     assert top == [0]  # everything decided at the top
+
+
+def test_sharded_probability_gives_sharded_labels_equal_to_unsharded(tmp_path, cells) -> None:
+    prob = probability_from(cells)
+    group = zarr.open_group(str(tmp_path / "sharded.zarr"), mode="w", zarr_format=3)
+    group.create_array("probability", shape=prob.shape, chunks=(5, 8, 8), shards=(10, 16, 24), dtype="uint8",
+                       dimension_names=("z", "y", "x"))[...] = prob
+    group.attrs["emunet"] = {"voxel_size_nm": [1.0, 1.0, 1.0]}
+    run_instances(str(tmp_path / "sharded.zarr"), CONFIG)
+    plain = write_probability_store(tmp_path / "plain.zarr", prob, (5, 8, 8))
+    run_instances(plain, CONFIG)
+    labels = zarr.open_group(str(tmp_path / "sharded.zarr"), mode="r")["labels"]
+    assert labels.shards == (10, 16, 24) and labels.chunks == (5, 8, 8)
+    np.testing.assert_array_equal(labels[...], labels_of(plain))
+    with pytest.raises(ValueError, match="multiple of the probability shards"):
+        run_instances(str(tmp_path / "sharded.zarr"), InstanceConfig(block_shape=(5, 16, 24)), overwrite=True)
