@@ -221,7 +221,18 @@ def segment(
     spec = ModelSpec(str(checkpoint), sha256, predict=predict, torch_threads=config.torch_threads)
     payload = {"plan": plan.to_dict(), "run": uuid.uuid4().hex, "sparse": config.sparse}
     try:
-        _run_on_a_cluster(client, config, spec, payload, prepare, result, checks)
+        if client is not None:
+            _run(client, "client", config, spec, payload, prepare, result, checks)
+        else:
+            with connect(config.cluster()) as cluster:
+                result.dashboard = cluster.dashboard or ""
+                if result.dashboard and config.progress:
+                    from rich.console import Console
+
+                    Console(stderr=True).print(f"Dask dashboard: {result.dashboard}", highlight=False, soft_wrap=True)
+                if spec.torch_threads is None and cluster.torch_threads:
+                    spec = dataclasses.replace(spec, torch_threads=cluster.torch_threads)
+                _run(cluster.client, cluster.kind, config, spec, payload, prepare, result, checks)
     finally:
         for lock in locks:
             lock.release()
@@ -240,30 +251,6 @@ class _Prechecks:
     tile: tuple[int, ...]
     batch: int  # tiles per forward pass a block can fill
     float_input: bool
-
-
-def _run_on_a_cluster(
-    client: Any,
-    config: SegmentConfig,
-    spec: ModelSpec,
-    payload: dict[str, Any],
-    prepare: Callable[[], Iterator[int]],
-    result: SegmentResult,
-    checks: _Prechecks,
-) -> None:
-    """`_run` on `client`'s cluster, or on one `config` names (started and closed here)."""
-    if client is not None:
-        _run(client, "client", config, spec, payload, prepare, result, checks)
-        return
-    with connect(config.cluster()) as cluster:
-        result.dashboard = cluster.dashboard or ""
-        if result.dashboard and config.progress:
-            from rich.console import Console
-
-            Console(stderr=True).print(f"Dask dashboard: {result.dashboard}", highlight=False, soft_wrap=True)
-        if spec.torch_threads is None and cluster.torch_threads:
-            spec = dataclasses.replace(spec, torch_threads=cluster.torch_threads)
-        _run(cluster.client, cluster.kind, config, spec, payload, prepare, result, checks)
 
 
 def _run(
