@@ -105,3 +105,16 @@ def test_3d_model_tiles_exactly() -> None:
     tile = tuple(s + 2 * lat for s, lat in zip(smallest, geometry.phase_lattice(config)))
     tiled = TilePredictor(model, Normalization(), PredictConfig(tile_shape=tile)).predict(vol)
     np.testing.assert_allclose(tiled, whole, atol=2e-5)
+
+
+def test_the_tile_plan_is_computed_once_per_shape() -> None:
+    """Every block of a volume has one shape: the exact step search runs once, not per block."""
+    from unetcore.config import preset
+    from unetcore.predict import PredictConfig, _plan_tiles, plan_tiles
+
+    config, predict = preset("tiny"), PredictConfig(batch_size=3)
+    first = plan_tiles(config, (1, 40, 44)[1:], None, predict)
+    hits = _plan_tiles.cache_info().hits
+    again = plan_tiles(config, [40, 44], None, predict)  # a list of the same sizes
+    assert again is first and _plan_tiles.cache_info().hits == hits + 1
+    assert plan_tiles(config, (40, 48), None, predict) != first
