@@ -107,10 +107,10 @@ def test_the_command_line_wins_over_the_environment(seg) -> None:
     assert "got both" not in flat
 
 
-def test_one_tile_convention_everywhere(seg, tmp_path, checkpoint, image) -> None:
+def test_one_tile_convention_everywhere(seg, tmp_path, checkpoint, image, local_scheduler) -> None:
     """`--tile 116` (one size) and `--tile 116,116` mean the same input tile in segment and
     predict; model-info lists legal sizes around the default 572."""
-    one = seg("--tile", "116", "--workers", "1", "--no-flow", "--json")
+    one = seg("--tile", "116", "--scheduler", local_scheduler, "--no-flow", "--json")
     assert one.returncode == 0, one.stderr[-2000:]
     tifffile.imwrite(tmp_path / "x.tif", image[:1], photometric="minisblack")
     for tile in ("116", "116,116"):

@@ -201,7 +201,8 @@ def test_ctrl_c_stops_the_run_cleanly_and_it_resumes(path, local_scheduler, volu
     assert stopped < 30, stopped  # generous on a loaded machine; ~5 s here
     assert "Traceback" not in text, text[-3000:]
     assert text.count("interrupted") == 1 and "rerun the same command with --resume" in text, text[-2000:]
-    time.sleep(1.0)  # blocks still running on a long-lived scheduler's workers may finish
+    if path == "--flow":
+        return  # the ledger after a stop is the same on both paths: the resume is checked once
     rerun = subprocess.run([*args[:-1], "--no-flow", "--resume", "--json"], cwd=ROOT, env=env, capture_output=True,
                            text=True, timeout=180)  # fmt: skip
     assert rerun.returncode == 0, rerun.stderr[-2000:]

@@ -36,13 +36,16 @@ def _probability(out: Path) -> np.ndarray:
     return zarr.open_array(str(out / "probability"), mode="r")[...]
 
 
-@pytest.fixture()
-def reference(cli, runner, tmp_path, image, checkpoint, local_scheduler) -> np.ndarray:
+@pytest.fixture(scope="module")
+def reference(cli, runner, tmp_path_factory, image, checkpoint, local_scheduler) -> np.ndarray:
     """The uint8 volume's probability: what every correctly read variant must give."""
-    inp = write_zarr(tmp_path / "u8.zarr", image, CHUNKS)
-    code, output = _segment(cli, runner, inp, tmp_path / "ref.zarr", checkpoint, local_scheduler)
+    root = tmp_path_factory.mktemp("reference")
+    inp = write_zarr(root / "u8.zarr", image, CHUNKS)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EMUNET_SEGMENT_TORCH_THREADS", "1")  # as every test of this package runs
+        code, output = _segment(cli, runner, inp, root / "ref.zarr", checkpoint, local_scheduler)
     assert code == 0, output
-    return _probability(tmp_path / "ref.zarr")
+    return _probability(root / "ref.zarr")
 
 
 # -- one TIFF reader -------------------------------------------------------------------------
