@@ -30,7 +30,7 @@ import numpy as np
 from pipeline.geometry import Coordinate, Roi
 from pipeline.ledger import Ledger
 from pipeline.plan import Block, BlockGrid
-from pipeline.volume import fsspec_filesystem, is_remote, local_path, redact_url
+from pipeline.volume import fsspec_filesystem, is_remote, redact_url
 
 from .config import InstanceConfig
 
@@ -55,15 +55,11 @@ class ProbabilityInfo:
 
 
 def open_group(url: str, mode: str, storage_options: Mapping[str, Any] | None = None) -> Any:
-    import zarr
+    """The output group (`pipeline.output.open_group`), with the fix for a missing one."""
+    from pipeline.output import open_group as open_output_group
 
-    remote = is_remote(url)
     try:
-        return zarr.open_group(
-            store=url if remote else local_path(url),
-            mode=mode,
-            storage_options=dict(storage_options) if remote and storage_options else None,
-        )
+        return open_output_group(url, mode, storage_options)
     except FileNotFoundError:
         raise FileNotFoundError(
             f"expected a Zarr group (an `emunet segment` output) at {redact_url(url)}, got nothing there; "
