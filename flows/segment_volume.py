@@ -28,7 +28,7 @@ from flows._common import ClusterParams, attempt, every, metric_line, metric_row
 # SegmentConfig fields a flow run may set; the rest come from EMUNET_SEGMENT_* or defaults.
 CONFIG_FIELDS = frozenset(
     {"block_shape", "tile_shape", "batch_size", "dtype", "mask", "device", "resume", "overwrite",
-     "pyramid_levels", "input_level", "blocks_per_task", "max_in_flight", "check_finite", "sparse", "grey_range"}
+     "pyramid_levels", "input_level", "blocks_per_task", "max_in_flight", "check_finite", "sparse", "grey_range", "tta"}
 )  # fmt: skip
 
 
@@ -80,6 +80,7 @@ class SegmentVolumeParams(BaseModel):
     grey_range: tuple[float, float] | None = Field(
         None, description="Input values mapped to the model's [0, 1]; None = stored with the volume, else the dtype's range."
     )
+    tta: bool = Field(False, description="Mean over the 8 flips/rotations of the (y, x) plane (test-time augmentation): 8× the model time.")
     ground_truth_url: str | None = Field(None, description="Labels (0 = membrane, > 0 = cell; Zarr or TIFF) for the ISBI metrics.")
     retries: int = Field(2, ge=0, description="Retries of a stage after a transient error (I/O, timeouts, connections).")
     progress_interval_s: float = Field(10.0, gt=0, description="Seconds between progress lines in the run log.")
@@ -170,7 +171,8 @@ def plan_blocks(params: SegmentVolumeParams, sha256: str) -> dict[str, Any]:
     config = params.segment_config()
     model_config = UNetConfig.from_dict(read_header(params.checkpoint)["model_config"])
     volume = open_volume(params.input_url, level=config.input_level)
-    plan = plan_for_volume(volume, params.output_url, model_config, block_shape=config.block_shape, checkpoint_sha256=sha256)
+    plan = plan_for_volume(volume, params.output_url, model_config, block_shape=config.block_shape, checkpoint_sha256=sha256,
+                           tta=config.tta)  # fmt: skip
     done = 0
     if config.resume and store_exists(params.output_url):
         done = int(Ledger(plan.output_url, plan.num_blocks).done_mask().sum())
@@ -299,7 +301,8 @@ def summary_markdown(
         "| | |",
         "|---|---|",
         f"| input | `{info['input_url']}`: {tuple(info['shape'])} {info['dtype']}, voxel {tuple(info['voxel_size_nm'])} nm |",
-        f"| model | `{params.checkpoint}` (sha256 {info['checkpoint_sha256'][:12]}…, {info['model']['spatial_dims']}D) |",
+        f"| model | `{params.checkpoint}` (sha256 {info['checkpoint_sha256'][:12]}…, {info['model']['spatial_dims']}D"
+        f"{', test-time augmentation over 8 views' if params.tta else ''}) |",
         f"| output | `{out}`: probability {params.dtype}{', mask' if params.mask else ''} |",
         f"| blocks | {result['computed']} written, {result['skipped']} skipped, {len(result['failed'])} failed of "
         f"{result['total_blocks']}; block {tuple(plan['block_shape'])} |",

@@ -87,16 +87,35 @@ def predict_block(data: np.ndarray, plan: SegmentPlan, block_id: int, predictor:
     if tuple(data.shape) != tuple(block.read_roi.shape):
         raise ValueError(f"expected data of the read region's shape {tuple(block.read_roi.shape)}, got {data.shape}")
     lo, hi = block.context_lo, block.context_hi
+    axes = slice(1, None) if plan.model_dims == 2 else slice(None)
+    frame = _tta_frame(plan, block, predictor, axes)
     if plan.model_dims == 2:
         if lo[0] or hi[0]:
             raise ValueError(f"expected no z context for a 2D model, got {lo[0]}, {hi[0]}")
-        slices = predictor.predict_region(list(data), tuple(lo[1:]), tuple(hi[1:]))
+        slices = predictor.predict_region(list(data), tuple(lo[1:]), tuple(hi[1:]), **frame)
         result = np.stack(slices)
     else:
-        result = predictor.predict_region([data], tuple(lo), tuple(hi))[0]
+        result = predictor.predict_region([data], tuple(lo), tuple(hi), **frame)[0]
     if tuple(result.shape) != tuple(block.write_roi.shape):
         raise ValueError(f"expected a prediction of shape {tuple(block.write_roi.shape)}, got {result.shape}")
     return result.astype(np.float32, copy=False)
+
+
+def _tta_frame(plan: SegmentPlan, block: Any, predictor: Any, axes: slice) -> dict[str, Any]:
+    """With test-time augmentation, where the block sits in the volume (its views are tiled
+    as the whole volume's are, `unetcore.tta`), after checking that the plan's context
+    covers every view; nothing without it."""
+    if not getattr(getattr(predictor, "config", None), "tta", False):
+        return {}
+    from pipeline.plan import model_context
+
+    need = model_context(predictor.model.config, same_context=predictor.config.same_context, tta=True)
+    if any(h < n for have, needed in zip(plan.context, need, strict=True) for h, n in zip(have, needed, strict=True)):
+        raise ValueError(
+            f"expected a plan made for test-time augmentation (context {need}), got context {plan.context}; "
+            "make the plan with tta=True (make_plan, plan_for_volume)"
+        )
+    return {"origin": tuple(block.write_roi.offset[axes]), "extent": tuple(plan.volume_shape[axes])}
 
 
 def write_block(result: np.ndarray, plan: SegmentPlan, block_id: int, output: Output) -> None:
@@ -168,14 +187,18 @@ def run_plan_locally(
     """Run a plan block by block in this process (tests, and the bare-model baseline).
 
     ``checkpoint``: a path or a loaded `Checkpoint` (its hash and config go into the
-    provenance); or pass a ready ``predictor``. ``resume`` skips blocks the ledger has as
-    done; ``block_ids`` restricts the run (e.g. to simulate an interrupted run).
+    provenance, with the predictor's settings); or pass a ready ``predictor``. ``resume``
+    skips blocks the ledger has as done; ``block_ids`` restricts the run (e.g. to simulate
+    an interrupted run).
     """
+    from pipeline.resume import predict_settings
+
     if predictor is None:
         if checkpoint is None:
             raise ValueError("expected a checkpoint or a predictor, got neither")
         predictor = make_predictor(checkpoint, predict_config)
     model_config = getattr(getattr(predictor, "model", None), "config", None)
+    settings = getattr(predictor, "config", None)  # a real TilePredictor's PredictConfig
     output = create_output(
         plan,
         options,
@@ -183,6 +206,7 @@ def run_plan_locally(
         resume=resume,
         overwrite=overwrite,
         storage_options=storage_options,
+        extra_attrs={"predict": predict_settings(tta=settings.tta)} if settings is not None else None,
     )
     level = plan.input_level if plan.input_level not in (None, 0) else None
     volume = open_volume(plan.input_url, level=level, storage_options=input_storage_options)

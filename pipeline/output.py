@@ -33,6 +33,7 @@ from pipeline.geometry import Roi
 from pipeline.labels import LABELS_GROUP, MASK_LABEL_ARRAY, create_mask_labels
 from pipeline.ownership import OutputExistsError, check_output, remove_ours
 from pipeline.plan import SegmentPlan
+from pipeline.resume import PlanMismatchError, check_input_unchanged, check_resume
 from pipeline.volume import fsspec_filesystem, is_remote, local_path, redact_url
 
 AXES = ("z", "y", "x")
@@ -42,10 +43,6 @@ LEDGER_GROUP = "ledger"
 # so that a chunk missing from an emunet store is an error, never a silent zero.
 DENSE = {"write_empty_chunks": True}
 PYRAMID_GROUP = "pyramid"
-
-
-class PlanMismatchError(ValueError):
-    """``resume=True`` on an output written for a different plan (names what differs)."""
 
 
 @dataclass(frozen=True)
@@ -230,59 +227,6 @@ def provenance(
     }
 
 
-RESUME_KEYS = ("input_url", "checkpoint_sha256", "volume_shape", "block_shape", "chunk_shape", "shard_shape", "context")
-
-
-def _check_resume(
-    url: str, attrs: Mapping[str, Any], plan: SegmentPlan, options: OutputOptions, extra: Mapping[str, Any] | None = None
-) -> None:
-    stored = (attrs.get("emunet") or {}).get("plan")
-    if stored is None:
-        raise PlanMismatchError(
-            f"expected an emunet output at {redact_url(url)} to resume, got a store without emunet "
-            "provenance; choose another output or pass overwrite=True (--overwrite)"
-        )
-    new = plan.to_dict()
-    new["input_url"] = redact_url(plan.input_url)
-    diffs = [f"{k}: stored {stored.get(k)!r}, now {new.get(k)!r}" for k in RESUME_KEYS if stored.get(k) != new.get(k)]
-    stored_opts = (attrs.get("emunet") or {}).get("output") or {}
-    for k in ("name", "dtype", "mask"):
-        if stored_opts.get(k) != getattr(options, k):
-            diffs.append(f"output {k}: stored {stored_opts.get(k)!r}, now {getattr(options, k)!r}")
-    diffs += _input_changes((attrs.get("emunet") or {}).get("input"), (extra or {}).get("input"))
-    if diffs:
-        raise PlanMismatchError(
-            f"expected to resume {redact_url(url)} with the plan it was started with, got differences: "
-            + "; ".join(diffs)
-            + ". Use the same input, checkpoint and block shape, or pass overwrite=True (--overwrite)"
-        )
-
-
-def check_input_unchanged(url: str, volume: Any, storage_options: Mapping[str, Any] | None = None) -> None:
-    """Refuse to resume ``url`` when its input was replaced since the output was started
-    (`pipeline.fingerprint`: metadata and sampled chunk hashes)."""
-    from pipeline.fingerprint import fingerprint_changes
-
-    stored = ((dict(open_group(url, "r", storage_options).attrs.asdict()).get("emunet") or {}).get("input") or {})
-    diffs = fingerprint_changes(stored.get("fingerprint"), volume)
-    if diffs:
-        raise PlanMismatchError(
-            f"expected to resume {redact_url(url)} on the input it was started with, got an input that changed since "
-            f"({'; '.join(diffs)}): old and new blocks would mix. Segment the new input into a new output, or pass "
-            "--overwrite to start this one again"
-        )
-
-
-def _input_changes(stored: Mapping[str, Any] | None, now: Mapping[str, Any] | None) -> list[str]:
-    """Differences in how the input is read: its grey range."""
-    if not stored or not now:
-        return []
-    diffs = []
-    if "grey_range" in stored and list(stored["grey_range"]) != list(now.get("grey_range") or []):
-        diffs.append(f"grey range: stored {stored['grey_range']}, now {now.get('grey_range')}")
-    return diffs
-
-
 def _array_attrs(name: str, dtype: str, options: OutputOptions) -> dict[str, str]:
     if name == "mask":
         return {"long_name": f"cell mask (probability >= {options.mask_threshold})", "values": "0 = membrane, 1 = cell"}
@@ -305,8 +249,8 @@ def create_output(
 
     The output may never be, contain or lie inside the input or anything in ``reads``
     (`pipeline.ownership`). An existing output is refused (`OutputExistsError`) unless
-    ``resume`` (the stored plan must match: same input, checkpoint hash, shape, block/chunk
-    shape — `PlanMismatchError` names what differs) or ``overwrite`` (replaced only if
+    ``resume`` (the stored plan and settings must match, `pipeline.resume`:
+    `PlanMismatchError` names what differs) or ``overwrite`` (replaced only if
     emunet wrote it: `NotOursError` otherwise).
     """
     url = plan.output_url
@@ -316,7 +260,7 @@ def create_output(
     if existing.exists:
         if resume:
             group = open_group(url, "r+", storage_options)
-            _check_resume(url, dict(group.attrs.asdict()), plan, options, extra_attrs)
+            check_resume(url, dict(group.attrs.asdict()), plan, options, extra_attrs)
             return Output(url, group, plan, options)
         remove_ours(url, storage_options)
     group = _create_exclusively(url, storage_options)
@@ -437,6 +381,7 @@ __all__ = [
     "OutputExistsError",
     "OutputOptions",
     "PlanMismatchError",
+    "check_input_unchanged",
     "create_output",
     "load_plan",
     "open_output",

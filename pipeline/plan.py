@@ -76,16 +76,24 @@ def _ints(values: Sequence[int], n: int, what: str) -> tuple[int, ...]:
     return out
 
 
-def model_context(config: UNetConfig, *, same_context: int = DEFAULT_SAME_CONTEXT) -> tuple[tuple[int, int], ...]:
+def model_context(
+    config: UNetConfig, *, same_context: int = DEFAULT_SAME_CONTEXT, tta: bool = False
+) -> tuple[tuple[int, int], ...]:
     """(lo, hi) context per (z, y, x) axis for a model on a 3D volume.
 
     Valid padding: `unetcore.geometry.exact_context` (exact). A 2D model gets (0, 0) in z.
     "same" padding has no exact context; ``same_context`` per side is used (close, not exact).
+    ``tta``: every flipped or rotated view of a block must be exact too, so y and x get the
+    most any view needs on every side (`unetcore.tta.widen_context`).
     """
     if config.padding == "valid":
         ctx = tuple(tuple(c) for c in ugeo.exact_context(config))
     else:
         ctx = ((same_context, same_context),) * config.spatial_dims
+    if tta:
+        from unetcore.tta import widen_context
+
+        ctx = widen_context(ctx, ugeo.phase_lattice(config))
     return (((0, 0),) + ctx) if config.spatial_dims == 2 else ctx  # type: ignore[return-value]
 
 
@@ -326,13 +334,15 @@ def make_plan(
     input_level: int | None = None,
     checkpoint_sha256: str = "",
     same_context: int = DEFAULT_SAME_CONTEXT,
+    tta: bool = False,
 ) -> SegmentPlan:
     """Plan a blocked prediction of a (z, y, x) volume of ``volume_shape``.
 
     ``chunk_shape`` (the output's chunks) defaults to the block shape; ``shard_shape``
     (optional) groups chunks into shards. The block shape must be a multiple of the shard
     (or chunk) shape and, in y and x for a 2D model (every axis for 3D), of the model's
-    phase lattice: refused otherwise with the nearest legal sizes. Pure arithmetic; no I/O.
+    phase lattice: refused otherwise with the nearest legal sizes. ``tta``: the context for
+    test-time augmentation (`model_context`). Pure arithmetic; no I/O.
     """
     shape = _ints(volume_shape, 3, "a volume shape")
     lattice = model_lattice(model_config)
@@ -359,7 +369,7 @@ def make_plan(
         block_shape=block,  # type: ignore[arg-type]
         chunk_shape=tuple(chunk_shape) if chunk_shape is not None else (tuple(shard_shape) if shard_shape else block),  # type: ignore[arg-type]
         shard_shape=tuple(shard_shape) if shard_shape is not None else None,  # type: ignore[arg-type]
-        context=model_context(model_config, same_context=same_context),  # type: ignore[arg-type]
+        context=model_context(model_config, same_context=same_context, tta=tta),  # type: ignore[arg-type]
         model_dims=model_config.spatial_dims,
         voxel_size=tuple(voxel_size),  # type: ignore[arg-type]
         input_level=input_level,

@@ -80,15 +80,17 @@ class Prepared:
 
     def create_output(self) -> Any:
         from pipeline.output import OutputOptions, create_output
+        from pipeline.resume import predict_settings
 
         options = OutputOptions(dtype=self.config.dtype, mask=self.config.mask)
+        extra = {"input": self.inputs, "predict": predict_settings(tta=self.config.tta)}
         return create_output(
             self.plan, options, model_config=self.model_config.to_dict(), resume=self.config.resume,
-            overwrite=self.config.overwrite, reads=(str(self.checkpoint),), extra_attrs={"input": self.inputs},
+            overwrite=self.config.overwrite, reads=(str(self.checkpoint),), extra_attrs=extra,
         )  # fmt: skip
 
     def check_input_unchanged(self) -> None:
-        from pipeline.output import check_input_unchanged
+        from pipeline.resume import check_input_unchanged
 
         check_input_unchanged(self.plan.output_url, self.volume)
 
@@ -131,7 +133,8 @@ def prepare(input_url: str | Path, output_url: str | Path, checkpoint: str | Pat
                             resume=config.resume)  # fmt: skip
     volume = open_volume(absolute(input_url), level=config.input_level, sparse=config.sparse)
     model_config = UNetConfig.from_dict(read_header(checkpoint)["model_config"])
-    plan = plan_for_volume(volume, absolute(output_url), model_config, block_shape=config.block_shape, checkpoint_sha256=sha256)
+    plan = plan_for_volume(volume, absolute(output_url), model_config, block_shape=config.block_shape, checkpoint_sha256=sha256,
+                           tta=config.tta)  # fmt: skip
     tile, batch, model_config, normalization = _tile_and_batch(checkpoint, plan, config)
     grey_range, grey_source = resolve_grey_range(volume, config.grey_range)
     sample = read_sample(volume)  # a few chunks spread over the volume, read once here

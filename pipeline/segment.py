@@ -215,7 +215,8 @@ def segment(
         result.skipped = int(done.sum()) if done is not None else 0
         return (i for i in range(plan.num_blocks) if done is None or not done[i])
 
-    predict = {"tile_shape": config.tile_shape, "batch_size": config.batch_size, "device": config.device, "amp": config.amp}
+    predict = {"tile_shape": config.tile_shape, "batch_size": config.batch_size, "device": config.device, "amp": config.amp,
+               "tta": config.tta}  # fmt: skip
     if ready.grey_source != "dtype":
         predict["grey_range"] = tuple(ready.grey_range)
     spec = ModelSpec(str(checkpoint), sha256, predict=predict, torch_threads=config.torch_threads)

@@ -45,6 +45,7 @@ class SegmentConfig:
     check_finite: bool = True  # scan a float input for NaN/inf before writing (pipeline.finite)
     sparse: bool = False  # input chunks missing from the store read as the fill value (else the block fails)
     grey_range: tuple[float, float] | None = None  # input values mapped to [0, 1]; None = stored or dtype range
+    tta: bool = False  # mean over the 8 flips/rotations of the (y, x) plane (unetcore.tta): 8× the model time
 
     def __post_init__(self) -> None:
         if self.dtype not in OUTPUT_DTYPES:

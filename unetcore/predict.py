@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from unetcore import geometry, memory
+from unetcore import geometry, memory, tta
 from unetcore.model import UNet
 from unetcore.normalization import Normalization, check_grey_range
 
@@ -42,7 +42,7 @@ class PredictConfig:
     amp: bool = True  # bf16 autocast on CUDA (ignored on the CPU)
     channels_last: bool = True  # channels-last memory format on CUDA (2D)
     same_context: int = 32  # context per side for padding="same" models (no exact halo)
-    tta: bool = False  # average over the 8 flips/rotations (2D)
+    tta: bool = False  # mean over the 8 flips/rotations of the (y, x) plane (unetcore.tta); 8× the time
     grey_range: tuple[float, float] | None = None  # input values mapped to [0, 1]; None = the dtype's range
 
     def __post_init__(self) -> None:
@@ -162,18 +162,10 @@ class TilePredictor:
         """Several images of one size; their tiles share batches."""
         for image in images:
             self._check(image)
-        if not self.config.tta:
-            return self._predict_plain(images, class_index)
-        if self.dims != 2:
-            raise ValueError(f"expected a 2D model for test-time augmentation, got {self.dims}D")
-        total = [np.zeros(img.shape, np.float32) for img in images]
-        for k, flip in itertools.product(range(4), (False, True)):
-            views = [np.rot90(img[:, ::-1] if flip else img, k) for img in images]
-            preds = self._predict_plain([np.ascontiguousarray(v) for v in views], class_index)
-            for t, p in zip(total, preds, strict=True):
-                back = np.rot90(p, -k)
-                t += back[:, ::-1] if flip else back
-        return [t / 8 for t in total]
+        if len({img.shape for img in images}) > 1:
+            return [self.predict_many([img], class_index=class_index)[0] for img in images]
+        zero = (0,) * self.dims
+        return self.predict_region(images, zero, zero, class_index=class_index)
 
     # -- internals ------------------------------------------------------------------------
     def _check(self, image: np.ndarray) -> None:
@@ -184,13 +176,6 @@ class TilePredictor:
         if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
             raise ValueError("expected finite grey values, got NaN or inf in the image")
 
-    def _predict_plain(self, images: list[np.ndarray], class_index: int) -> list[np.ndarray]:
-        shapes = {img.shape for img in images}
-        if len(shapes) > 1:
-            return [self._predict_plain([img], class_index)[0] for img in images]
-        zero = (0,) * self.dims
-        return self.predict_region(images, zero, zero, class_index=class_index)
-
     def predict_region(
         self,
         arrays: list[np.ndarray],
@@ -198,6 +183,8 @@ class TilePredictor:
         context_hi: tuple[int, ...],
         *,
         class_index: int = 1,
+        origin: tuple[int, ...] | None = None,
+        extent: tuple[int, ...] | None = None,
     ) -> list[np.ndarray]:
         """Predict the inner region of arrays that already carry context around it.
 
@@ -207,9 +194,23 @@ class TilePredictor:
         result equals a whole-volume pass when the region's origin lies on the model's
         phase lattice and the context covers `unetcore.geometry.exact_context` (the halo on
         the low side, a little more on the high side): what the block pipeline relies on.
+
+        With ``config.tta`` the result is the mean over the 8 views of `unetcore.tta`;
+        ``origin`` and ``extent`` then place the region in the whole image (default: the
+        region is the whole image), and the context must cover `unetcore.tta.widen_context`
+        for a block to equal the whole image's result.
         """
         for a in arrays:
             self._check(a)
+        if self.config.tta:
+            lattice = geometry.phase_lattice(self.model.config)
+            plain = lambda views, lo, hi: self._predict_region(views, lo, hi, class_index)  # noqa: E731
+            return tta.predict_views(plain, arrays, context_lo, context_hi, lattice=lattice, origin=origin, extent=extent)
+        return self._predict_region(arrays, context_lo, context_hi, class_index)
+
+    def _predict_region(
+        self, arrays: list[np.ndarray], context_lo: tuple[int, ...], context_hi: tuple[int, ...], class_index: int
+    ) -> list[np.ndarray]:
         out_shape = tuple(s - lo - hi for s, lo, hi in zip(arrays[0].shape, context_lo, context_hi, strict=True))
         if min(out_shape) < 1 or any(a.shape != arrays[0].shape for a in arrays):
             raise ValueError(

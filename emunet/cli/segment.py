@@ -36,6 +36,7 @@ def segment(
     device: Annotated[str, typer.Option(envvar="EMUNET_SEGMENT_DEVICE", help="Device on each worker: auto, cpu or cuda.")] = "auto",
     check_finite: Annotated[bool, typer.Option("--check-finite/--no-check-finite", help="Scan a float input for NaN/inf first (refuse it); off: fail only the blocks that read them.")] = True,
     grey_range: Annotated[Optional[tuple[float, float]], typer.Option(metavar="LO HI", help="Input values mapped to the model's [0, 1] (default: stored with the volume, else the dtype's range: uint8 0 255, uint16 0 65535, float 0 1).")] = None,
+    tta: Annotated[bool, typer.Option("--tta", help="Test-time augmentation: the mean over the 8 flips/rotations of the (y, x) plane (8× the model time).")] = False,
     sparse: Annotated[bool, typer.Option("--sparse", help="Input chunks missing from the store read as the fill value (default: a block that needs one fails, naming it).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")] = False,
     ground_truth: Annotated[Optional[str], typer.Option(help="Labels (Zarr or TIFF; 0 = membrane, >0 = cell): ISBI metrics of the result (with --flow).")] = None,
@@ -77,6 +78,7 @@ def segment(
             "check_finite": check_finite,
             "grey_range": grey_range,
             "sparse": sparse or None,
+            "tta": tta or None,
             "progress": not as_json,
         }
         # Unset options fall back to EMUNET_SEGMENT_* (parsed by SegmentConfig.from_env).
