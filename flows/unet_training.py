@@ -7,7 +7,15 @@ No Prefect here: `run_training` and `evaluate_checkpoint` run wherever they are 
     TrainSpec ──► read images / labels / weights (TIFF, HDF5 or Zarr)
               ──► configs (preset + overrides, TrainConfig, WeightMapConfig)
               ──► weight maps (precomputed, or Eq. 2 per training slice)
+              ──► model: He init, or the weights of `init` (fine-tuning a shipped model)
               ──► Trainer.fit ──► best.safetensors, last.safetensors, metrics.jsonl
+              ──► model-card.md (`flows.model_card`)
+
+Fine-tuning (``init``): the model's architecture comes from the checkpoint (a preset or
+model override that disagrees is refused), its weights are the starting point, the grey
+normalisation is re-fitted to the new training images (so a lab's contrast maps onto
+what the model learnt), and the initial weights are validated first: best.safetensors is
+never worse on the validation slices than the model it started from.
 """
 
 from __future__ import annotations
@@ -20,9 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 Log = Callable[[str], Any]
+
+# Validation keys that only the ISBI 2012 metrics give (threshold-swept, lower is better).
+ISBI_KEYS = ("rand_error", "info_error", "rand_error_2012", "warping_error", "warping_error_jain")
 
 
 def parse_slices(spec: str | None, n: int) -> list[int]:
@@ -60,24 +71,54 @@ class TrainSpec(BaseModel):
     three_d: bool = Field(False, description="Train a 3D model on the volume (needs a 3D preset).")
     device: str = Field("auto", description="auto, cpu or cuda[:N] (on the machine that trains).")
     resume: bool = Field(False, description="Continue from out_dir/last.safetensors.")
-    isbi_metrics: bool = Field(False, description="Validate during training with the ISBI 2012 metrics (slower).")
+    isbi_metrics: bool = Field(False, description="Validate during training with the ISBI 2012 metrics (slower; on when select_metric is one of them).")
+    init: str | None = Field(None, description="Checkpoint to start from (fine-tuning): its architecture and weights; None = He init.")
+    _init_ckpt: Any = PrivateAttr(None)
     progress: bool = Field(False, description="A progress bar on stderr of the training process.")
     command: str = Field("train_unet", description="Recorded in the checkpoint's metadata.")
 
     def configs(self) -> tuple[Any, Any, Any]:
-        """(UNetConfig, TrainConfig, WeightMapConfig): the preset with its overrides, the recipe."""
+        """(UNetConfig, TrainConfig, WeightMapConfig): the preset with its overrides (or the
+        `init` checkpoint's architecture), the recipe."""
         from unetcore.augment import AugmentConfig
         from unetcore.config import UNetConfig, preset
         from unetcore.trainer import TrainConfig
         from unetcore.weightmap import WeightMapConfig
 
         model = {k: v for k, v in self.model.items() if k != "preset"}
-        model_config = UNetConfig.from_dict({**preset(self.preset).to_dict(), **model})
+        if self.init:
+            model_config = self.init_checkpoint().config
+            if model:
+                raise ValueError(
+                    f"expected no model overrides with init (the architecture is the checkpoint's), got {sorted(model)}; "
+                    "drop them or train from scratch without --init"
+                )
+            named = self.init_checkpoint().metadata.get("preset")
+            if self.preset not in ("paper", named) and preset(self.preset) != model_config:
+                raise ValueError(
+                    f"expected the init checkpoint's preset ({named or 'its own architecture'}), got preset "
+                    f"{self.preset!r}, a different architecture; drop --preset when fine-tuning"
+                )
+        else:
+            model_config = UNetConfig.from_dict({**preset(self.preset).to_dict(), **model})
         train = dict(self.train)
         if isinstance(train.get("tile"), list):
             train["tile"] = tuple(train["tile"])
         train_config = TrainConfig(**{**train, "device": self.device, "augment": AugmentConfig(**self.augment)})
         return model_config, train_config, WeightMapConfig(**self.weight_map)
+
+    def init_checkpoint(self) -> Any:
+        """The `init` checkpoint, loaded (and verified) once per spec."""
+        from unetcore.checkpoint import load_checkpoint
+
+        if self._init_ckpt is None:
+            if not Path(str(self.init)).is_file():
+                raise FileNotFoundError(f"expected a checkpoint to fine-tune at init={self.init!r}, got no such file")
+            self._init_ckpt = load_checkpoint(str(self.init))
+        return self._init_ckpt
+
+    def select_needs_isbi(self) -> bool:
+        return self.train.get("select_metric") in ISBI_KEYS
 
     def is_3d(self, model_config: Any) -> bool:
         if self.three_d and model_config.spatial_dims != 3:
@@ -144,13 +185,22 @@ def prepare(spec: TrainSpec, log: Log) -> Prepared:
             "weights": spec.weights}  # fmt: skip
     metadata = {
         "data": {k: str(v) for k, v in data.items() if v is not None},
+        **({"init": _init_record(spec)} if spec.init else {}),
         "weights": {"w0": weight_config.w0, "sigma": weight_config.sigma, "class_balance": weight_config.class_balance}
         if given is None else {"precomputed": spec.weights},
-        "preset": spec.preset,
+        "preset": spec.init_checkpoint().metadata.get("preset") if spec.init else spec.preset,
         "command": spec.command,
     }
     classes = [(l > 0).astype(np.int64) for l in labs]
     return Prepared(TrainData(raws, classes, maps), val, model_config, train_config, metadata)
+
+
+def _init_record(spec: TrainSpec) -> dict[str, Any]:
+    from unetcore.checkpoint import file_sha256
+
+    ckpt = spec.init_checkpoint()
+    return {"checkpoint": str(spec.init), "file_sha256": file_sha256(str(spec.init)), "content_sha256": ckpt.content_hash,
+            "step": ckpt.metadata.get("step"), "preset": ckpt.metadata.get("preset")}  # fmt: skip
 
 
 def isbi_metric_fn(probs: list, labels: list) -> dict[str, float]:
@@ -170,14 +220,21 @@ def run_training(spec: TrainSpec | dict[str, Any], log: Log | None = None) -> di
     spec = TrainSpec.model_validate(spec)
     log = log or logging.getLogger("emunet.train").info
     ready = prepare(spec, log)
+    from flows.model_card import write_model_card
+
     torch.manual_seed(ready.train_config.seed)
     model = UNet(ready.model_config)
+    if spec.init:
+        model.load_state_dict(spec.init_checkpoint().model.state_dict())
+    isbi = spec.isbi_metrics or spec.select_needs_isbi()
     trainer = Trainer(
         model, ready.train, ready.train_config, spec.out_dir, val=ready.val,
-        metric_fn=isbi_metric_fn if spec.isbi_metrics else None, metadata=ready.metadata, progress=spec.progress,
+        metric_fn=isbi_metric_fn if isbi else None, metadata=ready.metadata, progress=spec.progress,
+        baseline=bool(spec.init),
     )  # fmt: skip
+    start = f"from {spec.init}" if spec.init else spec.preset
     log(
-        f"training {spec.preset} ({sum(p.numel() for p in model.parameters()):,} parameters) on "
+        f"training {start} ({sum(p.numel() for p in model.parameters()):,} parameters) on "
         f"{len(ready.train.images)} image(s), tile {trainer.in_tile} → {trainer.out_tile}, "
         f"{ready.train_config.steps} steps on {trainer.device}"
     )
@@ -185,6 +242,7 @@ def run_training(spec: TrainSpec | dict[str, Any], log: Log | None = None) -> di
     out = Path(spec.out_dir)
     result.update(out=str(out), best_checkpoint=str(out / "best.safetensors"), last_checkpoint=str(out / "last.safetensors"),
                   device=str(trainer.device))  # fmt: skip
+    result["model_card"] = str(write_model_card(spec, result))
     return result
 
 

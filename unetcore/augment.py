@@ -9,9 +9,12 @@ tile's own frame:
 * a random shift (the tile's position).
 
 The same map resamples the image (cubic), the labels (nearest) and the weights (linear),
-so they stay aligned. Coordinates that leave the image are mirrored (``mode="mirror"``):
-the overlap-tile strategy's mirror padding at the image's true borders. Grey values then
-get a random gamma, contrast and brightness change.
+so they stay aligned. Coordinates that leave the image are mirrored about the image's edge
+with the edge pixel repeated (scipy ``mode="reflect"`` = numpy ``mode="symmetric"``,
+:data:`EDGE_MODE`): the same mirror padding that inference applies at a volume's true
+borders (`unetcore.predict`, `pipeline.geometry`), so the model never sees at training a
+border it will not see at inference. Grey values then get a random gamma, contrast and
+brightness change.
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+
+# scipy's "reflect" (d c b a | a b c d) is numpy's "symmetric" (`geometry.MIRROR`), the
+# mirror of inference; scipy's "mirror" (c b | a b c) would not repeat the edge pixel.
+EDGE_MODE = "reflect"
 
 
 @dataclass(frozen=True)
@@ -123,16 +130,16 @@ def sample_tile(
         coords += elastic_displacement(tuple(in_shape), rng, config.elastic_grid, config.elastic_sigma)
     coords = coords.astype(np.float32)
 
-    channels = [ndimage.map_coordinates(c, coords, order=3, mode="mirror") for c in image]
+    channels = [ndimage.map_coordinates(c, coords, order=3, mode=EDGE_MODE) for c in image]
     tile = np.stack(channels).astype(np.float32)
     lo = ((in_arr - np.asarray(out_shape)) // 2).astype(int)
     inner = (slice(None),) + tuple(slice(a, a + n) for a, n in zip(lo, out_shape, strict=True))
     out_coords = coords[inner]
-    tile_labels = ndimage.map_coordinates(labels, out_coords, order=0, mode="mirror")
+    tile_labels = ndimage.map_coordinates(labels, out_coords, order=0, mode=EDGE_MODE)
     if weights is None:
         tile_weights = np.ones(out_shape, dtype=np.float32)
     else:
-        tile_weights = ndimage.map_coordinates(weights, out_coords, order=1, mode="mirror")
+        tile_weights = ndimage.map_coordinates(weights, out_coords, order=1, mode=EDGE_MODE)
     tile = _grey_values(tile, rng, config)
     return Tile(tile, tile_labels.astype(np.int64), tile_weights.astype(np.float32))
 

@@ -29,6 +29,11 @@ from dataclasses import dataclass
 
 from unetcore.config import UNetConfig
 
+# The overlap-tile mirror at an image's true border, as a numpy.pad mode: reflected about
+# the edge with the edge pixel repeated (d c b a | a b c d). Inference pads with it;
+# training samples with scipy.ndimage's name for the same rule ("reflect", `augment`).
+MIRROR = "symmetric"
+
 
 class IllegalTileSizeError(ValueError):
     """An input size that violates the U-Net size rule (names the nearest legal sizes)."""

@@ -225,7 +225,7 @@ class TilePredictor:
         ]
         # Offset of the region's origin inside the padded array, minus the plan's context.
         shift = tuple(lo + p_lo - c for lo, (p_lo, _), c in zip(context_lo, pads, plan.context, strict=True))
-        padded = [np.pad(self.normalization.apply(a, self.config.grey_range), pads, mode="symmetric") for a in arrays]
+        padded = [np.pad(self.normalization.apply(a, self.config.grey_range), pads, mode=geometry.MIRROR) for a in arrays]
         outputs = [np.zeros(out_shape, np.float32) for _ in arrays]
         jobs = [(i, o) for i in range(len(arrays)) for o in plan.origins()]
         for start in range(0, len(jobs), self.config.batch_size):

@@ -55,7 +55,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA
     num_workers: int = 0  # threads that sample and augment the next tiles ahead of the model
-    max_seconds: float | None = None  # time budget: shrink the schedule to fit (measured after warm-up)
+    max_seconds: float | None = None  # time budget: chooses `steps` once, up front, from a timed probe
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
@@ -128,6 +128,7 @@ class Trainer:
         metric_fn: MetricFn | None = None,
         metadata: dict[str, Any] | None = None,
         progress: bool = True,
+        baseline: bool = False,
     ) -> None:
         self.config = config
         self.device = resolve_device(config.device)
@@ -152,8 +153,10 @@ class Trainer:
             model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
         )
         self.step = 0
-        self.total_steps = config.steps  # shrinks to fit `max_seconds`, if set
+        self.total_steps = config.steps  # or what fits `max_seconds`, chosen once (`choose_steps`)
         self.best: float | None = None
+        self.baseline = baseline
+        self._scheduled = False  # total_steps chosen (by the budget, or loaded from last.safetensors)
         self._pool = None
         self._ahead: dict[int, Any] = {}
 
@@ -189,6 +192,7 @@ class Trainer:
         self.step = int(ckpt.metadata["step"])
         if self.config.max_seconds is not None:  # keep the schedule the budget chose
             self.total_steps = min(self.config.steps, int(ckpt.metadata.get("total_steps", self.config.steps)))
+        self._scheduled = True
         self.best = ckpt.metadata.get("best")
         self.normalization = ckpt.normalization
         self._norm_images = [self.normalization.apply(img) for img in self.train_data.images]
@@ -269,21 +273,70 @@ class Trainer:
         result.setdefault("pixel_error", result["pixel_error_at_0.5"])
         return result
 
-    def _fit_budget(self, start: float, start_step: int) -> None:
-        """With `max_seconds`, fit the schedule's length to the budget.
+    def _validate_and_select(self, log: Any) -> dict[str, float]:
+        """Validate; keep the weights as best.safetensors when `select_metric` improved."""
+        scores = self.validate()
+        key = scores.get(self.config.select_metric)
+        if key is None:
+            raise ValueError(
+                f"expected select_metric among the validation keys {sorted(scores)}, got {self.config.select_metric!r}"
+                + ("; the ISBI metrics (rand_error, info_error, …) need --isbi-metrics" if self.metric_fn is None else "")
+            )
+        if self.best is None or key < self.best:
+            self.best = float(key)
+            save_checkpoint(self.out_dir / "best.safetensors", self.model, self.normalization,
+                            dict(self._meta("best"), validation=scores))  # fmt: skip
+        log.write(json.dumps({"step": self.step, "validation": scores}) + "\n")
+        log.flush()
+        return scores
 
-        Every 50 steps after warm-up the run's average pace so far predicts how many steps
-        fit in the time left; the schedule's length follows it (never beyond `steps`), so a
-        machine that slows down or speeds up (shared cores) still ends within the budget.
+    def _probe_seconds(self, steps: int = 5) -> tuple[float, float]:
+        """(seconds per training step, seconds per validation), timed on a throwaway copy.
+
+        The copy and its own optimiser take real tiles of the first steps; the run's model,
+        optimiser and randomness are untouched, so choosing the schedule from this probe
+        leaves the run identical to one given the chosen `steps` directly.
+        """
+        import copy
+
+        model = copy.deepcopy(self.model)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=self.config.momentum)
+        model.train()
+        use_amp = self.config.amp and self.device.type == "cuda"
+        times = []
+        for step in range(steps + 1):  # the first one warms up (allocations, kernels)
+            t0 = time.perf_counter()
+            x, y, w = (torch.from_numpy(a).to(self.device) for a in self._sample(step))
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss = weighted_cross_entropy(model(x), y, w)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            float(loss.detach())
+            times.append(time.perf_counter() - t0)
+        del model, optimizer
+        per_val = 0.0
+        if self.val_data is not None:
+            t0 = time.perf_counter()
+            self.validate()
+            per_val = time.perf_counter() - t0
+        return float(np.median(times[1:])), per_val
+
+    def choose_steps(self) -> int:
+        """With `max_seconds`, the number of steps that fits the budget, decided once, up front.
+
+        A run is defined by its number of steps: the budget only picks that number (from a
+        timed probe of training steps and one validation), it never changes during the run,
+        and it is stored in the checkpoints, so a resumed run keeps it and passing the
+        chosen number as `steps` reproduces the run on any machine.
         """
         budget = self.config.max_seconds
-        first = max(self.config.warmup_steps, 20) + start_step
-        if budget is None or self.step < first or (self.step - first) % 50:
-            return
-        elapsed = time.perf_counter() - start
-        per_step = elapsed / max(self.step - start_step, 1)
-        fits = self.step + int((budget - elapsed) / per_step * 0.95)
-        self.total_steps = max(self.step + 1, min(self.config.steps, fits))
+        if budget is None:
+            return self.config.steps
+        per_step, per_val = self._probe_seconds()
+        every = self.config.val_every or self.config.steps
+        fits = int(budget / (per_step + per_val / every))
+        return max(1, min(self.config.steps, fits))
 
     def fit(self, *, resume: bool = False) -> dict[str, Any]:
         """Run to `config.steps` (or what fits `max_seconds`); returns validation scores and timings."""
@@ -292,6 +345,13 @@ class Trainer:
             self.load_last()
         log = open(self.out_dir / "metrics.jsonl", "a" if resume else "w")
         scores: dict[str, float] = {}
+        if not self._scheduled:
+            self.total_steps = self.choose_steps()
+            self._scheduled = True
+            if self.config.max_seconds is not None:
+                log.write(json.dumps({"step": 0, "schedule": {"steps": self.total_steps, "max_seconds": self.config.max_seconds}}) + "\n")
+        if self.baseline and self.step == 0 and self.val_data is not None:
+            self._validate_and_select(log)  # the initial weights compete for best.safetensors too
         start, start_step = time.perf_counter(), self.step
         try:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -305,8 +365,6 @@ class Trainer:
                 running = None
                 while self.step < self.total_steps:
                     loss = self.train_step()
-                    self._fit_budget(start, start_step)
-                    bar.update(task, total=self.total_steps)
                     running = loss if running is None else 0.95 * running + 0.05 * loss
                     bar.update(task, completed=self.step, loss=running)
                     if self.step % self.config.log_every == 0:
@@ -316,14 +374,7 @@ class Trainer:
                         log.flush()
                     last = self.step == self.total_steps
                     if self.val_data is not None and (last or (self.config.val_every and self.step % self.config.val_every == 0)):
-                        scores = self.validate()
-                        key = scores.get(self.config.select_metric)
-                        if key is not None and (self.best is None or key < self.best):
-                            self.best = float(key)
-                            save_checkpoint(self.out_dir / "best.safetensors", self.model, self.normalization,
-                                            dict(self._meta("best"), validation=scores))
-                        log.write(json.dumps({"step": self.step, "validation": scores}) + "\n")
-                        log.flush()
+                        scores = self._validate_and_select(log)
                     if last or self.step % self.config.checkpoint_every == 0:
                         self.save_last()
         finally:

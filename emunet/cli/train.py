@@ -8,6 +8,14 @@ A config file (YAML or JSON) may hold the sections ``data``, ``model``, ``train`
     train: {steps: 8000, tile: 428, lr: 0.01, seed: 0}
     weights: {w0: 10, sigma: 5, class_balance: frequency}
 
+Fine-tuning a shipped model on a lab's own labelled slices: ``--init CKPT`` (or ``model:
+{init: CKPT}`` in the config file, relative to it) starts from the checkpoint's weights and
+architecture; the initial weights are validated first, and OUT/model-card.md records the
+metrics of the selected checkpoint beside them::
+
+    emunet train --init models/isbi2012.safetensors --images own.tif --labels own-labels.tif \
+        --val-slices 8:10 --select-metric rand_error --steps 500 --out runs/own
+
 The merged configuration becomes a `flows.unet_training.TrainSpec`. By default it runs as the
 Prefect flow `train-unet` (`flows/train_unet.py`: run log, retries, a metrics artifact; on a
 Dask GPU worker with --scheduler/--workers); --no-flow trains in this process without Prefect.
@@ -31,10 +39,10 @@ import typer
 from emunet.cli.common import console, echo_json, user_errors
 
 
-DATA_PATH_KEYS = ("images", "labels", "weights")
+DATA_PATH_KEYS = ("images", "labels", "weights")  # model.init is resolved the same way
 
 
-def resolve_config_path(value: Any, folder: Path, key: str, config: Path) -> str:
+def resolve_config_path(value: Any, folder: Path, key: str, config: Path, section: str = "data") -> str:
     """A data path of a config file, relative to the file's ``folder`` (URLs unchanged).
 
     ``file.h5:/dataset`` keeps its dataset part. A local path that does not exist is an
@@ -50,7 +58,7 @@ def resolve_config_path(value: Any, folder: Path, key: str, config: Path) -> str
     resolved = given if given.is_absolute() else (folder / given).resolve()
     if not resolved.exists():
         raise FileNotFoundError(
-            f"expected the file of data.{key} ({text!r} in {config}, relative to the config file's folder) at "
+            f"expected the file of {section}.{key} ({text!r} in {config}, relative to the config file's folder) at "
             f"{resolved}, got no such file; fix the path in the config file or pass --{key} (relative to the current directory)"
         )
     return f"{resolved}:{dataset}" if dataset else str(resolved)
@@ -94,7 +102,7 @@ def train(
     train_slices: Annotated[Optional[str], typer.Option(help="Training slices, e.g. 0:16 (default: all not in --val-slices).")] = None,
     val_slices: Annotated[Optional[str], typer.Option(help="Validation slices, e.g. 16:20 (default: none).")] = None,
     val_every: Annotated[Optional[int], typer.Option(help="Validate every N steps.")] = None,
-    select_metric: Annotated[Optional[str], typer.Option(help="Validation key for best.safetensors (lower is better).")] = None,
+    select_metric: Annotated[Optional[str], typer.Option(help="Validation key for best.safetensors (lower is better): pixel_error, or an ISBI metric (rand_error, info_error, rand_error_2012, warping_error), which turns on --isbi-metrics.")] = None,
     isbi_metrics: Annotated[bool, typer.Option(help="Validate with the ISBI 2012 metrics (slower).")] = False,
     instances: Annotated[bool, typer.Option(help="Labels are instance ids (each id is one cell).")] = False,
     three_d: Annotated[bool, typer.Option("--3d", help="Train a 3D model on a volume (needs a 3D preset).")] = False,
@@ -102,6 +110,7 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.safetensors.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     weights: Annotated[Optional[str], typer.Option(help="Precomputed weight maps of the labels (Zarr from `emunet weights`, or TIFF).")] = None,
+    init: Annotated[Optional[str], typer.Option(help="Fine-tune: start from this checkpoint (e.g. models/isbi2012.safetensors); its architecture is kept.")] = None,
     flow: Annotated[bool, typer.Option("--flow/--no-flow", help="Run as the Prefect flow train-unet (run log, retries, metrics artifact); --no-flow trains directly.")] = True,
     scheduler: Annotated[Optional[str], typer.Option(help="Train on a GPU worker of this Dask scheduler (with --flow).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Train on a local Dask cluster of N workers (with --flow).")] = None,
@@ -124,6 +133,10 @@ def train(
         if "images" not in data_cfg or "labels" not in data_cfg:
             raise ValueError("expected --images and --labels (or a config file's data section), got none")
         model_cfg = dict(cfg.get("model", {}))
+        init_path = init
+        if init_path is None and model_cfg.get("init") is not None and config is not None:
+            init_path = resolve_config_path(model_cfg["init"], config.parent, "init", config, "model")
+        model_cfg.pop("init", None)
         name = preset or model_cfg.pop("preset", "paper")
         model_cfg.pop("preset", None)
         for key, value in (("base_channels", base_channels), ("depth", depth)):
@@ -140,7 +153,7 @@ def train(
             images=str(data_cfg["images"]), labels=str(data_cfg["labels"]), weights=data_cfg.get("weights"),
             out_dir=str(out), preset=name, model=model_cfg, train=train_cfg, augment=cfg.get("augment", {}),
             weight_map=cfg.get("weights", {}), train_slices=data_cfg.get("train_slices"), val_slices=data_cfg.get("val_slices"),
-            instances=instances, three_d=three_d, device=device, resume=resume, isbi_metrics=isbi_metrics,
+            instances=instances, three_d=three_d, device=device, resume=resume, isbi_metrics=isbi_metrics, init=init_path,
             progress=progress and not flow, command="emunet train",
         )  # fmt: skip
         if flow:

@@ -272,3 +272,25 @@ def test_train_unet_refuses_mismatched_weights_before_training(volume, tmp_path)
     with pytest.raises(ValueError, match=r"weights of the images' shape \(4, 64, 64\)"):
         train_unet(train_params(volume, tmp_path / "run", weights=str(wrong)))
     assert not (tmp_path / "run").exists()
+
+
+def test_train_unet_fine_tunes_from_init_and_writes_a_model_card(volume, tmp_path) -> None:
+    """`init` (the flow's parameter of `emunet train --init`): weights and architecture of the
+    checkpoint, the start validated first, the card beside the checkpoints; overrides refused."""
+    from flows.train_unet import train_unet
+    from unetcore.checkpoint import file_sha256, load_checkpoint
+
+    first = train_unet(train_params(volume, tmp_path / "first"))
+    start = first["best_checkpoint"]
+    with pytest.raises(ValueError, match="expected no model overrides with init"):
+        train_unet(train_params(volume, tmp_path / "refused", init=start))
+    assert not (tmp_path / "refused").exists()
+    params = train_params(volume, tmp_path / "tuned", init=start).model_copy(update={"preset": "paper", "model": {}})
+    result = train_unet(params)
+    best = load_checkpoint(result["best_checkpoint"])
+    assert best.config == load_checkpoint(start).config
+    assert best.metadata["init"]["file_sha256"] == file_sha256(start)
+    lines = (tmp_path / "tuned" / "metrics.jsonl").read_text().splitlines()
+    assert '"step": 0, "validation"' in next(line for line in lines if "validation" in line)
+    card = (tmp_path / "tuned" / "model-card.md").read_text()
+    assert f"fine-tuned from `{start}`" in card and "| starting weights |" in card and "| pixel error" in card

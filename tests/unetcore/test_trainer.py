@@ -98,8 +98,39 @@ def test_prefetch_workers_give_the_same_run(tmp_path, data) -> None:
         assert torch.equal(p, q)
 
 
-def test_time_budget_shrinks_the_schedule(tmp_path, data) -> None:
-    trainer = _trainer(tmp_path, data, 10_000, max_seconds=3.0)
-    result = trainer.fit()
-    assert 20 < result["steps"] < 10_000
-    assert trainer.total_steps == result["steps"]
+def test_time_budget_chooses_the_steps_up_front(tmp_path, data) -> None:
+    """The budget picks a number of steps once; the run is then the run of that many steps."""
+    budgeted = _trainer(tmp_path / "a", data, 10_000, max_seconds=2.0)
+    result = budgeted.fit()
+    chosen = result["steps"]
+    assert 1 <= chosen < 10_000 and budgeted.total_steps == chosen
+    schedule = json.loads((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[0])
+    assert schedule["schedule"]["steps"] == chosen
+    assert load_checkpoint(tmp_path / "a" / "last.safetensors").metadata["total_steps"] == chosen
+    direct = _trainer(tmp_path / "b", data, chosen)
+    direct.fit()
+    for p, q in zip(budgeted.model.parameters(), direct.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_baseline_validation_lets_the_initial_weights_win(tmp_path, data) -> None:
+    """Fine-tuning validates the initial weights first: a worse run never replaces them."""
+    val = TrainData(data.images[:1], data.labels[:1])
+    torch.manual_seed(0)
+    config = TrainConfig(steps=2, tile=100, lr=0.01, warmup_steps=1, val_every=1, device="cpu", log_every=1)
+    trainer = Trainer(UNet(CONFIG), data, config, tmp_path, val=val, progress=False, baseline=True)
+    trainer.fit()
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    validations = [line for line in lines if "validation" in line]
+    assert [line["step"] for line in validations] == [0, 1, 2]
+    best = load_checkpoint(tmp_path / "best.safetensors").metadata
+    scores = [line["validation"]["pixel_error"] for line in validations]
+    assert best["best"] == pytest.approx(min(scores)) and best["step"] == scores.index(min(scores))
+
+
+def test_unknown_select_metric_is_named(tmp_path, data) -> None:
+    val = TrainData(data.images[:1], data.labels[:1])
+    config = TrainConfig(steps=1, tile=100, val_every=1, device="cpu", select_metric="rand_error")
+    trainer = Trainer(UNet(CONFIG), data, config, tmp_path, val=val, progress=False)
+    with pytest.raises(ValueError, match="expected select_metric among the validation keys.*--isbi-metrics"):
+        trainer.fit()
