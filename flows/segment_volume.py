@@ -28,7 +28,8 @@ from flows._common import ClusterParams, attempt, every, metric_line, metric_row
 # SegmentConfig fields a flow run may set; the rest come from EMUNET_SEGMENT_* or defaults.
 CONFIG_FIELDS = frozenset(
     {"block_shape", "tile_shape", "batch_size", "dtype", "mask", "device", "resume", "overwrite",
-     "pyramid_levels", "input_level", "blocks_per_task", "max_in_flight", "check_finite", "sparse", "grey_range", "tta"}
+     "pyramid_levels", "input_level", "blocks_per_task", "max_in_flight", "check_finite", "sparse", "grey_range", "tta",
+     "allow_mismatch"}
 )  # fmt: skip
 
 
@@ -70,6 +71,9 @@ class SegmentVolumeParams(BaseModel):
     cluster: ClusterParams = Field(default_factory=ClusterParams, description="A running Dask scheduler, or N local workers.")
     device: str = Field("auto", description="Device on each worker: auto, cpu or cuda.")
     resume: bool = Field(False, description="Continue an existing output: skip the blocks its ledger has as done.")
+    allow_mismatch: bool = Field(
+        False, description="With resume: continue although the settings that change the numbers differ (recorded in the output)."
+    )
     overwrite: bool = Field(False, description="Replace an existing output.")
     pyramid_levels: int = Field(0, ge=0, description="2× (y, x) mean pyramid levels written after the blocks.")
     input_level: int | None = Field(None, ge=0, description="Multiscale level of an OME-Zarr input (default 0).")

@@ -169,6 +169,19 @@ def make_predictor(checkpoint: Any, predict_config: Any = None) -> Any:
     return TilePredictor(ckpt.model, ckpt.normalization, predict_config or PredictConfig())
 
 
+def _predictor_settings(plan: SegmentPlan, predictor: Any) -> dict[str, Any] | None:
+    """The ``predict`` provenance of a real `TilePredictor` (device class, precision, the
+    tile of a whole block, tta); None for another object."""
+    from pipeline.resume import predict_settings
+    from unetcore.predict import TilePredictor, plan_tiles
+
+    if not isinstance(predictor, TilePredictor):
+        return None
+    config, dims = predictor.config, predictor.dims
+    tile = plan_tiles(predictor.model.config, tuple(plan.block_shape[-dims:]), config.tile_shape, config).in_tile
+    return {"predict": predict_settings(tta=config.tta, devices=[str(predictor.device)], amp=config.amp, tile=tile)}
+
+
 def run_plan_locally(
     plan: SegmentPlan,
     checkpoint: Any = None,
@@ -178,6 +191,7 @@ def run_plan_locally(
     options: OutputOptions = OutputOptions(),
     resume: bool = False,
     overwrite: bool = False,
+    allow_mismatch: bool = False,
     storage_options: Mapping[str, Any] | None = None,
     input_storage_options: Mapping[str, Any] | None = None,
     block_ids: Iterable[int] | None = None,
@@ -188,25 +202,24 @@ def run_plan_locally(
 
     ``checkpoint``: a path or a loaded `Checkpoint` (its hash and config go into the
     provenance, with the predictor's settings); or pass a ready ``predictor``. ``resume``
-    skips blocks the ledger has as done; ``block_ids`` restricts the run (e.g. to simulate
-    an interrupted run).
+    skips blocks the ledger has as done (after `pipeline.resume`'s checks; ``allow_mismatch``
+    lets differing settings through); ``block_ids`` restricts the run (e.g. to simulate an
+    interrupted run).
     """
-    from pipeline.resume import predict_settings
-
     if predictor is None:
         if checkpoint is None:
             raise ValueError("expected a checkpoint or a predictor, got neither")
         predictor = make_predictor(checkpoint, predict_config)
     model_config = getattr(getattr(predictor, "model", None), "config", None)
-    settings = getattr(predictor, "config", None)  # a real TilePredictor's PredictConfig
     output = create_output(
         plan,
         options,
         model_config=model_config.to_dict() if model_config is not None else None,
         resume=resume,
         overwrite=overwrite,
+        allow_mismatch=allow_mismatch,
         storage_options=storage_options,
-        extra_attrs={"predict": predict_settings(tta=settings.tta)} if settings is not None else None,
+        extra_attrs=_predictor_settings(plan, predictor),
     )
     level = plan.input_level if plan.input_level not in (None, 0) else None
     volume = open_volume(plan.input_url, level=level, storage_options=input_storage_options)

@@ -33,7 +33,7 @@ from pipeline.geometry import Roi
 from pipeline.labels import LABELS_GROUP, MASK_LABEL_ARRAY, create_mask_labels
 from pipeline.ownership import OutputExistsError, check_output, remove_ours
 from pipeline.plan import SegmentPlan
-from pipeline.resume import PlanMismatchError, check_input_unchanged, check_resume
+from pipeline.resume import PlanMismatchError, check_input_unchanged, check_resume, record_mismatch
 from pipeline.volume import fsspec_filesystem, is_remote, local_path, redact_url
 
 AXES = ("z", "y", "x")
@@ -244,13 +244,15 @@ def create_output(
     storage_options: Mapping[str, Any] | None = None,
     extra_attrs: Mapping[str, Any] | None = None,
     reads: Sequence[str] = (),
+    allow_mismatch: bool = False,
 ) -> Output:
     """Create (or, with ``resume``, reopen after checking the plan) the output group.
 
     The output may never be, contain or lie inside the input or anything in ``reads``
     (`pipeline.ownership`). An existing output is refused (`OutputExistsError`) unless
     ``resume`` (the stored plan and settings must match, `pipeline.resume`:
-    `PlanMismatchError` names what differs) or ``overwrite`` (replaced only if
+    `PlanMismatchError` names what differs; ``allow_mismatch`` lets differing settings
+    through and records them in the provenance) or ``overwrite`` (replaced only if
     emunet wrote it: `NotOursError` otherwise).
     """
     url = plan.output_url
@@ -260,7 +262,9 @@ def create_output(
     if existing.exists:
         if resume:
             group = open_group(url, "r+", storage_options)
-            check_resume(url, dict(group.attrs.asdict()), plan, options, extra_attrs)
+            diffs = check_resume(url, dict(group.attrs.asdict()), plan, options, extra_attrs, allow_mismatch=allow_mismatch)
+            if diffs:
+                record_mismatch(group, diffs)
             return Output(url, group, plan, options)
         remove_ours(url, storage_options)
     group = _create_exclusively(url, storage_options)

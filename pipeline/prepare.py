@@ -77,17 +77,40 @@ class Prepared:
     resuming: bool  # an existing output is resumed
     inputs: dict[str, Any]  # provenance of what was read (grey range, fingerprint)
     config: Any = field(repr=False)
+    settings: dict[str, Any] = field(default_factory=dict)  # how blocks are computed (pipeline.resume.predict_settings)
+
+    def _options(self) -> Any:
+        from pipeline.output import OutputOptions
+
+        return OutputOptions(dtype=self.config.dtype, mask=self.config.mask)
 
     def create_output(self) -> Any:
-        from pipeline.output import OutputOptions, create_output
+        from pipeline.output import create_output
+
+        return create_output(
+            self.plan, self._options(), model_config=self.model_config.to_dict(), resume=self.config.resume,
+            overwrite=self.config.overwrite, reads=(str(self.checkpoint),),
+            extra_attrs={"input": self.inputs, "predict": self.settings}, allow_mismatch=self.config.allow_mismatch,
+        )  # fmt: skip
+
+    def check_resume(self) -> None:
+        """Refuse now, writing nothing, a resume whose plan or settings differ from the
+        output's provenance (`pipeline.resume`; what is not known yet is not compared)."""
+        from pipeline.output import open_group
+        from pipeline.resume import check_resume
+
+        attrs = dict(open_group(self.plan.output_url, "r").attrs.asdict())
+        extra = {"input": self.inputs, "predict": self.settings}
+        check_resume(self.plan.output_url, attrs, self.plan, self._options(), extra, allow_mismatch=self.config.allow_mismatch)
+
+    def settle(self, devices: list[str], tile: tuple[int, ...]) -> None:
+        """The workers are known: record their device class, precision and the tile they
+        run, and (resuming) compare them with the output's before any block runs."""
         from pipeline.resume import predict_settings
 
-        options = OutputOptions(dtype=self.config.dtype, mask=self.config.mask)
-        extra = {"input": self.inputs, "predict": predict_settings(tta=self.config.tta)}
-        return create_output(
-            self.plan, options, model_config=self.model_config.to_dict(), resume=self.config.resume,
-            overwrite=self.config.overwrite, reads=(str(self.checkpoint),), extra_attrs=extra,
-        )  # fmt: skip
+        self.settings = predict_settings(tta=self.config.tta, devices=devices, amp=self.config.amp, tile=tile)
+        if self.resuming:
+            self.check_resume()
 
     def check_input_unchanged(self) -> None:
         from pipeline.resume import check_input_unchanged
@@ -112,12 +135,25 @@ def _tile_and_batch(checkpoint: Path, plan: Any, config: Any) -> tuple[tuple[int
     return tiles.in_tile, min(config.batch_size, per_block), ckpt.config, ckpt.normalization
 
 
+def _known_devices(config: Any) -> list[str] | None:
+    """The workers' device class where the client can tell: an explicit device, or "auto" on
+    local workers (this machine's GPUs); None for "auto" on a --scheduler's workers."""
+    from pipeline.cluster import gpu_count
+
+    if config.device != "auto":
+        return [config.device]
+    if config.scheduler is None:
+        return ["cuda" if gpu_count() else "cpu"]
+    return None
+
+
 def prepare(input_url: str | Path, output_url: str | Path, checkpoint: str | Path, config: Any) -> Prepared:
     """Check everything that can be checked without workers; nothing is written."""
     from pipeline.fingerprint import input_fingerprint, read_sample
     from pipeline.grey import GreyStats, check_grey, resolve_grey_range
     from pipeline.ownership import check_output
     from pipeline.plan import plan_for_volume
+    from pipeline.resume import predict_settings
     from pipeline.volume import open_volume, redact_url
     from unetcore.checkpoint import file_sha256, read_header
     from unetcore.config import UNetConfig
@@ -142,17 +178,19 @@ def prepare(input_url: str | Path, output_url: str | Path, checkpoint: str | Pat
         volume.dtype, redact_url(volume.url), grey_range, grey_source, GreyStats.of_sample(sample), normalization
     )
     resuming = existing.exists and config.resume
+    settings = predict_settings(tta=config.tta, devices=_known_devices(config), amp=config.amp,
+                                tile=tile if config.tile_shape is not None else None)  # an explicit tile is never shrunk
     inputs = {"grey_range": list(grey_range), "grey_range_source": grey_source, "sparse": config.sparse,
               "fingerprint": None if resuming else input_fingerprint(volume, sample)}  # fmt: skip
     ready = Prepared(
         checkpoint=checkpoint, sha256=sha256, model_config=model_config, normalization=normalization, volume=volume,
         plan=plan, tile=tile, batch=batch, grey_range=grey_range, grey_source=grey_source, warnings=warnings,
-        resuming=resuming, inputs=inputs, config=config,
+        resuming=resuming, inputs=inputs, config=config, settings=settings,
     )  # fmt: skip
     if resuming:
         from pipeline.runlock import check_free
 
-        ready.create_output()  # checks that the output has this plan (and grey range); writes nothing
+        ready.check_resume()  # the output's plan and the settings known here; writes nothing
         ready.check_input_unchanged()  # the same input: its fingerprint
         check_free(plan.output_url)  # no other live run is writing it
     return ready

@@ -200,7 +200,8 @@ def segment(
     plan, checkpoint, sha256 = ready.plan, ready.checkpoint, ready.sha256
     for warning in ready.warnings:
         logger.warning(warning)
-    checks = _Prechecks(ready.model_config, ready.tile, ready.batch, float_input=ready.volume.dtype.kind == "f")
+    checks = _Prechecks(ready.model_config, ready.tile, ready.batch, float_input=ready.volume.dtype.kind == "f",
+                        settle=ready.settle)  # fmt: skip
     create = ready.create_output  # a resumed output's plan and input were checked by `prepare`
     result = SegmentResult(plan.output_url, plan.num_blocks, warnings=list(ready.warnings))
 
@@ -246,12 +247,14 @@ def segment(
 @dataclass(frozen=True)
 class _Prechecks:
     """What `_run` checks on the cluster before it writes: the tile against the workers'
-    memory, and a float input for NaN/inf."""
+    memory, a float input for NaN/inf, and (`settle`) the workers' device class, precision
+    and tile against a resumed output's."""
 
     model_config: Any
     tile: tuple[int, ...]
     batch: int  # tiles per forward pass a block can fill
     float_input: bool
+    settle: Callable[[list[str], tuple[int, ...]], None]  # `Prepared.settle`
 
 
 def _run(
@@ -280,6 +283,7 @@ def _run(
     )  # fmt: skip
     if fitted != tuple(checks.tile):
         spec = dataclasses.replace(spec, predict={**spec.predict, "tile_shape": fitted})
+    checks.settle([b["device"] for b in budgets.values()], fitted)  # a resume's settings: refused before any block
     if checks.float_input and config.check_finite:
         check_finite(client, plan, max_in_flight=config.max_in_flight or default_in_flight(client), sparse=config.sparse)
     hold_model(client, spec, payload["run"])  # registered unless held: loads and checks it on every worker

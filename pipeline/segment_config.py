@@ -35,6 +35,7 @@ class SegmentConfig:
     retries: int = 3  # tries per read or write for transient I/O errors
     overwrite: bool = False  # replace an existing output
     resume: bool = False  # continue an existing output: skip the blocks its ledger has as done
+    allow_mismatch: bool = False  # with resume: continue although settings differ (pipeline.resume); recorded
     pyramid_levels: int = 0  # 2× (y, x) mean levels written after the blocks
     progress: bool = True  # a rich progress bar on stderr
     input_level: int | None = None  # multiscale level of an OME-Zarr input

@@ -205,7 +205,7 @@ def test_resume_in_process_names_the_tta_mismatch(predictor, tmp_path: Path) -> 
     args = (str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr"), volume.shape, predictor.model.config)
     tta = TilePredictor(predictor.model, predictor.normalization, dataclasses.replace(predictor.config, tta=True))
     run_plan_locally(make_plan(*args, block_shape=(1, 16, 16), tta=True), predictor=tta, block_ids=[0])
-    assert open_output(args[1]).attrs["emunet"]["predict"] == {"tta": True}
+    assert open_output(args[1]).attrs["emunet"]["predict"]["tta"] is True
     with pytest.raises(PlanMismatchError, match=r"tta: stored True, now False"):
         run_plan_locally(make_plan(*args, block_shape=(1, 16, 16)), predictor=predictor, resume=True)
     assert sorted(run_plan_locally(make_plan(*args, block_shape=(1, 16, 16), tta=True), predictor=tta, resume=True).computed) == [1, 2, 3]
