@@ -29,17 +29,51 @@ def data_dir() -> Path:
     return Path(os.environ.get("EMUNET_DATA", ROOT.parent / "shared" / "data"))
 
 
+_MIGRATED_DB: list[Path] = []  # the copy `prefect_api` takes of its database, freshly migrated
+
+
 @pytest.fixture(scope="session")
-def prefect_api() -> Iterator[None]:
-    """Flows in this session report to a temporary server with its own SQLite database."""
+def prefect_api(tmp_path_factory) -> Iterator[None]:
+    """Flows in this session report to a temporary server with its own SQLite database.
+
+    Right after the start its database (migrated, still empty) is copied aside for
+    `prefect_home`."""
+    import sqlite3
+
     from emunet.cli.flow_commands import import_prefect
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry racing the migration
     import_prefect()  # with the process's real stderr (see its docstring)
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=180):  # the first start migrates the database
+        source = PREFECT_SERVER_DATABASE_CONNECTION_URL.value().split("///", 1)[1]
+        copy = tmp_path_factory.mktemp("prefect-migrated") / "prefect.db"
+        live, target = sqlite3.connect(source), sqlite3.connect(copy)
+        try:
+            live.backup(target)  # a consistent copy while the server runs
+        finally:
+            live.close()
+            target.close()
+        _MIGRATED_DB[:] = [copy]
         yield
+
+
+@pytest.fixture()
+def prefect_home(prefect_api, tmp_path) -> Path:
+    """A temporary PREFECT_HOME for a Prefect server the test starts itself (the temporary
+    server of an `emunet` subprocess, `prefect server start`), on 127.0.0.1 as always.
+
+    It holds a copy of the session server's freshly migrated, empty database: the server starts
+    as on a machine that ran Prefect before, without the first start's migration (~15 s on 2
+    busy cores). A first start on a new machine is what `prefect_api` itself does."""
+    import shutil
+
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    shutil.copyfile(_MIGRATED_DB[0], home / "prefect.db")
+    return home
 
 
 @pytest.fixture(scope="session")

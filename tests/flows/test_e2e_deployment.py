@@ -101,10 +101,10 @@ class Services:
 
 
 @pytest.fixture()
-def services(tmp_path) -> Iterator[Services]:
-    home = tmp_path / "prefect-home"
-    home.mkdir()
-    services = Services(home, free_port())
+def services(prefect_home) -> Iterator[Services]:
+    """`prefect server start` on a free port of 127.0.0.1, its PREFECT_HOME under `tmp_path`
+    (with a migrated, empty database: see `prefect_home`)."""
+    services = Services(prefect_home, free_port())
     try:
         services.start("server", "server", "start", "--host", "127.0.0.1", "--port", str(services.port), "--no-services")
         services.wait_healthy()
