@@ -172,17 +172,19 @@ def test_killing_the_client_process_then_resuming(local_scheduler, volume_copy, 
 
 
 @pytest.mark.parametrize("path", ["--no-flow", "--flow"])
-def test_ctrl_c_stops_the_run_cleanly_and_it_resumes(path, local_scheduler, volume_copy, checkpoint, clean, tmp_path) -> None:
+def test_ctrl_c_stops_the_run_cleanly_and_it_resumes(path, local_scheduler, volume_copy, checkpoint, clean, prefect_home,
+                                                      tmp_path) -> None:  # fmt: skip
     """Ctrl-C (SIGINT to the terminal's whole process group) mid-run: the command stops within
     seconds with exit 130 and one line naming the done blocks and --resume; no traceback (local
     workers and the temporary Prefect server ignore the terminal's SIGINT: the command stops
-    them); the ledger is consistent, so --resume completes and equals a clean run."""
+    them); the ledger is consistent, so --resume (on the shared scheduler: how the run was
+    stopped is the point, not where it resumes) completes and equals a clean run."""
     out = tmp_path / "out.zarr"
     where = ["--workers", "2"] if path == "--no-flow" else ["--scheduler", local_scheduler]
     args = [sys.executable, "-c", CLI, "segment", str(volume_copy), str(out), "--model", str(checkpoint), *where,
             "--block", *map(str, BLOCK), "--blocks-per-task", "1", "--max-in-flight", "2", path]  # fmt: skip
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}, "EMUNET_SEGMENT_TORCH_THREADS": "1",
-           "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}  # fmt: skip
+           "PREFECT_HOME": str(prefect_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}  # fmt: skip
     log = open(tmp_path / "run.log", "w+")
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -203,13 +205,14 @@ def test_ctrl_c_stops_the_run_cleanly_and_it_resumes(path, local_scheduler, volu
     assert text.count("interrupted") == 1 and "rerun the same command with --resume" in text, text[-2000:]
     if path == "--flow":
         return  # the ledger after a stop is the same on both paths: the resume is checked once
+    args[args.index("--workers") : args.index("--workers") + 2] = ["--scheduler", local_scheduler]
     rerun = subprocess.run([*args[:-1], "--no-flow", "--resume", "--json"], cwd=ROOT, env=env, capture_output=True,
                            text=True, timeout=180)  # fmt: skip
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert np.array_equal(probability(out), clean)
 
 
-def test_killing_the_flow_process_then_resuming(local_scheduler, volume_copy, checkpoint, clean, tmp_path) -> None:
+def test_killing_the_flow_process_then_resuming(local_scheduler, volume_copy, checkpoint, clean, prefect_home, tmp_path) -> None:
     """The default path: `emunet segment` runs the Prefect flow in its own process (with a
     temporary Prefect server as its child). SIGKILL the whole process group mid-run, as a
     node failure would; the same command with `--resume` skips the done blocks and the
@@ -219,7 +222,7 @@ def test_killing_the_flow_process_then_resuming(local_scheduler, volume_copy, ch
             "--scheduler", local_scheduler, "--block", *map(str, BLOCK), "--blocks-per-task", "1",
             "--max-in-flight", "2", "--json"]  # fmt: skip
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}, "EMUNET_SEGMENT_TORCH_THREADS": "1",
-           "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}  # fmt: skip
+           "PREFECT_HOME": str(prefect_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}  # fmt: skip
     log = open(tmp_path / "killed.log", "wb")
     proc = subprocess.Popen(base, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
