@@ -39,7 +39,9 @@ def test_model_info_table_and_3d() -> None:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, prefect_api):
+    """A short training through the `train-unet` flow (the default path), reporting to the
+    session's Prefect server."""
     root = tmp_path_factory.mktemp("cli")
     assert invoke("synthetic", root / "img.tif", root / "lab.tif", "--shape", "3", "96", "96").exit_code == 0
     result = invoke(
@@ -87,13 +89,10 @@ def test_predict_refuses_a_pickle(tmp_path, trained) -> None:
     assert not (tmp_path / "o.tif").exists()
 
 
-def test_demo_runs_on_user_input(trained, tmp_path) -> None:
+def test_demo_runs_on_user_input(trained, prefect_api, tmp_path) -> None:
     """The segment-volume flow on a user's TIFF (imported to OME-Zarr) with a 1-worker Dask cluster."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        result = invoke("demo", trained / "img.tif", "--ground-truth", trained / "lab.tif", "--workers", "1",
-                        "--model", trained / "run" / "best.safetensors", "--out", tmp_path / "demo")
+    result = invoke("demo", trained / "img.tif", "--ground-truth", trained / "lab.tif", "--workers", "1",
+                    "--model", trained / "run" / "best.safetensors", "--out", tmp_path / "demo")
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert 0 <= report["pixel_error"] <= 1 and report["blocks"].startswith("1 of 1")
