@@ -51,7 +51,7 @@ def parse_shape(text: str | None) -> tuple[int, int, int] | None:
     return shape  # type: ignore[return-value]
 
 
-def _print_summary(summary: Any) -> None:
+def print_summary(summary: Any) -> None:
     from rich.table import Table
 
     table = Table(title=f"Instances in {summary.url} (labels at threshold {summary.labels_threshold})")
@@ -63,6 +63,20 @@ def _print_summary(summary: Any) -> None:
                      f"{summary.num_blocks} block(s) of {summary.block_shape}, mode {summary.mode}, "
                      f"{summary.fragments} fragments, {summary.edges} edges, tree of {summary.tree_levels} level(s)")
     Console().print(table)
+
+
+def instances_after_segment(output: str, config: Any, *, log: Any = None) -> dict[str, Any]:
+    """`emunet segment --instances` without Prefect: the instance stage with its defaults on the
+    workers `config` (a `SegmentConfig`) names; resumes with ``--resume``. The summary dict."""
+    from pipeline.instances import InstanceConfig, run_instances
+    from pipeline.instances.runner import instance_client
+
+    workers = config.workers if config.workers is not None else 2
+    with instance_client(workers, config.scheduler) as client:
+        summary = run_instances(output, InstanceConfig(), client=client, resume=config.resume, log=log)
+    if log is not None:
+        print_summary(summary)
+    return summary.to_dict()
 
 
 def register(app: typer.Typer) -> None:
@@ -105,7 +119,7 @@ def register(app: typer.Typer) -> None:
             if as_json:
                 echo_json(summary.to_dict())
             else:
-                _print_summary(summary)
+                print_summary(summary)
 
 
 # --------------------------------------------------------------------------- evaluate SEG GT

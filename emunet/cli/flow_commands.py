@@ -141,11 +141,14 @@ def run_flow(flow_fn: Any, params: Any) -> Any:
 
 
 def segment_with_flow(
-    input_url: str, output_url: str, checkpoint: Any, config: Any, *, ground_truth: str | None = None, as_json: bool = False
+    input_url: str, output_url: str, checkpoint: Any, config: Any, *, ground_truth: str | None = None, as_json: bool = False,
+    instances: bool = False,
 ) -> int:
     """`emunet segment` as the `segment-volume` flow; the exit code (0 done, 1 failed blocks).
 
     `config` is the `pipeline.segment.SegmentConfig` the command built from its options.
+    With `instances`, a successful run is followed by the `segment-instances` flow on the
+    same workers (its summary under ``"instances"`` with ``--json``).
     """
     import_prefect()
     from flows.segment_volume import BlocksFailedError, SegmentVolumeParams, segment_volume
@@ -166,15 +169,37 @@ def segment_with_flow(
         raise  # lost mid-run after the flow's retries: exit 3 in `emunet segment`
     except (ConnectionError, TimeoutError) as exc:  # no scheduler / no GPU workers: a usage error
         raise ValueError(str(exc)) from None
-    if as_json:
-        echo_json({**summary["result"], "metrics": summary["metrics"]})  # SegmentResult's keys, as without --flow
-    else:
-        _print_result(summary["result"])
-        if summary.get("metrics"):
-            from flows._common import metric_line
+    found = None
+    if instances:
+        from flows._common import ClusterParams
+        from flows.segment_instances import SegmentInstancesParams, segment_instances
 
-            console.print(f"metrics: {metric_line(summary['metrics'])}", highlight=False)
+        cluster = ClusterParams(scheduler=config.scheduler, workers=None if config.scheduler else config.workers)
+        found = run_flow(segment_instances, SegmentInstancesParams(output_url=output_url, cluster=cluster, resume=config.resume))
+    if as_json:
+        extra = {"instances": found["summary"]} if instances else {}
+        echo_json({**summary["result"], "metrics": summary["metrics"], **extra})  # SegmentResult's keys, as without --flow
+        return 0
+    _print_result(summary["result"])
+    if summary.get("metrics"):
+        from flows._common import metric_line
+
+        console.print(f"metrics: {metric_line(summary['metrics'])}", highlight=False)
+    if found is not None:
+        from emunet.cli.agglomerate import print_summary
+        from pipeline.instances.driver import InstanceSummary
+
+        print_summary(InstanceSummary(**_summary_fields(found["summary"])))
     return 0
+
+
+def _summary_fields(summary: dict[str, Any]) -> dict[str, Any]:
+    """An `InstanceSummary`'s fields from its ``to_dict()`` (threshold keys back to floats)."""
+    fields = dict(summary)
+    fields["segments"] = {float(k): v for k, v in summary.get("segments", {}).items()}
+    fields["thresholds"] = tuple(summary["thresholds"])
+    fields["block_shape"] = tuple(summary["block_shape"])
+    return fields
 
 
 def _print_result(result: dict[str, Any]) -> None:

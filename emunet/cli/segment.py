@@ -39,6 +39,7 @@ def segment(
     grey_range: Annotated[Optional[tuple[float, float]], typer.Option(metavar="LO HI", help="Input values mapped to the model's [0, 1] (default: stored with the volume, else the dtype's range: uint8 0 255, uint16 0 65535, float 0 1).")] = None,
     tta: Annotated[bool, typer.Option("--tta", help="Test-time augmentation: the mean over the 8 flips/rotations of the (y, x) plane (8× the model time).")] = False,
     sparse: Annotated[bool, typer.Option("--sparse", help="Input chunks missing from the store read as the fill value (default: a block that needs one fails, naming it).")] = False,
+    instances: Annotated[bool, typer.Option("--instances", help="Then neuron instances: `labels` (uint64) in OUT.zarr from the probability map, on the same workers (the defaults of `emunet agglomerate`; another threshold later: `emunet agglomerate OUT.zarr --resume --labels-threshold T`).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")] = False,
     ground_truth: Annotated[Optional[str], typer.Option(help="Labels (Zarr or TIFF; 0 = membrane, >0 = cell): ISBI metrics of the result (with --flow).")] = None,
     flow: Annotated[bool, typer.Option("--flow/--no-flow", help="Run as the Prefect flow segment-volume (run log, retries, artifacts); --no-flow calls the pipeline directly.")] = True,
@@ -101,7 +102,8 @@ def segment(
             from emunet.cli.flow_commands import segment_with_flow
 
             try:
-                code = segment_with_flow(input, output, model, config, ground_truth=ground_truth, as_json=as_json)
+                code = segment_with_flow(input, output, model, config, ground_truth=ground_truth, as_json=as_json,
+                                         instances=instances)
             except KeyboardInterrupt:
                 code = interrupted(output)
             raise typer.Exit(code)
@@ -117,14 +119,28 @@ def segment(
             raise  # exit 3 (scheduler_lost): not a usage error
         except (ConnectionError, TimeoutError) as exc:  # no scheduler / no GPU workers
             raise ValueError(str(exc)) from None
+        found = None
+        if instances and not result.failed:
+            from emunet.cli.agglomerate import instances_after_segment
+
+            try:
+                found = instances_after_segment(output, config, log=None if as_json else _say)
+            except KeyboardInterrupt:
+                raise typer.Exit(interrupted(output)) from None
     if as_json:
-        echo_json(result.to_dict())
+        echo_json({**result.to_dict(), **({"instances": found} if instances else {})})
     else:
         console.print(describe_result(result), highlight=False, markup=False)
         print_warnings(result.warnings)
         _print_failures(result)
+        if instances and result.failed:
+            console.print("instances: not computed (failed blocks); rerun with --resume --instances", highlight=False)
     if result.failed:
         raise typer.Exit(code=1)
+
+
+def _say(message: str) -> None:
+    console.print(message, highlight=False, markup=False)
 
 
 def _print_failures(result) -> None:

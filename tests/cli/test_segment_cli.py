@@ -124,3 +124,23 @@ def test_unset_options_come_from_the_environment(app, runner, volume, checkpoint
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["total_blocks"] == 8
     assert zarr.open_group(str(out), mode="r")["probability"].dtype == np.float32
+
+
+def test_instances_follow_the_segmentation_on_both_paths(app, runner, volume, scheduler, tmp_path) -> None:
+    """`--instances`: `labels` (uint64) in the output, the same on the flow and the direct path."""
+    from tests.conftest import ROOT
+
+    demo = ROOT / "models" / "demo-synthetic.safetensors"  # a trained model: real cells and membranes
+    labels = {}
+    for path in ("--flow", "--no-flow"):
+        out = tmp_path / f"out{path}.zarr"
+        cmd = ["segment", str(volume), str(out), "--model", str(demo), "--scheduler", scheduler, "--instances", "--json", path]
+        result = runner.invoke(app, cmd)
+        assert result.exit_code == 0, result.output
+        data = json.loads(result.stdout)
+        assert data["ok"] and data["instances"]["fragments"] > 0 and data["instances"]["num_blocks"] >= 1
+        group = zarr.open_group(str(out), mode="r")
+        assert group["labels"].dtype == np.uint64 and group["labels"].shape == group["probability"].shape
+        labels[path] = group["labels"][...]
+        assert len(np.unique(labels[path])) > 2
+    np.testing.assert_array_equal(labels["--flow"], labels["--no-flow"])

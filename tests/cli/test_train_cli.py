@@ -81,3 +81,27 @@ def test_the_isbi_config_finds_the_real_data_from_any_directory(shared_data: Pat
     data = yaml.safe_load(config.read_text())["data"]
     for key in ("images", "labels"):
         assert Path(resolve_config_path(data[key], config.parent, key, config)).is_file()
+
+
+def test_fine_tuning_the_isbi_model_on_fibsem_improves_it_there(app, runner, shared_data: Path, tmp_path: Path) -> None:
+    """`emunet train --init`: the shipped ISBI 2012 model (ssTEM), fine-tuned on six FIB-SEM
+    slices (membranes = the instance labels' 0-boundaries), scores better on six other slices
+    of that volume than it did before; the run's card states both. About a minute on CPU."""
+    fib = shared_data / "gala-fibsem"
+    out = tmp_path / "fibsem"
+    args = ["train", "--init", str(ROOT / "models" / "isbi2012.safetensors"), "--no-flow", "--no-progress",
+            "--images", f"{fib / 'train-image.h5'}:/stack", "--labels", f"{fib / 'train-gt.lzf.h5'}:/stack", "--instances",
+            "--train-slices", "0:6", "--val-slices", "44:50", "--tile", "252", "--steps", "60", "--lr", "0.003",
+            "--val-every", "20", "--select-metric", "rand_error_2012", "--device", "cpu", "--out", str(out)]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    validations = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"validation"' in line]
+    start = validations[0]
+    assert start["step"] == 0
+    from unetcore.checkpoint import load_checkpoint
+
+    best = load_checkpoint(out / "best.safetensors").metadata
+    # The start scores Rand error 2012 ≈ 0.64 there; 60 steps bring it to ≈ 0.59 (0.02 is the margin asked).
+    assert best["step"] > 0 and best["best"] < start["validation"]["rand_error_2012"] - 0.02
+    card = (out / "model-card.md").read_text()
+    assert "fine-tuned from" in card and "| Rand error 2012 (swept) |" in card
