@@ -23,6 +23,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pipeline.dtypes import OUTPUT_DTYPES
 from flows._common import ClusterParams, attempt, every, metric_line, metric_rows, quiet_dask, retry_on_transient, run_logger
 
 # SegmentConfig fields a flow run may set; the rest come from EMUNET_SEGMENT_* or defaults.
@@ -64,7 +65,7 @@ class SegmentVolumeParams(BaseModel):
     )
     tile_shape: tuple[int, ...] | None = Field(None, description="Model input tile (a legal size); None = the largest ≤ 572.")
     batch_size: int = Field(4, ge=1, description="Tiles per forward pass.")
-    dtype: Literal["uint8", "float16", "float32"] = Field(
+    dtype: Literal[OUTPUT_DTYPES] = Field(  # type: ignore[valid-type]
         "uint8", description="Stored probability: uint8 = round(p·255), float16 or float32."
     )
     mask: bool = Field(False, description="Also store mask = p ≥ 0.5.")

@@ -317,7 +317,7 @@ def import_volume(
                 array[key] = source.read(key)
                 if progress:
                     progress(i + 1, total)
-            from emunet import __version__
+            from pipeline.version import package_version
 
             multiscale = ome_multiscale("image", [ome_dataset("0", voxel)])
             group.attrs.update(
@@ -328,7 +328,7 @@ def import_volume(
                         "source_kind": source.description.split(" ", 1)[0],
                         "voxel_size_source": voxel_source,
                         "voxel_size_from": chosen.origin,
-                        "version": __version__,
+                        "version": package_version(),
                         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                         **({"grey_range": list(grey)} if grey else {}),
                     }

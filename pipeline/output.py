@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.dtypes import OUTPUT_DTYPES
 from pipeline.geometry import Roi
 from pipeline.labels import LABELS_GROUP, MASK_LABEL_ARRAY, create_mask_labels
 from pipeline.ownership import OutputExistsError, check_output, remove_ours
@@ -37,7 +38,6 @@ from pipeline.resume import PlanMismatchError, check_input_unchanged, check_resu
 from pipeline.volume import fsspec_filesystem, is_remote, local_path, redact_url
 
 AXES = ("z", "y", "x")
-OUTPUT_DTYPES = ("uint8", "float16", "float32")
 LEDGER_GROUP = "ledger"
 # Every chunk is written, even one that equals the fill value (zarr skips those by default),
 # so that a chunk missing from an emunet store is an error, never a silent zero.
@@ -208,13 +208,13 @@ def provenance(
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``emunet`` attribute: what produced this output (no credentials, ever)."""
-    from emunet import __version__
+    from pipeline.version import package_version
 
     safe_plan = plan.to_dict()
     safe_plan["input_url"] = redact_url(plan.input_url)
     safe_plan["output_url"] = redact_url(plan.output_url)
     return {
-        "version": __version__,
+        "version": package_version(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "input_url": redact_url(plan.input_url),
         "checkpoint_sha256": plan.checkpoint_sha256,

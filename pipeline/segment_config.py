@@ -10,8 +10,9 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from pipeline.cluster import ClusterConfig
+from pipeline.dtypes import OUTPUT_DTYPES
 
-OUTPUT_DTYPES = ("uint8", "float16", "float32")
+
 ENV_PREFIX = "EMUNET_SEGMENT_"
 
 

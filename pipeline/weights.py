@@ -286,10 +286,10 @@ def compute_weight_maps(
     if check_output(output_url, reads=(labels_url,), overwrite=overwrite, storage_options=storage_options).exists:
         remove_ours(output_url, storage_options)
     group = open_group(output_url, "w", storage_options)
-    from emunet import __version__
+    from pipeline.version import package_version
 
     meta = {
-        "version": __version__,
+        "version": package_version(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "complete": False,  # True once every block is written
         "labels_url": redact_url(labels_url),

@@ -8,13 +8,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from pipeline.dtypes import OUTPUT_DTYPES
 from emunet.cli.common import TILE_HELP, interrupted, console, echo_json, expand_tile, parse_tile, print_warnings, scheduler_lost, user_errors
 
 
-class Dtype(str, Enum):
-    uint8 = "uint8"
-    float16 = "float16"
-    float32 = "float32"
+Dtype = Enum("Dtype", {name: name for name in OUTPUT_DTYPES}, type=str)  # pipeline.dtypes, the one list
 
 
 def segment(

@@ -116,13 +116,13 @@ def prepare(url: str, config: InstanceConfig, *, storage_options: Mapping[str, A
 
 
 def _labels_attrs(job: InstanceJob, threshold: float) -> dict[str, Any]:
-    from emunet import __version__
+    from pipeline.version import package_version
 
     return {
         "long_name": "neuron instance labels (0 = background)",
         "image-label": {"version": "0.4", "source": {"image": f"../{PROBABILITY}"}, "colors": [{"label-value": 0, "rgba": [0, 0, 0, 0]}]},
         "emunet": {
-            "version": __version__, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "version": package_version(), "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "stage": "instances", "threshold": threshold, "thresholds": list(job.config.thresholds),
             "mode": job.mode, "block_shape": list(job.block_shape), "config": job.config.to_dict(),
         },

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.dtypes import OUTPUT_DTYPES
 from pipeline.geometry import Coordinate, Roi
 from pipeline.ledger import Ledger
 from pipeline.plan import Block, BlockGrid
@@ -39,7 +40,7 @@ FRAGMENTS = "fragments"
 LABELS = "labels"
 GROUP = "instances"
 AXES = ("z", "y", "x")
-PROB_DTYPES = ("uint8", "float16", "float32")
+PROB_DTYPES = OUTPUT_DTYPES  # what `emunet segment` writes
 
 
 @dataclass(frozen=True)
