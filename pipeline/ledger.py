@@ -4,6 +4,18 @@ It lives inside the output store, under ``ledger/``, as **one small object per b
 
     ledger/done/<id // 10000>/<id>     {"block": id, "time": …, "seconds": …}
     ledger/failed/<id>.json            {"block": id, "write_roi": …, "error": "…", "time": …}
+    ledger/rollup/<group>.json         {"group": g, "blocks": n, "complete": true, …}
+
+**Roll-ups keep reading cheap at 10^6 blocks.** The done markers of a group (10,000 ids,
+one sub-directory) are listed only while the group is incomplete; the first reader that
+finds every marker of a group present writes the group's roll-up, and from then on readers
+list the ``rollup/`` prefix (one object per group: 100 at 10^6 blocks) instead of the
+group's 10,000 markers. A finished 10^6-block output is read with one listing of
+``rollup/`` and one of ``failed/``; during a run, with blocks done roughly in order, only
+the groups not yet finished are listed. Markers are never rewritten, so the per-block
+safety under concurrent writers is unchanged: a roll-up only states what the markers
+already said, and a group's markers are never removed while its roll-up says "complete"
+(`unmark_done`, used by ``status --repair``, removes the roll-up first).
 
 One object per block is safe for any number of concurrent writers on a file system or an
 object store (S3 has no atomic read-modify-write: a shared bitmap chunk written by two
@@ -34,7 +46,7 @@ from pipeline.geometry import Roi
 from pipeline.volume import fsspec_filesystem, is_remote, redact_url
 
 PREFIX = "ledger"
-GROUP_SIZE = 10_000  # done markers per sub-directory
+GROUP_SIZE = 10_000  # done markers per sub-directory (and per roll-up)
 
 
 @dataclass(frozen=True)
@@ -114,6 +126,16 @@ class Ledger:
     def _failed_key(self, block_id: int) -> str:
         return f"{self.root}/failed/{block_id}.json"
 
+    def _rollup_key(self, group: int) -> str:
+        return f"{self.root}/rollup/{group}.json"
+
+    @property
+    def num_groups(self) -> int:
+        return -(-self.num_blocks // GROUP_SIZE)
+
+    def _group_range(self, group: int) -> range:
+        return range(group * GROUP_SIZE, min((group + 1) * GROUP_SIZE, self.num_blocks))
+
     def _put(self, key: str, payload: dict[str, Any]) -> None:
         data = json.dumps(payload).encode()
         if self._remote:
@@ -154,21 +176,50 @@ class Ledger:
         )
 
     def unmark_done(self, block_id: int) -> None:
-        """Forget that the block is done (its done marker only), so a resume recomputes it."""
-        key = self._done_key(self._check(block_id))
+        """Forget that the block is done (its done marker only), so a resume recomputes it.
+
+        The group's roll-up goes first: no reader may see "complete" for a group that has a
+        block without its marker."""
+        block_id = self._check(block_id)
+        rollup = self._rollup_key(block_id // GROUP_SIZE)
+        if self.fs.exists(rollup):
+            self.fs.rm(rollup)
+        key = self._done_key(block_id)
         if self.fs.exists(key):
             self.fs.rm(key)
 
     def is_done(self, block_id: int) -> bool:
         return bool(self.fs.exists(self._done_key(self._check(block_id))))
 
-    def done_mask(self) -> np.ndarray:
-        """Boolean array, one entry per block: True where done (one listing of the store)."""
-        mask = np.zeros(self.num_blocks, dtype=bool)
-        for key in self._list(f"{self.root}/done"):
+    def complete_groups(self) -> set[int]:
+        """Groups whose roll-up says every block is done (one listing of ``rollup/``)."""
+        groups = set()
+        for key in self._list(f"{self.root}/rollup"):
             name = key.rsplit("/", 1)[-1]
-            if name.isdigit() and int(name) < self.num_blocks:
-                mask[int(name)] = True
+            stem = name[: -len(".json")] if name.endswith(".json") else ""
+            if stem.isdigit() and int(stem) < self.num_groups:
+                groups.add(int(stem))
+        return groups
+
+    def done_mask(self, *, roll_up: bool = True) -> np.ndarray:
+        """Boolean array, one entry per block: True where done.
+
+        One listing of ``rollup/``, then one of each group without a roll-up; a group found
+        complete gets its roll-up (with ``roll_up``), so the next reader skips its markers."""
+        mask = np.zeros(self.num_blocks, dtype=bool)
+        complete = self.complete_groups()
+        for group in range(self.num_groups):
+            blocks = self._group_range(group)
+            if group in complete:
+                mask[blocks.start : blocks.stop] = True
+                continue
+            for key in self._list(f"{self.root}/done/{group}"):
+                name = key.rsplit("/", 1)[-1]
+                if name.isdigit() and int(name) in blocks:
+                    mask[int(name)] = True
+            if roll_up and mask[blocks.start : blocks.stop].all():
+                self._put(self._rollup_key(group), {"group": group, "blocks": len(blocks), "first": blocks.start,
+                                                    "complete": True, "time": _now()})  # fmt: skip
         return mask
 
     def done_ids(self) -> list[int]:
@@ -180,13 +231,17 @@ class Ledger:
         ids = range(self.num_blocks) if block_ids is None else block_ids
         return (int(i) for i in ids if not done[int(i)])
 
-    def failures(self) -> dict[int, FailedBlock]:
+    def failures(self, done: np.ndarray | None = None) -> dict[int, FailedBlock]:
+        """Failure markers by block; with a `done` mask, those of done blocks are not read
+        (a run that failed many blocks and then finished leaves their markers behind)."""
         out: dict[int, FailedBlock] = {}
         for key in self._list(f"{self.root}/failed"):
             name = key.rsplit("/", 1)[-1]
             if not name.endswith(".json") or not name[: -len(".json")].isdigit():
                 continue
             block = int(name[: -len(".json")])
+            if done is not None and (block >= self.num_blocks or done[block]):
+                continue
             try:
                 raw = self.fs.cat_file(key)
             except FileNotFoundError:  # removed since the listing (the block succeeded)
@@ -205,12 +260,12 @@ class Ledger:
     def summary(self) -> LedgerSummary:
         """Done/total, and the failed blocks (those not done since) with their errors."""
         done = self.done_mask()
-        failed = tuple(f for i, f in sorted(self.failures().items()) if i < self.num_blocks and not done[i])
+        failed = tuple(f for i, f in sorted(self.failures(done).items()) if i < self.num_blocks and not done[i])
         return LedgerSummary(done=int(done.sum()), total=self.num_blocks, failed=failed)
 
     def reset(self) -> None:
         """Forget every mark (the output's chunks stay)."""
-        for sub in ("done", "failed"):
+        for sub in ("rollup", "done", "failed"):
             path = f"{self.root}/{sub}"
             if self.fs.exists(path):
                 self.fs.rm(path, recursive=True)
