@@ -27,6 +27,7 @@ class Ctx:
     volume: Path
     checkpoint: Path
     image: np.ndarray
+    scheduler: str | None = None  # the session's workers, for a case that reaches them (else `--workers 1`)
 
     @property
     def out(self) -> Path:
@@ -34,8 +35,9 @@ class Ctx:
 
 
 def seg(ctx: Ctx, inp: Path | str, *extra: str, model: Path | None = None) -> list[str]:
+    where = ["--scheduler", ctx.scheduler] if ctx.scheduler else ["--workers", "1"]
     return ["segment", str(inp), str(ctx.out), "--model", str(model or ctx.checkpoint),
-            "--block", "2", "24", "24", "--workers", "1", "--no-flow", *extra]  # fmt: skip
+            "--block", "2", "24", "24", *where, "--no-flow", *extra]  # fmt: skip
 
 
 # -- inputs ---------------------------------------------------------------------------------
@@ -256,21 +258,29 @@ CASES = {
 FOUND_BY_THE_FLOW = {"nan in float input", "inf in float input"}
 
 
+def _ctx(name: str, request, tmp_path: Path, volume: Path, checkpoint: Path, image: np.ndarray) -> Ctx:
+    """The case's context: the cases found on the workers run on the session's shared ones
+    (no local cluster started per case); the others keep `--workers 1`, never reached."""
+    scheduler = request.getfixturevalue("local_scheduler") if name in FOUND_BY_THE_FLOW else None
+    return Ctx(tmp_path, volume, checkpoint, image, scheduler)
+
+
 def _flat(text: str) -> str:
     return " ".join(text.lower().split())
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_is_refused(name, cli, runner, tmp_path, volume, checkpoint, image) -> None:
-    _refused(CASES[name], cli, runner, Ctx(tmp_path, volume, checkpoint, image))
+def test_bad_input_is_refused(name, cli, runner, request, tmp_path, volume, checkpoint, image) -> None:
+    _refused(CASES[name], cli, runner, _ctx(name, request, tmp_path, volume, checkpoint, image))
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_is_refused_on_the_flow_path(name, prefect_api, cli, runner, tmp_path, volume, checkpoint, image, capfd) -> None:
+def test_bad_input_is_refused_on_the_flow_path(name, prefect_api, cli, runner, request, tmp_path, volume, checkpoint, image,
+                                               capfd) -> None:  # fmt: skip
     """The same table through `emunet segment`'s default path, the Prefect flow, whose run log
     goes to the process's real stderr: it names the error too, without a traceback."""
     capfd.readouterr()
-    _refused(CASES[name], cli, runner, Ctx(tmp_path, volume, checkpoint, image), flow=True)
+    _refused(CASES[name], cli, runner, _ctx(name, request, tmp_path, volume, checkpoint, image), flow=True)
     log = capfd.readouterr().err
     if name in FOUND_BY_THE_FLOW:
         assert "Flow run" in log and "Finished in state Failed" in log, log[-3000:]
@@ -300,21 +310,23 @@ def test_pickle_marker_works_when_unpickled(tmp_path) -> None:
     assert (tmp_path / "UNPICKLED").exists()
 
 
-def test_a_volume_smaller_than_a_tile_is_legal(cli, runner, tmp_path, image) -> None:
+def test_a_volume_smaller_than_a_tile_is_legal(cli, runner, tmp_path, image, local_scheduler) -> None:
     """A 1×5×5 volume is far below the tiny model's smallest tile: the edge mirror pads it, so
     it is legal by design and gives one block of finite probabilities of the volume's shape."""
     import zarr
 
     inp = write_zarr(tmp_path / "small.zarr", image[:1, :5, :5], (1, 5, 5))
     ckpt = save_tiny_checkpoint(tmp_path / "m.safetensors", seed=0)
-    result = runner.invoke(cli, ["segment", str(inp), str(tmp_path / "o.zarr"), "--model", str(ckpt), "--workers", "1", "--no-flow", "--json"])
+    result = runner.invoke(cli, ["segment", str(inp), str(tmp_path / "o.zarr"), "--model", str(ckpt), "--scheduler", local_scheduler,
+                                 "--no-flow", "--json"])  # fmt: skip
     assert result.exit_code == 0, result.output
     prob = zarr.open_array(str(tmp_path / "o.zarr" / "probability"))[...]
     assert prob.shape == (1, 5, 5) and prob.dtype == np.uint8 and len(np.unique(prob)) > 1
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_nan_or_inf_without_the_scan_fails_every_affected_block_clearly(bad, cli, runner, tmp_path, image, checkpoint) -> None:
+def test_nan_or_inf_without_the_scan_fails_every_affected_block_clearly(bad, cli, runner, tmp_path, image, checkpoint,
+                                                                        local_scheduler) -> None:  # fmt: skip
     """With --no-check-finite (a terabyte float volume not scanned up front) non-finite grey
     values are found where a block is read: exit 1, each affected block reported with its
     coordinates and the cause; the blocks whose read region is finite are written."""
@@ -323,7 +335,7 @@ def test_nan_or_inf_without_the_scan_fails_every_affected_block_clearly(bad, cli
     data = image.astype("float32") / 255
     data[3, 40, 40] = bad  # in the last z block only
     inp = write_zarr(tmp_path / "f.zarr", data, CHUNKS)
-    ctx = Ctx(tmp_path, inp, checkpoint, image)
+    ctx = Ctx(tmp_path, inp, checkpoint, image, local_scheduler)
     result = runner.invoke(cli, seg(ctx, inp, "--no-check-finite"))
     assert result.exit_code == 1, result.output
     assert "4 failed" in result.output and "--resume" in result.output
@@ -357,11 +369,11 @@ def test_block_not_aligned_to_output_chunks() -> None:
     assert "expected" in str(err.value)
 
 
-def test_corrupt_input_chunk_fails_its_blocks_clearly(cli, runner, tmp_path, volume, checkpoint, image) -> None:
+def test_corrupt_input_chunk_fails_its_blocks_clearly(cli, runner, tmp_path, volume, checkpoint, image, local_scheduler) -> None:
     from pipeline.ledger import Ledger
 
     chunk_files(volume)[0].write_bytes(b"\x00garbage" * 8)  # chunk (0, 0, 0)
-    ctx = Ctx(tmp_path, volume, checkpoint, image)
+    ctx = Ctx(tmp_path, volume, checkpoint, image, local_scheduler)
     result = runner.invoke(cli, seg(ctx, volume))
     assert result.exit_code == 1, result.output
     assert "--resume" in result.output
