@@ -60,6 +60,14 @@ def prefect_api(tmp_path_factory) -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session")
+def prefect_api_url(prefect_api) -> str:
+    """The session server's API, for a subprocess to report to (its PREFECT_API_URL)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value()
+
+
 @pytest.fixture()
 def prefect_home(prefect_api, tmp_path) -> Path:
     """A temporary PREFECT_HOME for a Prefect server the test starts itself (the temporary
