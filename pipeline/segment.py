@@ -9,7 +9,8 @@
     ledger: skip blocks already done
     stream groups of block ids ──(≤ max_in_flight, GPU: 1)──► read → predict → write, done
     progress (blocks, voxels/s) ◄── GroupReport ─────────────┘  (failures: id, ROI, error)
-    pyramid levels (optional), SegmentResult
+    pyramid levels (optional) ──(region tasks)──────────────► 2× means of level k → level k+1
+    SegmentResult (pyramid_seconds)
 
 Never imports Prefect; `flows/` wraps this function.
 """
@@ -45,6 +46,7 @@ class SegmentResult:
     failed: list[BlockFailure] = field(default_factory=list)
     voxels: int = 0  # output voxels written in this run
     seconds: float = 0.0  # the whole call: planning, cluster start, model load, blocks, pyramid
+    pyramid_seconds: float = 0.0  # the pyramid levels on the workers (0 without --pyramid)
     run_seconds: float = 0.0  # first submission to last result
     cluster: str = ""  # "local-cpu", "local-cuda", "local-gpu" or "scheduler"
     slots: int = 0  # GPU slots (block tasks at once)
@@ -193,7 +195,7 @@ def segment(
     from pipeline.ledger import Ledger
     from pipeline.prepare import prepare as check_and_plan
     from pipeline.runlock import RunLock
-    from pipeline.pyramid import write_pyramid
+    from pipeline.pyramid import pyramid
 
     start = time.perf_counter()
     ready = check_and_plan(input_url, output_url, checkpoint, config)
@@ -222,9 +224,19 @@ def segment(
         predict["grey_range"] = tuple(ready.grey_range)
     spec = ModelSpec(str(checkpoint), sha256, predict=predict, torch_threads=config.torch_threads)
     payload = {"plan": plan.to_dict(), "run": uuid.uuid4().hex, "sparse": config.sparse}
+
+    def levels(run_client: Any) -> None:
+        """The pyramid on the run's workers, under its lock; a resumed run that wrote no block
+        keeps the levels and regions already written."""
+        if config.pyramid_levels and result.ok:
+            stats = pyramid(plan.output_url, config.pyramid_levels, client=run_client,
+                            resume=config.resume and result.computed == 0)  # fmt: skip
+            result.pyramid_seconds = round(stats.seconds, 3)
+
     try:
         if client is not None:
             _run(client, "client", config, spec, payload, prepare, result, checks)
+            levels(client)
         else:
             with connect(config.cluster()) as cluster:
                 result.dashboard = cluster.dashboard or ""
@@ -235,11 +247,10 @@ def segment(
                 if spec.torch_threads is None and cluster.torch_threads:
                     spec = dataclasses.replace(spec, torch_threads=cluster.torch_threads)
                 _run(cluster.client, cluster.kind, config, spec, payload, prepare, result, checks)
+                levels(cluster.client)
     finally:
         for lock in locks:
             lock.release()
-    if config.pyramid_levels and result.ok:
-        write_pyramid(plan.output_url, config.pyramid_levels)
     result.seconds = time.perf_counter() - start
     return result
 
@@ -380,12 +391,13 @@ def _stream(
 
 
 def describe_result(result: SegmentResult) -> str:
-    """One line for people: counts, time and speed."""
+    """One line for people: counts, time and speed (and the pyramid's time, if written)."""
+    pyramid = f"; pyramid {result.pyramid_seconds:.1f} s" if result.pyramid_seconds else ""
     return (
         f"{result.computed} blocks written, {result.skipped} skipped, {len(result.failed)} failed of "
         f"{result.total_blocks} in {result.seconds:.1f} s ({result.voxels_per_second / 1e6:.2f} Mvox/s "
         f"end to end, {result.steady_voxels_per_second / 1e6:.2f} Mvox/s steady) on {result.slots} "
-        f"slot(s), {result.cluster}"
+        f"slot(s), {result.cluster}{pyramid}"
     )
 
 

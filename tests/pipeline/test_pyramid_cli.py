@@ -56,6 +56,7 @@ def test_pyramid_labels_and_verify_repair_resume_through_the_command(
     top = multiscale["datasets"][-1]["coordinateTransformations"][0]["scale"]
     assert top[1:] == pytest.approx([4.0, 4.0])  # 1 nm voxels × 4, not × 2**20
     assert "wrote 2 of the 20 levels" in caplog.text
+    assert "; pyramid " in result.output  # its time on the workers, after the blocks' line
 
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Label, Reader
