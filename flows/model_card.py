@@ -43,7 +43,8 @@ def _hardware(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(torch.device(device))} (bf16 autocast)"
     cpu = platform.processor() or platform.machine()
-    return f"CPU {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    threads = torch.get_num_threads()
+    return f"CPU {cpu}, {os.cpu_count()} cores, {threads} torch thread{'' if threads == 1 else 's'}"
 
 
 def _fmt(value: Any) -> str:

@@ -32,6 +32,11 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 Log = Callable[[str], Any]
 
+# Peak learning rate of a fine-tuning run when none is given: a third of the shipped model's
+# 0.003. Restarting at a trained model's full rate first undoes part of its training
+# (docs/models/isbi2012.md, recipe study); from-scratch runs keep TrainConfig's default.
+FINETUNE_LR = 0.001
+
 # Validation keys that only the ISBI 2012 metrics give (threshold-swept, lower is better).
 ISBI_KEYS = ("rand_error", "info_error", "rand_error_2012", "warping_error", "warping_error_jain")
 
@@ -102,6 +107,8 @@ class TrainSpec(BaseModel):
         else:
             model_config = UNetConfig.from_dict({**preset(self.preset).to_dict(), **model})
         train = dict(self.train)
+        if self.init and "lr" not in train:
+            train["lr"] = FINETUNE_LR
         if isinstance(train.get("tile"), list):
             train["tile"] = tuple(train["tile"])
         train_config = TrainConfig(**{**train, "device": self.device, "augment": AugmentConfig(**self.augment)})

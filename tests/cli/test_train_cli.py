@@ -92,7 +92,7 @@ def test_fine_tuning_the_isbi_model_on_fibsem_improves_it_there(app, runner, sha
     args = ["train", "--init", str(ROOT / "models" / "isbi2012.safetensors"), "--no-flow", "--no-progress",
             "--images", f"{fib / 'train-image.h5'}:/stack", "--labels", f"{fib / 'train-gt.lzf.h5'}:/stack", "--instances",
             "--train-slices", "0:6", "--val-slices", "44:50", "--tile", "252", "--steps", "60", "--lr", "0.003",
-            "--val-every", "20", "--select-metric", "rand_error_2012", "--device", "cpu", "--out", str(out)]  # fmt: skip
+            "--val-every", "30", "--select-metric", "rand_error_2012", "--device", "cpu", "--out", str(out)]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     validations = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"validation"' in line]
