@@ -31,18 +31,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import traceback
-import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.execute import error_text
 from pipeline.geometry import Roi
+from pipeline.markers import put_marker
 from pipeline.volume import fsspec_filesystem, is_remote, redact_url
 
 PREFIX = "ledger"
@@ -137,15 +135,7 @@ class Ledger:
         return range(group * GROUP_SIZE, min((group + 1) * GROUP_SIZE, self.num_blocks))
 
     def _put(self, key: str, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode()
-        if self._remote:
-            self.fs.pipe_file(key, data)
-            return
-        path = Path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)  # atomic on a local file system
+        put_marker(self.fs, key, payload, remote=self._remote)
 
     def _list(self, prefix: str) -> list[str]:
         if self._remote:

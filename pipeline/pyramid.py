@@ -75,22 +75,10 @@ class PyramidStats:
     seconds: float = 0.0
 
 
-def write_pyramid(
-    output_url: str,
-    levels: int,
-    *,
-    name: str | None = None,
-    storage_options: Mapping[str, Any] | None = None,
-    client: Any = None,
-    resume: bool = False,
-    max_in_flight: int | None = None,
-    region_voxels: int = REGION_VOXELS,
-) -> list[str]:
-    """Write levels 1..``levels`` (2× mean in y, x) of the probability array; see `pyramid`."""
-    return pyramid(
-        output_url, levels, name=name, storage_options=storage_options, client=client, resume=resume,
-        max_in_flight=max_in_flight, region_voxels=region_voxels,
-    ).paths  # fmt: skip
+def write_pyramid(output_url: str, levels: int, **options: Any) -> list[str]:
+    """Write levels 1..``levels`` (2× mean in y, x) of the probability array; the level
+    paths. ``options`` are `pyramid`'s (name, storage_options, client, resume, …)."""
+    return pyramid(output_url, levels, **options).paths
 
 
 def pyramid(

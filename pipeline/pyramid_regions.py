@@ -28,14 +28,12 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
-import uuid
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipeline.markers import put_marker
 from pipeline.urls import fsspec_filesystem, is_remote
 
 REGION_VOXELS = 1 << 20  # target voxels per task at most (its source read is 4×: 16 MiB as float32)
@@ -98,15 +96,7 @@ class RegionMarkers:
         self.root = f"{root.rstrip('/')}/{MARKER_PREFIX}/{name}/{int(level)}"
 
     def _put(self, key: str, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode()
-        if self._remote:
-            self.fs.pipe_file(key, data)
-            return
-        path = Path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)  # atomic on a local file system
+        put_marker(self.fs, key, payload, remote=self._remote)
 
     def mark_done(self, region_id: int, **info: Any) -> None:
         """Record that the region's chunks are written (call only after writing them)."""

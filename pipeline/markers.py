@@ -1,0 +1,31 @@
+"""Small JSON marker objects written whole: the one write rule of the ledgers.
+
+A marker is one object; on a local file system it is written to a temporary name and
+renamed (atomic), on an object store it is one PUT. So a reader sees a marker whole or not
+at all, whatever the number of concurrent writers (`pipeline.ledger`, the pyramid's
+region markers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+
+def put_marker(fs: Any, key: str, payload: dict[str, Any], *, remote: bool) -> None:
+    """Write ``payload`` as JSON at ``key`` of ``fs`` (an fsspec filesystem), whole."""
+    data = json.dumps(payload).encode()
+    if remote:
+        fs.pipe_file(key, data)
+        return
+    path = Path(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)  # atomic on a local file system
+
+
+__all__ = ["put_marker"]
