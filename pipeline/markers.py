@@ -17,7 +17,11 @@ from typing import Any
 
 def put_marker(fs: Any, key: str, payload: dict[str, Any], *, remote: bool) -> None:
     """Write ``payload`` as JSON at ``key`` of ``fs`` (an fsspec filesystem), whole."""
-    data = json.dumps(payload).encode()
+    put_object(fs, key, json.dumps(payload).encode(), remote=remote)
+
+
+def put_object(fs: Any, key: str, data: bytes, *, remote: bool) -> None:
+    """Write ``data`` at ``key`` of ``fs`` whole: one PUT, or a temporary file renamed."""
     if remote:
         fs.pipe_file(key, data)
         return
@@ -28,4 +32,4 @@ def put_marker(fs: Any, key: str, payload: dict[str, Any], *, remote: bool) -> N
     os.replace(tmp, path)  # atomic on a local file system
 
 
-__all__ = ["put_marker"]
+__all__ = ["put_marker", "put_object"]

@@ -18,17 +18,15 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.dtypes import OUTPUT_DTYPES
 from pipeline.geometry import Coordinate, Roi
+from pipeline.markers import put_object
 from pipeline.ledger import Ledger
 from pipeline.plan import Block, BlockGrid
 from pipeline.volume import fsspec_filesystem, is_remote, redact_url
@@ -190,15 +188,7 @@ class InstanceJob:
         fs, path = self._path(rel)
         buf = io.BytesIO()
         np.savez(buf, **arrays)
-        data = buf.getvalue()
-        if is_remote(self.url):
-            fs.pipe_file(path, data)
-            return
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        put_object(fs, path, buf.getvalue(), remote=is_remote(self.url))
 
     def get(self, rel: str) -> dict[str, np.ndarray]:
         fs, path = self._path(rel)
