@@ -85,6 +85,18 @@ def prefect_home(prefect_api, tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def local_scheduler() -> Iterator[str]:
+    """One CPU cluster for the session: 2 worker processes with one GPU slot each (the segment
+    default), reached through its address (the "existing scheduler" path). Tests that need a
+    cluster of their own (killed workers, memory limits, a counted model load) start one."""
+    from pipeline.cluster import ClusterConfig, local_cluster
+
+    cluster, _, _ = local_cluster(ClusterConfig(workers=2, torch_threads=1))
+    with cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real-data folder; absent only outside CI (CI always has it)."""
     path = data_dir()

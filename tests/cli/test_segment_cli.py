@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline.cluster import ClusterConfig, local_cluster
 from tests.conftest import save_tiny_checkpoint
 
 SHAPE = (4, 48, 48)
@@ -30,10 +29,9 @@ def volume(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def scheduler() -> str:
-    cluster, _, _ = local_cluster(ClusterConfig(workers=2, torch_threads=1))
-    with cluster:
-        yield cluster.scheduler_address
+def scheduler(local_scheduler: str) -> str:
+    """The session's 2-worker cluster (tests/conftest.py)."""
+    return local_scheduler
 
 
 def args(volume: Path, out: Path, checkpoint: Path, *extra: str) -> list[str]:

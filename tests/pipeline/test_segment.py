@@ -1,7 +1,8 @@
 """`pipeline.segment.segment` end to end on a real LocalCluster (2 worker processes).
 
-One cluster per module, reached through its scheduler address (the "existing scheduler"
-path); a tiny model and a 6×96×80 synthetic volume keep each run under a second.
+The session's cluster (`local_scheduler` in tests/conftest.py), reached through its
+scheduler address (the "existing scheduler" path); a tiny model and a 6×96×80 synthetic
+volume keep each run under a second.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline.cluster import ClusterConfig, local_cluster
 from pipeline.ledger import Ledger
 from pipeline.output import OutputExistsError
 from pipeline.segment import SegmentConfig, SegmentResult, describe_result, segment
@@ -51,10 +51,9 @@ def expected(checkpoint: Path, volume) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def scheduler() -> str:
-    cluster, _, _ = local_cluster(ClusterConfig(workers=2, torch_threads=1))
-    with cluster:
-        yield cluster.scheduler_address
+def scheduler(local_scheduler: str) -> str:
+    """The session's 2-worker cluster (tests/conftest.py)."""
+    return local_scheduler
 
 
 def run(volume, out: Path, checkpoint: Path, scheduler: str, **kw) -> SegmentResult:

@@ -87,16 +87,6 @@ def wait_for(predicate, timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
-@pytest.fixture(scope="session")
-def local_scheduler() -> Iterator[str]:
-    """A CPU cluster of 2 worker processes with one GPU slot each (the segment default)."""
-    from pipeline.cluster import ClusterConfig, local_cluster
-
-    cluster, _, _ = local_cluster(ClusterConfig(workers=2, torch_threads=1))
-    with cluster:
-        yield cluster.scheduler_address
-
-
 # --------------------------------------------------------------------------- S3 and a fault proxy
 SECRET = "rel-s3cr3t-never-logged"
 

@@ -69,13 +69,11 @@ def store3d(tmp_path: Path, cells3d: np.ndarray) -> str:
 
 
 @pytest.fixture(scope="package")
-def client():
-    """A real two-worker `distributed.LocalCluster` (processes), shared by this folder's tests,
-    closed when they are done; never the default scheduler (tests elsewhere keep theirs)."""
-    import logging
+def client(local_scheduler):
+    """A client of the session's real two-worker `LocalCluster` (processes; tests/conftest.py),
+    shared by this folder's tests, closed when they are done; never the default scheduler
+    (tests elsewhere keep theirs)."""
+    from distributed import Client
 
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=logging.WARNING) as cluster, Client(cluster, set_as_default=False) as c:
+    with Client(local_scheduler, set_as_default=False) as c:
         yield c
