@@ -102,14 +102,17 @@ def warm_up() -> None:
     import pipeline.instances.driver  # noqa: F401
 
 
-def on_fresh_cluster(workers: int, fn):
+def on_fresh_cluster(workers: int, fn, warm=None):
     """``fn(client)`` on a new, warmed-up LocalCluster: (result, seconds of fn, peak RSS in MB
-    of each worker)."""
+    of each worker). ``warm(client)``, if given, runs first, untimed (a long-lived cluster's
+    first-call costs: Dask's array graph path, the stores' code)."""
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                       silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         client.run(warm_up)
+        if warm is not None:
+            warm(client)
         start = time.perf_counter()
         result = fn(client)
         seconds = time.perf_counter() - start
@@ -233,9 +236,16 @@ def main() -> None:
         whole = InstanceConfig(**{**config.to_dict(), "block_shape": None, "thresholds": config.thresholds})
         print("\n1. instance stage, blockwise on workers vs the same algorithm on the whole volume in one process")
         runs = {}
+        # Both sides are warmed by one untimed run of the stage on a small volume (the whole
+        # side in this process, the blockwise side on the fresh cluster), so that neither pays
+        # first-call costs a long-lived process has paid long before.
+        small = (min(shape[0], block[0]), min(shape[1], block[1]), min(shape[2], 2 * block[2]))  # 2 blocks: both workers
+        warm_blocks = lambda c: run_instances(write_store(root / f"warm-{time.monotonic_ns()}.zarr", prob[tuple(slice(0, s) for s in small)], chunks), config, client=c)  # noqa: E731
+        run_instances(write_store(root / "warm-whole.zarr", prob[tuple(slice(0, s) for s in small)], small),
+                      InstanceConfig(**{**whole.to_dict(), "thresholds": config.thresholds, "block_shape": small}))
         for name, volume, data in (("V", shape, prob), ("8V", big, prob_big)):
             url = write_store(root / f"{name}.zarr", data, chunks)
-            summary, t_blocks, peaks = on_fresh_cluster(args.workers, lambda c: run_instances(url, config, client=c))
+            summary, t_blocks, peaks = on_fresh_cluster(args.workers, lambda c: run_instances(url, config, client=c), warm_blocks)
             one = write_store(root / f"{name}-whole.zarr", data, volume)
             t = time.perf_counter()
             run_instances(one, InstanceConfig(**{**whole.to_dict(), "thresholds": config.thresholds, "block_shape": volume}))
