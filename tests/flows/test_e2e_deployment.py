@@ -146,9 +146,9 @@ def test_segment_deployment_runs_on_a_process_worker(services: Services, tmp_pat
     image, labels, out = write_zarr(tmp_path / "in.zarr", em.image), write_zarr(tmp_path / "gt.zarr", em.labels), tmp_path / "seg.zarr"
 
     services.run("work-pool", "create", "emunet-process", "--type", "process")
+    services.start("worker", "worker", "start", "--pool", "emunet-process", "--limit", "1")  # starts while we deploy
     deployed = services.run("--no-prompt", "deploy", "--all", timeout=240)
     assert "segment-volume/segment" in deployed, deployed
-    services.start("worker", "worker", "start", "--pool", "emunet-process", "--limit", "1")
 
     params = {"input_url": image, "output_url": str(out), "checkpoint": str(DEMO_MODEL), "ground_truth_url": labels,
               "cluster": {"workers": 1}, "progress_interval_s": 1.0}  # fmt: skip
