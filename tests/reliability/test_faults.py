@@ -37,12 +37,9 @@ def config(**kw):
 
 @pytest.fixture(scope="module")
 def client(local_scheduler):
-    """A client of the session's cluster, never the default one: a command run in this process
-    makes its own client, and `distributed.wait` on its futures under another default client
-    sleeps out every timeout (~1 s per task)."""
     from distributed import Client
 
-    with Client(local_scheduler, set_as_default=False) as c:
+    with Client(local_scheduler) as c:
         yield c
 
 
@@ -144,11 +141,12 @@ def test_killing_a_worker_mid_run(volume_copy, checkpoint, clean, tmp_path) -> N
 CLI = "from emunet.cli.app import app; app()"
 
 
-def test_killing_the_client_process_then_resuming(cli, runner, local_scheduler, volume_copy, checkpoint, clean,
-                                                   tmp_path) -> None:  # fmt: skip
-    """SIGKILL `emunet segment` (the client) after some blocks are done; `--resume` (the same
-    command, run in this process) then skips every block marked done (none recomputed: ≤ 5 %
-    required) and the output is bitwise equal."""
+def test_killing_the_client_process_then_resuming(local_scheduler, volume_copy, checkpoint, clean, client, tmp_path) -> None:
+    """SIGKILL `emunet segment` (the client) after some blocks are done; a resume (in this
+    process, `segment(resume=True)`: what `--resume` runs) then skips every block marked done
+    (none recomputed: ≤ 5 % required) and the output is bitwise equal."""
+    from pipeline.segment import segment
+
     out = tmp_path / "out.zarr"
     base = [sys.executable, "-c", CLI, "segment", str(volume_copy), str(out), "--model", str(checkpoint),
             "--scheduler", local_scheduler, "--block", *map(str, BLOCK), "--blocks-per-task", "1",
@@ -166,24 +164,26 @@ def test_killing_the_client_process_then_resuming(cli, runner, local_scheduler, 
     wait_for(lambda: done_count(out) == (n := done_count(out)) and (time.sleep(0.5) or done_count(out) == n), 30, "quiet")
     before = done_count(out)
     assert 4 <= before < NUM_BLOCKS
-    rerun = runner.invoke(cli, [*base[3:], "--resume"])
-    assert rerun.exit_code == 0, rerun.output[-2000:]
-    result = json.loads(rerun.stdout)
+    result = segment(volume_copy, out, checkpoint, config(resume=True), client=client)
+    assert result.ok, result.failed
     # tasks of the killed client that were already running may have finished since `before`
-    assert result["skipped"] >= before and result["computed"] + result["skipped"] == NUM_BLOCKS
-    recomputed = result["computed"] - (NUM_BLOCKS - result["skipped"])  # done blocks run again
-    assert recomputed <= 0.05 * result["skipped"]
+    assert result.skipped >= before and result.computed + result.skipped == NUM_BLOCKS
+    recomputed = result.computed - (NUM_BLOCKS - result.skipped)  # done blocks run again
+    assert recomputed <= 0.05 * result.skipped
     assert np.array_equal(probability(out), clean)
 
 
 @pytest.mark.parametrize("path", ["--no-flow", "--flow"])
-def test_ctrl_c_stops_the_run_cleanly_and_it_resumes(path, cli, runner, local_scheduler, volume_copy, checkpoint, clean,
+def test_ctrl_c_stops_the_run_cleanly_and_it_resumes(path, local_scheduler, volume_copy, checkpoint, clean, client,
                                                       prefect_home, tmp_path) -> None:  # fmt: skip
     """Ctrl-C (SIGINT to the terminal's whole process group) mid-run: the command stops within
     seconds with exit 130 and one line naming the done blocks and --resume; no traceback (local
     workers and the temporary Prefect server ignore the terminal's SIGINT: the command stops
-    them); the ledger is consistent, so --resume (in this process, on the shared scheduler: how
-    the run was stopped is the point, not where it resumes) completes and equals a clean run."""
+    them); the ledger is consistent, so a resume (in this process on the shared scheduler, as
+    `--resume` runs it: how the run was stopped is the point, not how it resumes) completes and
+    equals a clean run."""
+    from pipeline.segment import segment
+
     out = tmp_path / "out.zarr"
     where = ["--workers", "2"] if path == "--no-flow" else ["--scheduler", local_scheduler]
     args = [sys.executable, "-c", CLI, "segment", str(volume_copy), str(out), "--model", str(checkpoint), *where,
@@ -210,20 +210,18 @@ def test_ctrl_c_stops_the_run_cleanly_and_it_resumes(path, cli, runner, local_sc
     assert text.count("interrupted") == 1 and "rerun the same command with --resume" in text, text[-2000:]
     if path == "--flow":
         return  # the ledger after a stop is the same on both paths: the resume is checked once
-    args[args.index("--workers") : args.index("--workers") + 2] = ["--scheduler", local_scheduler]
-    rerun = runner.invoke(cli, [*args[3:-1], "--no-flow", "--resume", "--json"])
-    assert rerun.exit_code == 0, rerun.output[-2000:]
+    rerun = segment(volume_copy, out, checkpoint, config(resume=True), client=client)
+    assert rerun.ok and rerun.skipped >= 3 and rerun.computed + rerun.skipped == NUM_BLOCKS, rerun
     assert np.array_equal(probability(out), clean)
 
 
-def test_killing_the_flow_process_then_resuming(cli, runner, local_scheduler, volume_copy, checkpoint, clean,
-                                                prefect_api_url, tmp_path) -> None:  # fmt: skip
+def test_killing_the_flow_process_then_resuming(local_scheduler, volume_copy, checkpoint, clean, prefect_api_url,
+                                                tmp_path) -> None:  # fmt: skip
     """The flow path: `emunet segment` runs the Prefect flow in its own process, reporting to a
     Prefect server (the session's, as a deployment's would be). SIGKILL the whole process group
     mid-run, as a node failure would (the server keeps the dead run); the same command with
-    `--resume` (run in this process, reporting to the same server) skips the done blocks and
-    the output is bitwise equal. (A temporary server of the command under a signal: the
-    Ctrl-C test.)"""
+    `--resume` skips the done blocks and the output is bitwise equal. (A temporary server of
+    the command under a signal: the Ctrl-C test.)"""
     out = tmp_path / "out.zarr"
     base = [sys.executable, "-c", CLI, "segment", str(volume_copy), str(out), "--model", str(checkpoint),
             "--scheduler", local_scheduler, "--block", *map(str, BLOCK), "--blocks-per-task", "1",
@@ -243,8 +241,9 @@ def test_killing_the_flow_process_then_resuming(cli, runner, local_scheduler, vo
     wait_for(lambda: done_count(out) == (n := done_count(out)) and (time.sleep(0.5) or done_count(out) == n), 30, "quiet")
     before = done_count(out)
     assert 4 <= before < NUM_BLOCKS
-    rerun = runner.invoke(cli, [*base[3:], "--resume"])
-    assert rerun.exit_code == 0, rerun.output[-3000:]
+    rerun = subprocess.run([*base, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                           start_new_session=True)  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
     result = json.loads(rerun.stdout[rerun.stdout.index("{"):])
     assert result["skipped"] >= before and result["computed"] + result["skipped"] == NUM_BLOCKS
     recomputed = result["computed"] - (NUM_BLOCKS - result["skipped"])
