@@ -81,8 +81,8 @@ def test_blocked_output_equals_whole_volume_prediction(volume, checkpoint, sched
     assert result.ok and (result.computed, result.skipped, result.total_blocks) == (12, 0, 12)
     assert result.voxels == np.prod(SHAPE) and result.voxels_per_second > 0
     assert result.cluster == "scheduler" and result.slots == 2
-    new = {w: n - before.get(w, 0) for w, n in result.model_loads.items()}
-    assert set(new.values()) <= {0, 1}, f"the model must load at most once per worker in a run: {new}"
+    new = {w: n - before.get(w, 0) for w, n in result.model_loads.items()}  # this module's checkpoint: new to the cluster
+    assert set(new.values()) == {1}, f"the model must load once per worker: {new}"
     assert set(result.stage_seconds) == {"read", "compute", "write", "wall"}
     np.testing.assert_allclose(stored(out), expected, atol=1e-5)
     assert Ledger(str(out), 12).summary().complete
