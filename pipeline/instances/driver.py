@@ -14,6 +14,7 @@ another ``labels_threshold`` only relabels (the tree is stored for every thresho
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -62,21 +63,44 @@ class InstanceSummary:
         return out
 
 
-def _check_map(job: InstanceJob, client: Any) -> None:
-    import dask.array as da
+def _sample_range(array: Any, count: int) -> tuple[float, float]:
+    """Min and max over up to ``count`` chunks (or shards) of ``array``: the middle one first, then spread."""
+    unit = getattr(array, "shards", None) or array.chunks
+    grid = [max(1, -(-n // c)) for n, c in zip(array.shape, unit, strict=True)]
+    total = math.prod(grid)
+    order = [total // 2] + [round(i * (total - 1) / max(count - 2, 1)) for i in range(count - 1)]
+    lo, hi = math.inf, -math.inf
+    for flat in dict.fromkeys(order):  # unique, in order
+        index = np.unravel_index(flat, grid)
+        part = np.asarray(array[tuple(slice(i * c, (i + 1) * c) for i, c in zip(index, unit, strict=True))])
+        lo, hi = min(lo, float(part.min())), max(hi, float(part.max()))
+    return lo, hi
 
-    arr = da.from_zarr(job.group("r")[PROBABILITY])
-    th = job.config.seed_threshold * (255 if str(arr.dtype) == "uint8" else 1)
-    parts = [arr.min(), arr.max()]
-    # client None: this process (threads), even if a distributed client is the default scheduler
-    lo, hi = (float(v) for v in (da.compute(*parts, scheduler="threads") if client is None
-                                 else client.compute(parts, sync=True)))
+
+def _check_map(job: InstanceJob, client: Any, sample: int = 4) -> None:
+    """The map holds cells (some p > seed_threshold) and, for the watershed, boundaries.
+
+    A few chunks read here almost always settle it (a chunk of a real map holds both); only a
+    map that they do not settle is reduced in full (Dask min/max over every chunk).
+    """
+    array = job.group("r")[PROBABILITY]
+    th = job.config.seed_threshold * (255 if str(array.dtype) == "uint8" else 1)
+    need_lo = job.config.method == "watershed"
+    lo, hi = _sample_range(array, sample)
+    if hi <= th or (need_lo and lo > th):
+        import dask.array as da
+
+        arr = da.from_zarr(array)
+        parts = [arr.min(), arr.max()]
+        # client None: this process (threads), even if a distributed client is the default scheduler
+        lo, hi = (float(v) for v in (da.compute(*parts, scheduler="threads") if client is None
+                                     else client.compute(parts, sync=True)))
     if hi <= th:
         raise ValueError(
             f"expected cells in the probability map (some p > seed_threshold {job.config.seed_threshold}), got "
             f"an all-boundary map (max {hi:g} in stored units); check the model, or lower --seed-threshold"
         )
-    if job.config.method == "watershed" and lo > th:
+    if need_lo and lo > th:
         raise ValueError(
             f"expected boundaries in the probability map (some p ≤ {job.config.seed_threshold}), got none "
             f"(min {lo:g} in stored units); nothing separates cells, so there is nothing to segment"

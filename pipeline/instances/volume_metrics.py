@@ -94,13 +94,37 @@ def check_pair(seg: Labels, gt: Labels) -> tuple[int, ...]:
 
 def table_block(seg: Labels, gt: Labels, slices: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(gt ids, seg ids, counts) of one block, GT background 0 dropped (uint64, uint64, int64)."""
-    s = _read(seg, slices).astype(np.uint64, copy=False).ravel()
+    s = _read(seg, slices)
     g = _read(gt, slices)
     if np.issubdtype(g.dtype, np.signedinteger) and g.size and g.min() < 0:
         raise ValueError(f"expected GT labels ≥ 0, got minimum {g.min()}")
-    g = g.astype(np.uint64, copy=False).ravel()
     keep = g != 0
-    return merge_tables([(g[keep], s[keep], np.ones(int(keep.sum()), dtype=np.int64))])
+    return _sum_pairs(g[keep], s[keep], None)
+
+
+def _sum_pairs(g: np.ndarray, s: np.ndarray, c: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Equal (g, s) pairs summed (``c`` None: each pair counts 1), sorted by (g, s).
+
+    The ids of each side are renumbered to 0…n−1 first, so a pair is one int64 key
+    (``gi · n_s + si``) and one 1-D sort counts them: several times faster and leaner than
+    sorting rows of two columns.
+    """
+    g = g.astype(np.uint64, copy=False).ravel()
+    s = s.astype(np.uint64, copy=False).ravel()
+    if g.size == 0:
+        return g, s, np.zeros(0, dtype=np.int64)
+    import fastremap  # unique: bincount for dense ids, else a sort; 3-20× numpy's (measured, 8 Mvoxel)
+
+    g_ids, gi = fastremap.unique(g, return_inverse=True)
+    s_ids, si = fastremap.unique(s, return_inverse=True)
+    n_s = len(s_ids)
+    key = gi.astype(np.int64, copy=False) * n_s + si.astype(np.int64, copy=False)  # < n² ≤ 2⁶³ for any table below 3·10⁹ entries
+    if c is None:
+        keys, counts = fastremap.unique(key, return_counts=True)
+    else:
+        keys, inverse = fastremap.unique(key, return_inverse=True)
+        counts = np.bincount(inverse.ravel(), weights=c, minlength=len(keys))
+    return g_ids[keys // n_s], s_ids[keys % n_s], counts.astype(np.int64)
 
 
 def merge_tables(tables: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -108,16 +132,31 @@ def merge_tables(tables: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) ->
     g = np.concatenate([t[0] for t in tables]).astype(np.uint64)
     s = np.concatenate([t[1] for t in tables]).astype(np.uint64)
     c = np.concatenate([t[2] for t in tables]).astype(np.int64)
-    if g.size == 0:
-        return g, s, c
-    pairs, inverse = np.unique(np.stack([g, s], axis=1), axis=0, return_inverse=True)
-    return pairs[:, 0], pairs[:, 1], np.bincount(inverse.ravel(), weights=c, minlength=len(pairs)).astype(np.int64)
+    return _sum_pairs(g, s, c.astype(np.float64))
+
+
+BLOCK_VOXELS = 1 << 21  # ~2 Mvoxel a task: a leaf's peak (two uint64 blocks + renumbered copies) ≈ 150 MB
+
+
+def default_block(seg: Labels, shape: Sequence[int]) -> tuple[int, ...]:
+    """Whole chunks (shards) of ``seg`` stacked along the first axis up to ~`BLOCK_VOXELS`, else 8×512×512.
+
+    Chunk-aligned, so each task reads every chunk it touches once; small, so a task's memory
+    does not depend on the volume (the table tree holds only tables, never voxels).
+    """
+    unit: tuple[int, ...] = (8, 512, 512)[-len(shape):]
+    if isinstance(seg, LabelSource):
+        arr = seg.open()
+        unit = tuple(int(v) for v in (getattr(arr, "shards", None) or arr.chunks))
+    unit = tuple(min(int(s), u) for s, u in zip(shape, unit, strict=True))
+    stack = max(1, BLOCK_VOXELS // max(1, math.prod(unit)))
+    return (min(int(shape[0]), unit[0] * stack), *unit[1:])
 
 
 def contingency(seg: Labels, gt: Labels, *, block_shape: Sequence[int] | None = None, client: Any = None):
     """The sparse contingency table (gt, seg, count) of two label volumes, over blocks."""
     shape = check_pair(seg, gt)
-    block = tuple(block_shape or tuple(min(s, b) for s, b in zip(shape, (32, 512, 512)[-len(shape):], strict=True)))
+    block = tuple(block_shape or default_block(seg, shape))
     grid = BlockGrid(shape, block, (0,) * len(shape), (0,) * len(shape))  # type: ignore[arg-type]
     slices = [grid.block(b).write_roi.to_slices() for b in grid.block_ids()]
     if client is None:

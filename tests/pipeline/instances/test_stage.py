@@ -132,6 +132,22 @@ def test_bad_input_fails_before_any_output(tmp_path, cells) -> None:
         run_instances(url, InstanceConfig(block_shape=(4, 16, 24)), overwrite=True)
 
 
+def test_map_check_reads_a_sample_and_reduces_in_full_only_when_unsettled(tmp_path) -> None:
+    """Cells in one chunk that the sample skips: the full reduction finds them (no false refusal)."""
+    from pipeline.instances.driver import _check_map, _sample_range, prepare
+
+    prob = np.zeros((4, 9, 7), np.uint8)
+    prob[0:2, 3:6] = 255  # chunk (0, 1, 0) only, flat index 1 of the 2 × 3 × 1 grid
+    url = write_probability_store(tmp_path / "one.zarr", prob, (2, 3, 7))
+    job = prepare(url, InstanceConfig(block_shape=(2, 3, 7)))
+    assert _sample_range(job.group("r")["probability"], 4) == (0.0, 0.0)  # the sample alone would refuse
+    _check_map(job, None)  # the full reduction sees the cells
+    prob[0:2, 3:6] = 0
+    empty = prepare(write_probability_store(tmp_path / "none.zarr", prob, (2, 3, 7)), InstanceConfig(block_shape=(2, 3, 7)))
+    with pytest.raises(ValueError, match="all-boundary"):
+        _check_map(empty, None)
+
+
 def test_partition_barely_depends_on_the_block_shape(clustered, tmp_path) -> None:
     """Watershed + agglomeration: blocked vs one block; pieces of a cut basin are joined."""
     from pipeline.instances.volume_metrics import volume_scores
