@@ -26,9 +26,12 @@ def put_object(fs: Any, key: str, data: bytes, *, remote: bool) -> None:
         fs.pipe_file(key, data)
         return
     path = Path(key)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_bytes(data)
+    try:
+        tmp.write_bytes(data)
+    except FileNotFoundError:  # the first marker of its directory (a mkdir per marker costs more)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
     os.replace(tmp, path)  # atomic on a local file system
 
 

@@ -197,6 +197,9 @@ class BlockGrid:
             yield self.block_id(index)
 
 
+_BLOCK_CACHE = 4096  # blocks memoised per plan object (`SegmentPlan.block`)
+
+
 @dataclass(frozen=True)
 class SegmentPlan:
     """How a volume is cut into blocks; frozen and JSON-serialisable (`to_dict`/`from_dict`).
@@ -274,8 +277,27 @@ class SegmentPlan:
         return self.grid.block_id(index)
 
     def block(self, block_id: int) -> Block:
-        """The block's write ROI (cut at the volume's end) and read ROI (grown by the context)."""
-        return self.grid.block(block_id)
+        """The block's write ROI (cut at the volume's end) and read ROI (grown by the context).
+
+        Memoised per plan object (a few thousand blocks at most): a worker asks for the same
+        block in each of its stages, and building the grid and ROIs costs ~0.4 ms."""
+        cache = self.__dict__.get("_blocks")
+        if cache is None:
+            cache = {}
+            object.__setattr__(self, "_blocks", cache)
+        block_id = int(block_id)
+        block = cache.get(block_id)
+        if block is None:
+            if len(cache) >= _BLOCK_CACHE:
+                cache.clear()
+            block = cache[block_id] = self.grid.block(block_id)
+        return block
+
+    def __getstate__(self) -> dict[str, Any]:  # the memo never travels
+        return {k: v for k, v in self.__dict__.items() if k != "_blocks"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     def block_ids(self, roi: Roi | None = None) -> Iterator[int]:
         """Block ids in C order; with ``roi``, only blocks whose write ROI meets it."""

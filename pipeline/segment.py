@@ -88,6 +88,7 @@ def _roi_dict(roi: Any) -> dict[str, list[int]]:
 def segment_ops(plugin: ModelPlugin, payload: dict[str, Any]) -> BlockOps:
     """The stages of a segmentation block on a worker; opened things are cached per run."""
     from pipeline.blocks import predict_block, read_block, write_block
+    from pipeline.chunkcache import CachedVolume
     from pipeline.ledger import Ledger
     from pipeline.output import open_output
     from pipeline.plan import SegmentPlan
@@ -96,7 +97,7 @@ def segment_ops(plugin: ModelPlugin, payload: dict[str, Any]) -> BlockOps:
     run = payload["run"]
     plan = plugin.cached((run, "plan"), lambda: SegmentPlan.from_dict(payload["plan"]))
     level = plan.input_level if plan.input_level not in (None, 0) else None
-    volume = plugin.cached((run, "volume"), lambda: open_volume(plan.input_url, level=level, sparse=payload.get("sparse", False)))
+    volume = plugin.cached((run, "volume"), lambda: CachedVolume(open_volume(plan.input_url, level=level, sparse=payload.get("sparse", False))))
     output = plugin.cached((run, "output"), lambda: open_output(plan.output_url))
     ledger = plugin.cached((run, "ledger"), lambda: Ledger(plan.output_url, plan.num_blocks))
 
