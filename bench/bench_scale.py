@@ -131,6 +131,10 @@ class Cluster:
 
         with Client(self.address, timeout=60) as client:
             client.wait_for_workers(workers, timeout=120)
+            self.worker_pids = list(client.run(os.getpid).values())  # the worker processes (not the nannies)
+
+    def worker_cpu(self) -> float:
+        return sum(proc_stats(pid)[2] for pid in self.worker_pids)
 
     def scheduler_stats(self) -> tuple[int, int, float]:
         return proc_stats(self.scheduler.pid)
@@ -259,20 +263,29 @@ def per_block(result: dict[str, Any], blocks: int) -> dict[str, float]:
     return {k: round(v / blocks * 1e3, 3) for k, v in (result or {}).get("stage_seconds", {}).items()}
 
 
-def run_size(args: argparse.Namespace, blocks: int, plane: np.ndarray) -> dict[str, Any]:
+def run_paths(args: argparse.Namespace, blocks: int, plane: np.ndarray) -> tuple[Path, Path]:
+    """(input, uninterrupted output) of a size: whole planes of 64×64 blocks."""
     per_plane = (plane.shape[-1] // args.block[1]) * (plane.shape[-1] // args.block[2])
     planes = math.ceil(blocks / per_plane)
     src = make_volume(args.workdir / f"in-{planes}.zarr", planes, plane, args.input_chunk)
-    out = args.workdir / f"out-{planes}.zarr"
+    return src, args.workdir / f"out-{planes}.zarr"
+
+
+def run_size(args: argparse.Namespace, blocks: int, plane: np.ndarray) -> dict[str, Any]:
+    src, out = run_paths(args, blocks, plane)
+    planes = int(src.name[3:-5])
     cluster = Cluster(args.workdir, args.workers)
     try:
-        s_hwm0, _, s_cpu0 = cluster.scheduler_stats()
+        _, _, idle0 = cluster.scheduler_stats()
+        time.sleep(args.idle_s)  # the scheduler's own CPU while nothing runs (ticks, heartbeats)
+        (s_hwm0, _, s_cpu0), w_cpu0 = cluster.scheduler_stats(), cluster.worker_cpu()
+        idle_rate = (s_cpu0 - idle0) / args.idle_s
         run = run_client(segment_cmd(args, src, out, cluster.address, "--overwrite"), args.workdir / f"segment-{planes}.log")
-        s_hwm, s_rss, s_cpu = cluster.scheduler_stats()
+        (s_hwm, s_rss, s_cpu), w_cpu = cluster.scheduler_stats(), cluster.worker_cpu()
     finally:
         cluster.close()
     r = run.pop("result") or {}
-    n = r.get("total_blocks", planes * per_plane)
+    n = r.get("total_blocks", 0)
     status_s, st = status(out)
     if args.bare is None:
         args.bare = bare_model(args, out, src)
@@ -284,8 +297,11 @@ def run_size(args: argparse.Namespace, blocks: int, plane: np.ndarray) -> dict[s
         "blocks_per_s": round(n / run_s, 1), "blocks_per_task": r.get("blocks_per_task"), "peak_in_flight": r.get("peak_in_flight"),
         "overhead_ms_per_block_per_worker": round(run_s * args.workers / n * 1e3 - bare_ms, 3),
         "overhead_ms_per_block_per_worker_whole_command": round(run["wall_s"] * args.workers / n * 1e3 - bare_ms, 3),
+        "worker_cpu_ms_per_block": round((w_cpu - w_cpu0) / n * 1e3, 3),  # all workers' CPU, incl. the pyramid
+        "worker_cpu_overhead_ms_per_block": round((w_cpu - w_cpu0) / n * 1e3 - bare_ms, 3),
         "client_cpu_ms_per_block": round(run["client_cpu_s"] / n * 1e3, 3),
         "scheduler_cpu_ms_per_block": round((s_cpu - s_cpu0) / n * 1e3, 3),
+        "scheduler_idle_cpu_per_s": round(idle_rate, 4), "scheduler_cpu_s": round(s_cpu - s_cpu0, 3),
         "scheduler_peak_rss_mb": round(s_hwm / 2**20, 1), "scheduler_rss_at_start_mb": round(s_hwm0 / 2**20, 1),
         "scheduler_rss_end_mb": round(s_rss / 2**20, 1),
         "worker_stage_ms_per_block": per_block(r, n),
@@ -297,13 +313,11 @@ def run_size(args: argparse.Namespace, blocks: int, plane: np.ndarray) -> dict[s
 
 def kill_and_resume(args: argparse.Namespace, blocks: int, plain: dict[str, Any], plane: np.ndarray) -> dict[str, Any]:
     """The same run SIGKILLed at `--kill-at` of its uninterrupted wall, then `--resume`d."""
-    per_plane = (plane.shape[-1] // args.block[1]) * (plane.shape[-1] // args.block[2])
-    planes = math.ceil(blocks / per_plane)
-    src, ref = args.workdir / f"in-{planes}.zarr", args.workdir / f"out-{planes}.zarr"
-    out = args.workdir / f"out-{planes}-killed.zarr"
+    src, ref = run_paths(args, blocks, plane)
+    out = ref.with_name(ref.name.replace(".zarr", "-killed.zarr"))
     cluster = Cluster(args.workdir, args.workers)
     try:
-        kill_s = plain["wall_s"] * args.kill_at
+        kill_s = args.kill_after or plain["wall_s"] * args.kill_at
         killed = run_client(segment_cmd(args, src, out, cluster.address, "--overwrite"), args.workdir / "killed.log", kill_s)
         _, before = status(out)
         resumed = run_client(segment_cmd(args, src, out, cluster.address, "--resume"), args.workdir / "resumed.log")
@@ -318,31 +332,43 @@ def kill_and_resume(args: argparse.Namespace, blocks: int, plain: dict[str, Any]
         "resume_skipped": r.get("skipped"), "resume_computed": r.get("computed"),
         "resume_failed": len(r.get("failed", []) or []), "status_done": st.get("done"), "status_total": st.get("total"),
         "status_failed": len(st.get("failed", [])), "status_seconds": status_s,
-        "counts_agree": st.get("done") == st.get("total") == (before.get("done") or 0) + (r.get("computed") or 0) == plain["blocks"],
+        "counts_agree": st.get("done") == st.get("total") == (r.get("skipped") or 0) + (r.get("computed") or 0) == plain["blocks"],
+        "skipped_at_least_done_when_killed": (r.get("skipped") or 0) >= (before.get("done") or 0),
         "chunks_equal_uninterrupted": same,
     }  # fmt: skip
 
 
 # -- extrapolation --------------------------------------------------------------------------
+def marginal(rows: list[dict[str, Any]], key: str) -> float:
+    """d(key)/d(blocks) between the smallest and the largest run (start-up costs cancel), ms."""
+    a, b = rows[0], rows[-1]
+    if b["blocks"] == a["blocks"]:
+        return b[key] / b["blocks"] * 1e3
+    return (b[key] - a[key]) / (b["blocks"] - a["blocks"]) * 1e3
+
+
 def extrapolate(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """10^6 blocks on 100 GPU workers: the time each shared part would need, per the largest run."""
+    """10^6 blocks on 100 GPU workers: the seconds each shared part needs at the measured
+    marginal costs (client and scheduler: per task, whatever the block size) against what
+    the workers need at `--gpu-block-ms` per block."""
     big = rows[-1]
-    n, workers, blocks = 10**6, 100, big["blocks"]
-    gpu_ms = args.gpu_block_ms  # a real model's block on one GPU (ms): what the workers need
-    tasks = n / (big["blocks_per_task"] or 1)
-    sched_ms_per_task = big["scheduler_cpu_ms_per_block"] * (big["blocks_per_task"] or 1)
+    n, workers, bpt = 10**6, 100, big["blocks_per_task"] or 1
+    gpu_ms = args.gpu_block_ms
+    client_ms = marginal(rows, "client_cpu_s")  # per block
+    sched_ms = marginal(rows, "scheduler_cpu_s")
     limits = {
-        "workers_compute_s": n * (gpu_ms + max(big["overhead_ms_per_block_per_worker"], 0)) / workers / 1e3,
-        "scheduler_s (one core)": tasks * sched_ms_per_task / 1e3,
-        "client_s (one core)": n * big["client_cpu_ms_per_block"] / 1e3,
-        "ledger_status_s": big["status_seconds"],  # roll-ups: grows with groups, not blocks
+        "workers (GPU time)": n * gpu_ms / workers / 1e3,
+        "scheduler (one core)": n * sched_ms / 1e3,
+        "client (one core)": n * client_ms / 1e3,
     }
-    first = max(limits, key=limits.get)
     return {
-        "blocks": n, "workers": workers, "gpu_block_ms": gpu_ms, "tasks": int(tasks),
-        "scheduler_ms_per_task": round(sched_ms_per_task, 3), "scheduler_tasks_per_s_max": round(1e3 / max(sched_ms_per_task, 1e-9)),
-        "tasks_per_s_needed": round(workers / ((gpu_ms + max(big["overhead_ms_per_block_per_worker"], 0)) / 1e3 * (big["blocks_per_task"] or 1)), 1),
-        "seconds": {k: round(v, 1) for k, v in limits.items()}, "first_bottleneck": first,
+        "blocks": n, "workers": workers, "gpu_block_ms": gpu_ms, "blocks_per_task": bpt, "tasks": n // bpt,
+        "client_ms_per_block": round(client_ms, 3), "scheduler_ms_per_task": round(sched_ms * bpt, 3),
+        "tasks_per_s_needed": round(workers * 1e3 / (gpu_ms * bpt), 1),
+        "scheduler_tasks_per_s_max": round(1e3 / max(sched_ms * bpt, 1e-9)),
+        "client_tasks_per_s_max": round(1e3 / max(client_ms * bpt, 1e-9)),
+        "seconds": {k: round(v, 1) for k, v in limits.items()}, "first_bottleneck": max(limits, key=limits.get),
+        "status_s_measured": {r["blocks"]: r["status_seconds"] for r in rows},  # roll-ups: ~flat in blocks
     }  # fmt: skip
 
 
@@ -361,7 +387,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--blocks-per-task", type=int, default=None, help="default: the CLI's")
     p.add_argument("--pyramid", type=int, default=2)
     p.add_argument("--flow", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--gpu-block-ms", type=float, default=20.0, help="a real model's ms per block on a GPU (extrapolation)")
+    p.add_argument("--gpu-block-ms", type=float, default=32.0,
+                   help="GPU ms per block for the extrapolation (default: the paper model's bare 66.4 Mvox/s on an H200, "
+                        "docs/benchmarks.md, at the default 8×512×512 block)")
+    p.add_argument("--idle-s", type=float, default=5.0, help="seconds the scheduler idles before a run (its idle CPU)")
+    p.add_argument("--kill-after", type=float, default=None, help="SIGKILL after this many seconds (default: --kill-at)")
+    p.add_argument("--resume-only", action="store_true", help="skip the plain runs: kill+resume --resume-size against "
+                   "the uninterrupted output a previous run left in --workdir (needs --kill-after)")
     p.add_argument("--workdir", type=Path, default=None)
     args = p.parse_args(argv)
     args.workdir = Path(args.workdir or tempfile.mkdtemp(prefix="emunet-scale-"))
@@ -375,6 +407,12 @@ def main(argv: list[str] | None = None) -> int:
                       "machine": platform.machine(), "workdir": str(args.workdir), "block": args.block,
                       "model": {"depth": args.depth, "base_channels": args.base_channels}}), flush=True)  # fmt: skip
     rows = []
+    if args.resume_only:
+        src, out = run_paths(args, args.resume_size, plane)
+        args.bare = bare_model(args, out, src)
+        plain = {"blocks": json.loads((out / "zarr.json").read_text())["attributes"]["emunet"]["plan"]["num_blocks"]}
+        print(json.dumps({"bare": args.bare, "kill_resume": kill_and_resume(args, args.resume_size, plain, plane)}))
+        return 0
     for size in args.sizes:
         row = run_size(args, size, plane)
         rows.append(row)
