@@ -125,12 +125,12 @@ def validate_inputs(params: SegmentVolumeParams) -> dict[str, Any]:
     """Open the input and the checkpoint, check the ground truth and the output policy."""
     from pipeline.ownership import check_output
     from pipeline.volume import open_volume, redact_url
-    from unetcore.checkpoint import file_sha256, read_header
+    from unetcore.checkpoint import inspect_checkpoint
 
     from flows._common import shape_of
 
     log = run_logger()
-    header = read_header(params.checkpoint)  # refuses pickles, truncated or modified files
+    header, sha256 = inspect_checkpoint(params.checkpoint)  # one read; refuses pickles and truncated files
     volume = open_volume(params.input_url, level=params.input_level)
     log.info(
         f"input {redact_url(volume.url)}: {tuple(volume.shape)} {volume.dtype}, chunks {tuple(volume.chunks)}, "
@@ -154,8 +154,9 @@ def validate_inputs(params: SegmentVolumeParams) -> dict[str, Any]:
         "dtype": str(volume.dtype),
         "voxel_size_nm": list(volume.voxel_size),
         "checkpoint": params.checkpoint,
-        "checkpoint_sha256": file_sha256(params.checkpoint),
+        "checkpoint_sha256": sha256,
         "model": {k: model.get(k) for k in ("spatial_dims", "depth", "base_channels", "padding", "upsampling")},
+        "model_config": model,  # for plan-blocks: the checkpoint is not read again
     }
 
 
@@ -164,19 +165,19 @@ def _stack_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 @_stage("plan-blocks")
-def plan_blocks(params: SegmentVolumeParams, sha256: str) -> dict[str, Any]:
-    """The block grid `pipeline.segment` will run (same planner), and what is left to do."""
+def plan_blocks(params: SegmentVolumeParams, sha256: str, model_config: dict[str, Any]) -> dict[str, Any]:
+    """The block grid `pipeline.segment` will run (same planner), and what is left to do.
+
+    ``model_config``: the checkpoint header's, as `validate_inputs` read it."""
     from pipeline.ledger import Ledger
     from pipeline.output import store_exists
     from pipeline.plan import plan_for_volume
     from pipeline.volume import open_volume
-    from unetcore.checkpoint import read_header
     from unetcore.config import UNetConfig
 
     config = params.segment_config()
-    model_config = UNetConfig.from_dict(read_header(params.checkpoint)["model_config"])
     volume = open_volume(params.input_url, level=config.input_level)
-    plan = plan_for_volume(volume, params.output_url, model_config, block_shape=config.block_shape, checkpoint_sha256=sha256,
+    plan = plan_for_volume(volume, params.output_url, UNetConfig.from_dict(model_config), block_shape=config.block_shape, checkpoint_sha256=sha256,
                            tta=config.tta)  # fmt: skip
     done = 0
     if config.resume and store_exists(params.output_url):
@@ -336,7 +337,7 @@ def segment_volume(params: SegmentVolumeParams) -> dict[str, Any]:
     log = run_logger()
     retry = {"retries": params.retries}
     info = validate_inputs.with_options(**retry)(params)
-    plan = plan_blocks.with_options(**retry)(params, info["checkpoint_sha256"])
+    plan = plan_blocks.with_options(**retry)(params, info["checkpoint_sha256"], info["model_config"])
     result = run_blocks.with_options(**retry)(params, info["checkpoint_sha256"], plan["num_blocks"])
     ledger = verify_ledger.with_options(**retry)(params.output_url)
     scores = None

@@ -118,21 +118,19 @@ class Prepared:
         check_input_unchanged(self.plan.output_url, self.volume)
 
 
-def _tile_and_batch(checkpoint: Path, plan: Any, config: Any) -> tuple[tuple[int, ...], int, Any, Any]:
-    """The checkpoint (its weights must load into its own config) and a legal tile for it."""
-    from unetcore.checkpoint import load_checkpoint
+def _tile_and_batch(ckpt: Any, plan: Any, config: Any) -> tuple[tuple[int, ...], int]:
+    """A legal tile for the checkpoint's model (illegal tiles raise) and the batch a block fills."""
     from unetcore.predict import PredictConfig, plan_tiles
 
-    ckpt = load_checkpoint(checkpoint)  # weight shapes, content hash; raises CheckpointError
     dims = ckpt.config.spatial_dims
     if config.tile_shape is not None and len(config.tile_shape) != dims:
         raise ValueError(
             f"Expected a tile of {dims} sizes for this {dims}D model. Got {tuple(config.tile_shape)} instead."
         )
     predict = PredictConfig(tile_shape=config.tile_shape, batch_size=config.batch_size)
-    tiles = plan_tiles(ckpt.config, tuple(plan.block_shape[-dims:]), config.tile_shape, predict)  # illegal tiles raise
+    tiles = plan_tiles(ckpt.config, tuple(plan.block_shape[-dims:]), config.tile_shape, predict)
     per_block = math.prod(tiles.counts) * (plan.block_shape[0] if dims == 2 else 1)
-    return tiles.in_tile, min(config.batch_size, per_block), ckpt.config, ckpt.normalization
+    return tiles.in_tile, min(config.batch_size, per_block)
 
 
 def _known_devices(config: Any) -> list[str] | None:
@@ -155,23 +153,24 @@ def prepare(input_url: str | Path, output_url: str | Path, checkpoint: str | Pat
     from pipeline.plan import plan_for_volume
     from pipeline.resume import predict_settings
     from pipeline.volume import open_volume, redact_url
-    from unetcore.checkpoint import file_sha256, read_header
-    from unetcore.config import UNetConfig
+    from unetcore.checkpoint import load_checkpoint
 
     local = config.scheduler is None
     check_device(config.device, local=local)
     if local:
         check_local_workers(config.workers)
     checkpoint = Path(checkpoint).absolute()
-    read_header(checkpoint)  # refuses pickles and truncated files before anything else
-    sha256 = config.checkpoint_sha256 or file_sha256(checkpoint)
+    # The one read of the checkpoint on the client: refuses pickles, truncated or edited files
+    # (weights that do not fit the config, content hash) before anything else; its file hash.
+    ckpt = load_checkpoint(checkpoint)
+    sha256 = config.checkpoint_sha256 or ckpt.file_sha256
     existing = check_output(absolute(output_url), reads=(absolute(input_url), str(checkpoint)), overwrite=config.overwrite,
                             resume=config.resume)  # fmt: skip
     volume = open_volume(absolute(input_url), level=config.input_level, sparse=config.sparse)
-    model_config = UNetConfig.from_dict(read_header(checkpoint)["model_config"])
+    model_config, normalization = ckpt.config, ckpt.normalization
     plan = plan_for_volume(volume, absolute(output_url), model_config, block_shape=config.block_shape, checkpoint_sha256=sha256,
                            tta=config.tta)  # fmt: skip
-    tile, batch, model_config, normalization = _tile_and_batch(checkpoint, plan, config)
+    tile, batch = _tile_and_batch(ckpt, plan, config)
     grey_range, grey_source = resolve_grey_range(volume, config.grey_range)
     sample = read_sample(volume)  # a few chunks spread over the volume, read once here
     warnings = check_grey(

@@ -12,6 +12,7 @@ safetensors format holds raw tensors only, and a pickle is refused by its magic 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import warnings
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_tensors, save_file
 
 from unetcore.config import UNetConfig
 from unetcore.model import UNet
@@ -77,6 +78,7 @@ class Checkpoint:
     metadata: dict[str, Any] = field(default_factory=dict)
     content_hash: str = ""
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    file_sha256: str = ""  # of the file as read (`file_sha256`), when loaded from a file
 
 
 def save_checkpoint(
@@ -128,7 +130,26 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"expected a checkpoint file, got no file at {path}")
     with open(path, "rb") as f:
-        head = f.read(8)
+        return _parse_header(path, f, path.stat().st_size)
+
+
+def inspect_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], str]:
+    """(header, SHA-256 of the file) from one pass over the file (no tensors built)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"expected a checkpoint file, got no file at {path}")
+    with open(path, "rb") as f:
+        header = _parse_header(path, f, path.stat().st_size)
+        f.seek(0)
+        h = hashlib.sha256()
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return header, h.hexdigest()
+
+
+def _parse_header(path: Path, f: Any, size: int) -> dict[str, Any]:
+    """The emunet header of the safetensors file open as ``f`` (binary, at its start)."""
+    head = f.read(8)
     if head[:1] in _PICKLE_MAGIC or head[:4] in _PICKLE_MAGIC:
         raise CheckpointError(
             f"expected a safetensors checkpoint, got a pickle/torch.save file at {path}; "
@@ -138,18 +159,15 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     if len(head) < 8:
         raise CheckpointError(f"expected a safetensors checkpoint, got a truncated file at {path}")
     header_len = int.from_bytes(head, "little")
-    size = path.stat().st_size
     if header_len <= 0 or 8 + header_len > size:
         raise CheckpointError(
             f"expected a safetensors header of ≤ {size - 8} bytes, got a length of {header_len} "
             f"at {path} (truncated or not a safetensors file)"
         )
-    with open(path, "rb") as f:
-        f.seek(8)
-        try:
-            raw = json.loads(f.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"expected a JSON safetensors header at {path}, got {exc}") from None
+    try:
+        raw = json.loads(f.read(header_len))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"expected a JSON safetensors header at {path}, got {exc}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("__metadata__") or {}, dict):
         raise CheckpointError(f"expected a safetensors header object at {path}, got {type(raw).__name__}")
     meta = (raw.get("__metadata__") or {}).get("emunet")
@@ -209,9 +227,13 @@ def load_checkpoint(
     path: str | os.PathLike[str], *, device: str | torch.device = "cpu", verify: bool = True
 ) -> Checkpoint:
     """Load a checkpoint written by `save_checkpoint`; the model is returned in eval mode."""
-    header = read_header(path)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"expected a checkpoint file, got no file at {path}")
+    data = path.read_bytes()  # one read: the header, the tensors and the file's hash come from it
+    header = _parse_header(path, io.BytesIO(data), len(data))
     try:
-        tensors = load_file(str(path), device="cpu")
+        tensors = load_tensors(data)
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"expected a readable safetensors file at {path}, got: {exc}") from None
     if verify:
@@ -226,7 +248,7 @@ def load_checkpoint(
     expected = model.state_dict()
     mismatched = [
         f"{k}: expected {tuple(expected[k].shape)}, got {tuple(v.shape)}"
-        for k, v in state.items()
+        for k, v in sorted(state.items())  # by name: the message does not depend on the file's order
         if k in expected and expected[k].shape != v.shape
     ]
     missing = sorted(set(expected) - set(state))
@@ -246,4 +268,5 @@ def load_checkpoint(
         metadata=header.get("metadata", {}),
         content_hash=header["content_sha256"],
         extra=extra,
+        file_sha256=hashlib.sha256(data).hexdigest(),
     )
