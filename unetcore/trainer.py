@@ -159,6 +159,7 @@ class Trainer:
         self._scheduled = False  # total_steps chosen (by the budget, or loaded from last.safetensors)
         self._pool = None
         self._ahead: dict[int, Any] = {}
+        self.data_wait_s = 0.0  # time the loop waited for its next batch of tiles (host)
 
     # -- checkpoints ----------------------------------------------------------------------
     def _meta(self, kind: str) -> dict[str, Any]:
@@ -199,9 +200,14 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------
     def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The batch of `step`, sampled ahead by worker threads when num_workers > 0."""
+        """The batch of `step` on the device, sampled ahead by worker threads when num_workers > 0.
+
+        On CUDA the tiles are made in pinned host memory (by the sampling threads), so the
+        copies are truly asynchronous (`non_blocking` from pageable memory is a blocking copy).
+        """
+        t0 = time.perf_counter()
         if self.config.num_workers <= 0:
-            arrays = self._sample(step)
+            host = self._host(step)
         else:
             if self._pool is None:
                 from concurrent.futures import ThreadPoolExecutor
@@ -209,9 +215,14 @@ class Trainer:
                 self._pool = ThreadPoolExecutor(self.config.num_workers, thread_name_prefix="tiles")
             for ahead in range(step, min(step + 2 * self.config.num_workers, self.total_steps)):
                 if ahead not in self._ahead:
-                    self._ahead[ahead] = self._pool.submit(self._sample, ahead)
-            arrays = self._ahead.pop(step).result()
-        return tuple(torch.from_numpy(a).to(self.device, non_blocking=True) for a in arrays)  # type: ignore[return-value]
+                    self._ahead[ahead] = self._pool.submit(self._host, ahead)
+            host = self._ahead.pop(step).result()
+        self.data_wait_s += time.perf_counter() - t0
+        return tuple(t.to(self.device, non_blocking=True) for t in host)  # type: ignore[return-value]
+
+    def _host(self, step: int) -> tuple[torch.Tensor, ...]:
+        tensors = tuple(torch.from_numpy(a) for a in self._sample(step))
+        return tuple(t.pin_memory() for t in tensors) if self.device.type == "cuda" else tensors
 
     def _sample(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Tiles of one step; randomness depends only on (seed, step), so resuming is exact."""
@@ -230,6 +241,25 @@ class Trainer:
         )
 
     def train_step(self) -> float:
+        """One optimiser step; its loss (a host sync: the loop in `fit` syncs only when it logs)."""
+        loss = self._step()
+        return self._drain([loss])[0]
+
+    def _drain(self, losses: list[torch.Tensor]) -> list[float]:
+        """The losses of the last ``len(losses)`` steps, in one device→host copy; the first
+        non-finite one raises (weights are saved only after a drain, never with NaNs)."""
+        values = torch.stack(losses).float().cpu().tolist()
+        for i, value in enumerate(values):
+            if not math.isfinite(value):
+                step = self.step - len(values) + i
+                raise FloatingPointError(
+                    f"expected a finite loss, got {value} at step {step}; lower the learning rate "
+                    f"(now {self.config.learning_rate(step, self.total_steps):g}) or enable grad_clip"
+                )
+        return values
+
+    def _step(self) -> torch.Tensor:
+        """One optimiser step; the loss stays on the device (no host sync)."""
         self.model.train()
         torch.manual_seed(self.config.seed * 1_000_003 + self.step)  # dropout masks
         x, y, w = self._batch(self.step)
@@ -239,18 +269,13 @@ class Trainer:
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp):
             logits = self.model(x)  # (B, K, *out_tile)
         loss = weighted_cross_entropy(logits, y, w)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"expected a finite loss, got {loss.item()} at step {self.step}; lower the learning rate "
-                f"(now {self.config.learning_rate(self.step, self.total_steps):g}) or enable grad_clip"
-            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.step += 1
-        return float(loss.detach())
+        return loss.detach()
 
     def validate(self) -> dict[str, float]:
         """Predict the validation images; pixel error at 0.5, foreground IoU, `metric_fn`."""
@@ -363,19 +388,27 @@ class Trainer:
             with bar:
                 task = bar.add_task("train", total=self.total_steps, completed=self.step, loss=float("nan"))
                 running = None
+                pending: list[torch.Tensor] = []  # losses on the device since the last host sync
                 while self.step < self.total_steps:
-                    loss = self.train_step()
-                    running = loss if running is None else 0.95 * running + 0.05 * loss
+                    pending.append(self._step())
+                    last = self.step == self.total_steps
+                    validate = self.val_data is not None and (last or (self.config.val_every and self.step % self.config.val_every == 0))
+                    save = last or self.step % self.config.checkpoint_every == 0
+                    logged = self.step % self.config.log_every == 0
+                    if not (last or validate or save or logged):
+                        continue  # no host sync: the next batch's copy and kernels queue behind this step's
+                    for loss in self._drain(pending):
+                        running = loss if running is None else 0.95 * running + 0.05 * loss
+                    pending = []
                     bar.update(task, completed=self.step, loss=running)
-                    if self.step % self.config.log_every == 0:
+                    if logged:
                         log.write(json.dumps({"step": self.step, "loss": loss, "loss_ema": running,
                                               "lr": self.config.learning_rate(self.step - 1, self.total_steps),
                                               "elapsed_s": time.perf_counter() - start}) + "\n")
                         log.flush()
-                    last = self.step == self.total_steps
-                    if self.val_data is not None and (last or (self.config.val_every and self.step % self.config.val_every == 0)):
+                    if validate:
                         scores = self._validate_and_select(log)
-                    if last or self.step % self.config.checkpoint_every == 0:
+                    if save:
                         self.save_last()
         finally:
             log.close()
@@ -386,4 +419,5 @@ class Trainer:
             save_checkpoint(self.out_dir / "best.safetensors", self.model, self.normalization, self._meta("final"))
         elapsed = time.perf_counter() - start
         return {"validation": scores, "steps": self.step, "seconds": elapsed,
-                "seconds_per_step": elapsed / max(self.step - start_step, 1), "best": self.best}
+                "seconds_per_step": elapsed / max(self.step - start_step, 1), "best": self.best,
+                "data_wait_s": self.data_wait_s}

@@ -134,3 +134,28 @@ def test_unknown_select_metric_is_named(tmp_path, data) -> None:
     trainer = Trainer(UNet(CONFIG), data, config, tmp_path, val=val, progress=False)
     with pytest.raises(ValueError, match="expected select_metric among the validation keys.*--isbi-metrics"):
         trainer.fit()
+
+
+def test_a_diverging_run_stops_at_its_first_non_finite_loss_and_never_saves_it(tmp_path, data) -> None:
+    """`fit` syncs with the host only when it logs, validates or saves: the losses since the
+    last sync are checked together, the first non-finite one is named, and no checkpoint
+    written holds the diverged weights."""
+    torch.manual_seed(0)
+    config = TrainConfig(steps=200, tile=100, lr=1e4, momentum=0.9, warmup_steps=0, grad_clip=None, val_every=0,
+                         checkpoint_every=3, log_every=7, device="cpu", augment=AugmentConfig.off())
+    trainer = Trainer(UNet(CONFIG), data, config, tmp_path, progress=False)
+    with pytest.raises(FloatingPointError, match=r"expected a finite loss, got (nan|inf) at step \d+") as info:
+        trainer.fit()
+    bad = int(str(info.value).split(" at step ")[1].split(";")[0])
+    assert bad < trainer.step <= bad + 3  # found at the next sync point, not later
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in logged) and all(r["step"] <= bad for r in logged)
+    if (tmp_path / "last.safetensors").exists():
+        saved = load_checkpoint(tmp_path / "last.safetensors")
+        assert all(torch.isfinite(p).all() for p in saved.model.parameters())
+        assert saved.metadata["step"] <= bad
+
+
+def test_fit_reports_the_time_spent_waiting_for_tiles(tmp_path, data) -> None:
+    result = _trainer(tmp_path, data, 6).fit()
+    assert 0 < result["data_wait_s"] < result["seconds"]
