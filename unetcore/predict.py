@@ -35,8 +35,8 @@ from unetcore.normalization import Normalization, check_grey_range
 class PredictConfig:
     """How to tile, batch and run the model."""
 
-    tile_shape: tuple[int, ...] | None = None  # input tile; None = largest legal ≤ default_tile
-    default_tile: int = 572  # per-axis size aimed at when tile_shape is None (the paper's)
+    tile_shape: tuple[int, ...] | None = None  # input tile; None = the smallest legal one covering the image, ≤ max_tile
+    max_tile: int = 572  # with tile_shape None: the largest input tile per axis (the paper's 572 → 388 out)
     batch_size: int = 4  # tiles per forward pass
     device: str = "auto"  # "auto" (CUDA if present), "cpu", "cuda", "cuda:1", …
     amp: bool = True  # bf16 autocast on CUDA (ignored on the CPU)
@@ -67,7 +67,7 @@ class TilePlan:
     shape: tuple[int, ...]
     in_tile: tuple[int, ...]
     out_tile: tuple[int, ...]
-    context: tuple[int, ...]  # input voxels before the output window (the halo)
+    halo: tuple[int, ...]  # input voxels before the output window, per axis
     step: tuple[int, ...]
 
     @property
@@ -82,11 +82,11 @@ class TilePlan:
     def padding(self) -> list[tuple[int, int]]:
         """Mirror padding (lo, hi) per axis so that every input tile lies inside."""
         pads = []
-        for s, n, st, ctx, it in zip(
-            self.shape, self.counts, self.step, self.context, self.in_tile, strict=True
+        for s, n, st, halo, it in zip(
+            self.shape, self.counts, self.step, self.halo, self.in_tile, strict=True
         ):
-            last_end = (n - 1) * st - ctx + it
-            pads.append((ctx, max(last_end - s, 0)))
+            last_end = (n - 1) * st - halo + it
+            pads.append((halo, max(last_end - s, 0)))
         return pads
 
 
@@ -108,12 +108,12 @@ def _plan_tiles(
     lattice = geometry.phase_lattice(model_config)
     margin = tuple(hi - lo for lo, hi in geometry.exact_context(model_config))
     valid = model_config.padding == "valid"
-    context = geometry.halo(model_config) if valid else (config.same_context,) * len(shape)
+    halo = geometry.halo(model_config) if valid else (config.same_context,) * len(shape)
     if in_tile is None:
         # The smallest legal tile covering the whole image, capped at the default size.
         want = tuple(
-            min(s + m + (0 if valid else 2 * c), config.default_tile)
-            for s, m, c in zip(shape, margin, context, strict=True)
+            min(s + m + (0 if valid else 2 * c), config.max_tile)
+            for s, m, c in zip(shape, margin, halo, strict=True)
         )
         if valid:
             in_tile = geometry.input_shape_for_output(model_config, want)
@@ -123,14 +123,14 @@ def _plan_tiles(
     if valid:
         step = geometry.exact_step(model_config, in_tile)
     else:
-        out = tuple(o - 2 * c for o, c in zip(out, context, strict=True))
+        out = tuple(o - 2 * c for o, c in zip(out, halo, strict=True))
         step = tuple(o // lat * lat for o, lat in zip(out, lattice, strict=True))
     if min(step) < 1:
         raise ValueError(
             f"expected an input tile whose exact output spans at least one pooling lattice "
             f"period {lattice}, got tile {in_tile} → output {out}; use a larger tile"
         )
-    return TilePlan(tuple(shape), tuple(in_tile), tuple(out), tuple(context), step)
+    return TilePlan(tuple(shape), tuple(in_tile), tuple(out), tuple(halo), step)
 
 
 class TilePredictor:
@@ -223,8 +223,8 @@ class TilePredictor:
             (max(need_lo - lo, 0), max(need_hi - hi, 0))
             for (need_lo, need_hi), lo, hi in zip(needed, context_lo, context_hi, strict=True)
         ]
-        # Offset of the region's origin inside the padded array, minus the plan's context.
-        shift = tuple(lo + p_lo - c for lo, (p_lo, _), c in zip(context_lo, pads, plan.context, strict=True))
+        # Offset of the region's origin inside the padded array, minus the tiles' halo.
+        shift = tuple(lo + p_lo - c for lo, (p_lo, _), c in zip(context_lo, pads, plan.halo, strict=True))
         padded = [np.pad(self.normalization.apply(a, self.config.grey_range), pads, mode=geometry.MIRROR) for a in arrays]
         outputs = [np.zeros(out_shape, np.float32) for _ in arrays]
         jobs = [(i, o) for i in range(len(arrays)) for o in plan.origins()]
