@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.execute import BlockOps, RetryPolicy, run_group
 from pipeline.geometry import Roi
 from pipeline.ledger import Ledger
 from pipeline.output import Output, OutputOptions, create_output
@@ -123,36 +124,49 @@ def write_block(result: np.ndarray, plan: SegmentPlan, block_id: int, output: Ou
     output.write(plan.block(block_id).write_roi, result)
 
 
-def run_block(
-    plan: SegmentPlan,
-    block_id: int,
-    volume: Volume,
-    predictor: Any,
-    output: Output,
-    ledger: Ledger | None = None,
-) -> float:
-    """write(predict(read)), then mark the block done; returns the seconds it took.
+def open_input(plan: SegmentPlan, *, sparse: bool = False, storage_options: Mapping[str, Any] | None = None,
+               cached: bool = True) -> Any:
+    """The plan's input at its level (None and 0: the array itself), read through a chunk
+    cache (`pipeline.chunkcache`) unless ``cached`` is False: what every block path reads."""
+    from pipeline.chunkcache import CachedVolume
 
-    A failure is recorded in the ledger (block id, ROI, error) and re-raised, so the caller
-    decides about retries; a later success supersedes the failure.
-    """
-    start = time.perf_counter()
-    try:
-        data = read_block(plan, block_id, volume)
-        write_block(predict_block(data, plan, block_id, predictor), plan, block_id, output)
-    except Exception as exc:
-        if ledger is not None:
-            ledger.mark_failed(block_id, exc, plan.block(block_id).write_roi)
-        raise
-    seconds = time.perf_counter() - start
-    if ledger is not None:
-        ledger.mark_done(block_id, seconds=round(seconds, 3))
-    return seconds
+    level = plan.input_level if plan.input_level not in (None, 0) else None
+    volume = open_volume(plan.input_url, level=level, sparse=sparse, storage_options=storage_options)
+    return CachedVolume(volume) if cached else volume
+
+
+def roi_dict(roi: Roi) -> dict[str, list[int]]:
+    return {"offset": list(roi.offset), "shape": list(roi.shape)}
+
+
+def block_ops(plan: SegmentPlan, volume: Any, output: Output, ledger: Ledger | None,
+              compute: Callable[[int, Any], Any]) -> BlockOps:
+    """The stages of a segmentation block, run by `pipeline.execute.run_group`: the one
+    definition behind both the Dask task (`pipeline.segment.segment_ops`) and the
+    in-process `run_plan_locally`. ``compute(block_id, data)``: usually `predict_block`."""
+
+    def describe(block_id: int) -> dict[str, Any]:
+        block = plan.block(block_id)
+        return {"write_roi": roi_dict(block.write_roi), "read_roi": roi_dict(block.read_roi)}
+
+    return BlockOps(
+        read=lambda b: read_block(plan, b, volume),
+        compute=compute,
+        write=lambda b, result: write_block(result, plan, b, output),
+        mark_done=None if ledger is None else ledger.mark_done,
+        mark_failed=None if ledger is None else (lambda b, exc: ledger.mark_failed(b, exc, plan.block(b).write_roi)),
+        describe=describe,
+        voxels=lambda b: plan.block(b).write_roi.size,
+    )
+
+
+class BlockFailedError(RuntimeError):
+    """Blocks of an in-process run failed (each is in the ledger; ``resume=True`` redoes them)."""
 
 
 @dataclass
 class LocalRun:
-    """What `run_plan_locally` did: blocks computed, skipped as done, failed."""
+    """What `run_plan_locally` did: blocks computed, skipped as done, failed (id → error)."""
 
     computed: list[int] = field(default_factory=list)
     skipped: int = 0
@@ -195,16 +209,18 @@ def run_plan_locally(
     storage_options: Mapping[str, Any] | None = None,
     input_storage_options: Mapping[str, Any] | None = None,
     block_ids: Iterable[int] | None = None,
-    stop_on_error: bool = True,
-    on_block: Callable[[int, float], None] | None = None,
+    raise_on_error: bool = True,
 ) -> LocalRun:
-    """Run a plan block by block in this process (tests, and the bare-model baseline).
+    """Run a plan in this process through the workers' engine (`run_group`: read, compute and
+    write overlapped, the same stages as `pipeline.segment`'s Dask task): tests, and the
+    bare-model baseline.
 
     ``checkpoint``: a path or a loaded `Checkpoint` (its hash and config go into the
     provenance, with the predictor's settings); or pass a ready ``predictor``. ``resume``
     skips blocks the ledger has as done (after `pipeline.resume`'s checks; ``allow_mismatch``
     lets differing settings through); ``block_ids`` restricts the run (e.g. to simulate an
-    interrupted run).
+    interrupted run). Every block is attempted; with ``raise_on_error`` a run with failures
+    then raises `BlockFailedError` (the failures are in the ledger and the result).
     """
     if predictor is None:
         if checkpoint is None:
@@ -221,23 +237,21 @@ def run_plan_locally(
         storage_options=storage_options,
         extra_attrs=_predictor_settings(plan, predictor),
     )
-    level = plan.input_level if plan.input_level not in (None, 0) else None
-    volume = open_volume(plan.input_url, level=level, storage_options=input_storage_options)
+    volume = open_input(plan, storage_options=input_storage_options)
     ledger = Ledger(plan.output_url, plan.num_blocks, storage_options)
     ids = list(plan.block_ids() if block_ids is None else block_ids)
     todo = list(ledger.pending_ids(ids)) if resume else ids
     run = LocalRun(skipped=len(ids) - len(todo))
     start = time.perf_counter()
-    for block_id in todo:
-        try:
-            seconds = run_block(plan, block_id, volume, predictor, output, ledger)
-        except Exception as exc:
-            run.failed[block_id] = f"{type(exc).__name__}: {exc}"
-            if stop_on_error:
-                raise
-            continue
-        run.computed.append(block_id)
-        if on_block is not None:
-            on_block(block_id, seconds)
+    ops = block_ops(plan, volume, output, ledger, lambda b, data: predict_block(data, plan, b, predictor))
+    report = run_group(todo, ops, RetryPolicy())
+    run.computed = sorted(report.done)
+    run.failed = {f.block_id: f.error for f in sorted(report.failed, key=lambda f: f.block_id)}
+    if run.failed and raise_on_error:
+        first = next(iter(run.failed.items()))
+        raise BlockFailedError(
+            f"expected every block to succeed, got {len(run.failed)} failure(s) (first: block {first[0]}: {first[1]}); "
+            "each is recorded in the ledger: fix the cause and run again with resume=True"
+        )
     run.seconds = time.perf_counter() - start
     return run

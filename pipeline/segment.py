@@ -81,43 +81,25 @@ class SegmentResult:
 
 
 # -- on the workers -------------------------------------------------------------------------
-def _roi_dict(roi: Any) -> dict[str, list[int]]:
-    return {"offset": list(roi.offset), "shape": list(roi.shape)}
-
-
 def segment_ops(plugin: ModelPlugin, payload: dict[str, Any]) -> BlockOps:
-    """The stages of a segmentation block on a worker; opened things are cached per run."""
-    from pipeline.blocks import predict_block, read_block, write_block
-    from pipeline.chunkcache import CachedVolume
+    """The stages of a segmentation block on a worker (`pipeline.blocks.block_ops`, as
+    `run_plan_locally` runs them); what they open is cached per run in the plugin."""
+    from pipeline.blocks import block_ops, open_input, predict_block
     from pipeline.ledger import Ledger
     from pipeline.output import open_output
     from pipeline.plan import SegmentPlan
-    from pipeline.volume import open_volume
 
     run = payload["run"]
     plan = plugin.cached((run, "plan"), lambda: SegmentPlan.from_dict(payload["plan"]))
-    level = plan.input_level if plan.input_level not in (None, 0) else None
-    volume = plugin.cached((run, "volume"), lambda: CachedVolume(open_volume(plan.input_url, level=level, sparse=payload.get("sparse", False))))
+    volume = plugin.cached((run, "volume"), lambda: open_input(plan, sparse=payload.get("sparse", False)))
     output = plugin.cached((run, "output"), lambda: open_output(plan.output_url))
     ledger = plugin.cached((run, "ledger"), lambda: Ledger(plan.output_url, plan.num_blocks))
-
-    def describe(block_id: int) -> dict[str, Any]:
-        block = plan.block(block_id)
-        return {"write_roi": _roi_dict(block.write_roi), "read_roi": _roi_dict(block.read_roi)}
 
     def compute(block_id: int, data: Any) -> Any:
         plugin.use_threads()  # torch's thread count is per thread
         return predict_block(data, plan, block_id, plugin.predictor)
 
-    return BlockOps(
-        read=lambda b: read_block(plan, b, volume),
-        compute=compute,
-        write=lambda b, result: write_block(result, plan, b, output),
-        mark_done=ledger.mark_done,
-        mark_failed=lambda b, exc: ledger.mark_failed(b, exc, plan.block(b).write_roi),
-        describe=describe,
-        voxels=lambda b: plan.block(b).write_roi.size,
-    )
+    return block_ops(plan, volume, output, ledger, compute)
 
 
 def _peak_rss() -> int:
@@ -333,6 +315,7 @@ def _stream(
         progress.advance(len(report.done) + len(report.failed), report.voxels)
 
     def on_error(job: GroupJob, exc: BaseException) -> None:
+        from pipeline.blocks import roi_dict
         from pipeline.ledger import Ledger
 
         ledger = Ledger(plan.output_url, plan.num_blocks)
@@ -354,7 +337,7 @@ def _stream(
                     "; the worker process died on these blocks, often from running out of memory: use a "
                     "smaller --tile or --batch-size, then rerun with --resume"
                 )
-            result.failed.append(BlockFailure(b, "task", error, 1, {"write_roi": _roi_dict(roi)}))
+            result.failed.append(BlockFailure(b, "task", error, 1, {"write_roi": roi_dict(roi)}))
             try:
                 ledger.mark_failed(b, exc, roi)
             except Exception:  # the result still carries the failure

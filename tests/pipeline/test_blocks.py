@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.blocks import BlockJob, mirror_indices, predict_block, read_block, read_roi_mirrored, run_block, run_plan_locally
+from pipeline.blocks import BlockFailedError, BlockJob, block_ops, mirror_indices, open_input, predict_block, read_block, read_roi_mirrored, run_plan_locally
+from pipeline.execute import run_group
 from pipeline.geometry import Roi
 from pipeline.ledger import Ledger
 from pipeline.output import OutputOptions, create_output, open_output
@@ -87,12 +88,12 @@ def test_blocks_write_disjoint_chunks(tmp_path: Path, predictor) -> None:
     write_zarr(tmp_path / "in.zarr", volume, (2, 40, 40))
     plan = make_plan(str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr"), volume.shape, predictor.model.config, block_shape=(1, 16, 32), chunk_shape=(1, 16, 16))
     output = create_output(plan)
-    v = open_volume(plan.input_url)
+    ops = block_ops(plan, open_input(plan), output, None, lambda b, data: predict_block(data, plan, b, predictor))
     chunk_files = tmp_path / "out.zarr" / "probability" / "c"
     owners: dict[str, int] = {}
     for block_id in plan.block_ids():
         before = {p: p.stat().st_mtime_ns for p in chunk_files.rglob("*") if p.is_file()} if chunk_files.exists() else {}
-        run_block(plan, block_id, v, predictor, output)
+        assert run_group([block_id], ops).done == [block_id]
         after = {p: p.stat().st_mtime_ns for p in chunk_files.rglob("*") if p.is_file()}
         touched = {str(p) for p in after if before.get(p) != after[p]}
         assert touched and not touched & set(owners), f"block {block_id} rewrote another block's chunk"
@@ -134,13 +135,13 @@ class Exploding:
 def test_a_failing_block_is_recorded_and_raised(tmp_path: Path, predictor) -> None:
     write_zarr(tmp_path / "in.zarr", np.zeros((2, 16, 32), np.uint8), (2, 16, 32))
     plan = make_plan(str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr"), (2, 16, 32), predictor.model.config, block_shape=(1, 16, 16))
-    run = run_plan_locally(plan, predictor=Exploding(), stop_on_error=False)
+    run = run_plan_locally(plan, predictor=Exploding(), raise_on_error=False)
     assert run.computed == [] and set(run.failed) == set(range(4))
     summary = Ledger(plan.output_url, plan.num_blocks).summary()
     assert summary.done == 0 and summary.failed_ids == [0, 1, 2, 3]
     assert "CUDA out of memory" in summary.failed[0].error
     assert summary.failed[1].write_roi == {"offset": [0, 0, 16], "shape": [1, 16, 16]}
-    with pytest.raises(RuntimeError):
+    with pytest.raises(BlockFailedError, match="4 failure.*CUDA out of memory.*resume=True"):
         run_plan_locally(plan, predictor=Exploding(), resume=True)
     run = run_plan_locally(plan, predictor=predictor, resume=True)
     assert sorted(run.computed) == [0, 1, 2, 3]
