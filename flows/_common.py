@@ -261,13 +261,13 @@ def on_gpu_worker(address: str, fn: Callable[..., Any], *args: Any, timeout_s: f
 
     from distributed import Client
 
-    from pipeline.cluster import wait_for_gpu_slots
-    from pipeline.submit import GPU_RESOURCES
+    from pipeline.cluster import wait_for_slots
+    from pipeline.submit import SLOT
 
     with Client(address, timeout=timeout_s) as client:
-        wait_for_gpu_slots(client, timeout_s)
+        wait_for_slots(client, timeout_s)
         key = f"emunet-{getattr(fn, '__name__', 'call').replace('_', '-')}-{uuid.uuid4().hex[:8]}"
-        future = client.submit(fn, *args, resources=GPU_RESOURCES, pure=False, key=key, retries=0)
+        future = client.submit(fn, *args, resources=SLOT, pure=False, key=key, retries=0)
         try:
             return future.result()
         finally:

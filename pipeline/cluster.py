@@ -27,7 +27,7 @@ from typing import Any
 
 from distributed import Client, LocalCluster
 
-from pipeline.submit import GPU_RESOURCES
+from pipeline.submit import SLOT, SLOT_RESOURCE
 
 
 @dataclass(frozen=True)
@@ -81,18 +81,18 @@ def gpu_count() -> int:
         return 0
 
 
-def gpu_slots(client: Client) -> int:
+def model_slots(client: Client) -> int:
     """Sum of the ``GPU`` resource over the scheduler's workers."""
     workers = client.scheduler_info(n_workers=-1)["workers"].values()
-    return int(sum(info.get("resources", {}).get("GPU", 0) for info in workers))
+    return int(sum(info.get("resources", {}).get(SLOT_RESOURCE, 0) for info in workers))
 
 
-def wait_for_gpu_slots(client: Client, timeout_s: float) -> int:
-    """Block until at least one worker declares a ``GPU`` slot; the slot count."""
+def wait_for_slots(client: Client, timeout_s: float) -> int:
+    """Block until at least one worker declares a model slot (the ``GPU`` resource); the slot count."""
     import time
 
     deadline = time.monotonic() + timeout_s
-    while (slots := gpu_slots(client)) < 1:
+    while (slots := model_slots(client)) < 1:
         if time.monotonic() > deadline:
             workers = client.scheduler_info(n_workers=-1)["workers"]
             raise TimeoutError(
@@ -154,7 +154,7 @@ def _local_cluster(config: ClusterConfig) -> tuple[Any, str, int | None]:
         except ImportError:
             return _pinned_gpu_cluster(n, config.threads_per_worker, common), "local-gpu", config.torch_threads
         cluster = LocalCUDACluster(
-            n_workers=n, threads_per_worker=config.threads_per_worker, resources=GPU_RESOURCES, **common
+            n_workers=n, threads_per_worker=config.threads_per_worker, resources=SLOT, **common
         )
         return cluster, "local-cuda", config.torch_threads
     n = config.workers or 2
@@ -163,7 +163,7 @@ def _local_cluster(config: ClusterConfig) -> tuple[Any, str, int | None]:
         n_workers=n,
         threads_per_worker=config.threads_per_worker,
         processes=True,
-        resources=GPU_RESOURCES,
+        resources=SLOT,
         **common,
     )
     return cluster, "local-cpu", threads
@@ -180,7 +180,7 @@ def _pinned_gpu_cluster(n: int, threads: int, common: dict[str, Any]) -> Any:
             "cls": Nanny,
             "options": {
                 "nthreads": threads,
-                "resources": dict(GPU_RESOURCES),
+                "resources": dict(SLOT),
                 "env": {"CUDA_VISIBLE_DEVICES": ",".join(devices[i:] + devices[:i])},
                 "memory_limit": _memory_per_worker(n),
             },
@@ -312,10 +312,10 @@ def connect(config: ClusterConfig = ClusterConfig()) -> Iterator[Cluster]:
     if config.scheduler is not None:
         client = connect_client(config.scheduler, config.connect_timeout_s)
         with _closing(client):
-            slots = wait_for_gpu_slots(client, config.timeout_s)
+            slots = wait_for_slots(client, config.timeout_s)
             yield Cluster(client, "scheduler", slots, config.torch_threads)
         return
     cluster, kind, threads = local_cluster(config)
     with cluster, Client(cluster) as client:
-        slots = wait_for_gpu_slots(client, config.timeout_s)
+        slots = wait_for_slots(client, config.timeout_s)
         yield Cluster(client, kind, slots, threads)

@@ -263,13 +263,13 @@ def _run(
 ) -> None:
     """Fit the tile to the workers' memory, scan a float input, register the model plugin,
     create the output, stream the groups into `result`."""
-    from pipeline.cluster import wait_for_gpu_slots
+    from pipeline.cluster import wait_for_slots
     from pipeline.finite import check_finite
     from pipeline.memory import fit_tile, worker_budget
     from pipeline.plan import SegmentPlan
 
     plan = SegmentPlan.from_dict(payload["plan"])
-    result.cluster, result.slots = kind, wait_for_gpu_slots(client, config.timeout_s)
+    result.cluster, result.slots = kind, wait_for_slots(client, config.timeout_s)
     budgets = client.run(worker_budget, config.device)
     fitted = fit_tile(
         checks.model_config, checks.tile, budgets, batch=checks.batch, chosen=config.tile_shape is not None,

@@ -10,7 +10,7 @@ return_when="FIRST_COMPLETED")``, with a timeout, so that a lost scheduler is no
 Every task is submitted on its own with ``client.submit(..., resources={"GPU": 1},
 pure=False, key=...)``: never through a collection's graph, whose optimisation can fuse
 tasks and drop the resource annotation (dask#7036, dask#10325). The restriction makes the
-scheduler run at most one block task per GPU slot.
+scheduler run at most one block task per model slot (`SLOT`: a GPU, or a CPU worker).
 
 If the client loses its scheduler (the scheduler process died, the network went away),
 distributed cancels every future in flight ("scheduler-connection-lost"), fetching a
@@ -31,7 +31,12 @@ from typing import Any
 
 from distributed import Client, Future, wait
 
-GPU_RESOURCES: dict[str, float] = {"GPU": 1}  # one block task per GPU (or CPU slot)
+# The Dask resource a block task asks for: one *model slot*. A worker declares one slot per
+# device it runs the model on: its GPU, or on a CPU-only cluster its CPU. The resource keeps
+# the name "GPU" because that is what deployments declare (`dask worker --resources GPU=1`,
+# deploy/); in the code it is a slot, whatever the device.
+SLOT_RESOURCE = "GPU"
+SLOT: dict[str, float] = {SLOT_RESOURCE: 1}
 LOST_REASON = "scheduler-connection-lost"  # distributed's reason for the futures it drops
 WAIT_S = 1.0  # while no task finishes, how often the loop looks at the client
 POLL_S = 0.02  # how often `_connection_lost` looks at the client during its grace time
@@ -54,9 +59,9 @@ class SubmitStats:
 
 
 def default_in_flight(client: Client, per_slot: int = 3) -> int:
-    """``per_slot`` × the cluster's GPU slots (at least 2): enough to keep every slot fed."""
+    """``per_slot`` × the cluster's model slots (at least 2): enough to keep every slot fed."""
     slots = sum(
-        info.get("resources", {}).get("GPU", 0) for info in client.scheduler_info(n_workers=-1)["workers"].values()
+        info.get("resources", {}).get(SLOT_RESOURCE, 0) for info in client.scheduler_info(n_workers=-1)["workers"].values()
     )
     return max(2, int(per_slot * max(slots, 1)))
 
@@ -82,7 +87,7 @@ def submit_bounded(
     """
     if max_in_flight < 1:
         raise ValueError(f"Expected max_in_flight ≥ 1. Got {max_in_flight} instead.")
-    resources = GPU_RESOURCES if resources is None else resources
+    resources = SLOT if resources is None else resources
     run = uuid.uuid4().hex[:8]
     stats = SubmitStats()
     source = iter(items)

@@ -25,7 +25,7 @@ import sys
 import time
 from typing import Any
 
-GPU_RESOURCES = {"GPU": 1}  # one block task at a time per worker (= per GPU)
+SLOT = {"GPU": 1}  # the model slot: one block task at a time per worker (= per GPU); named "GPU" in Dask
 
 
 def visible_gpus() -> int:
@@ -69,7 +69,7 @@ def start_cluster(
         "dashboard_address": dashboard_address,
         "threads_per_worker": 1,
         "local_directory": local_directory,
-        "resources": dict(GPU_RESOURCES),
+        "resources": dict(SLOT),
     }
     if memory_limit != "auto":  # LocalCluster splits the memory among workers only by default
         common["memory_limit"] = memory_limit

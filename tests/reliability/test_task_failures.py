@@ -30,7 +30,7 @@ def test_a_task_killed_after_some_blocks_fails_only_the_rest(tmp_path, checkpoin
 
     from pipeline.ledger import Ledger
     from pipeline.segment import SegmentConfig, segment
-    from pipeline.submit import GPU_RESOURCES
+    from pipeline.submit import SLOT
     from unetcore.synthetic import synthetic_em_volume
 
     inp = write_zarr(tmp_path / "in.zarr", synthetic_em_volume(SHAPE, seed=3).image, (1, 96, 96))
@@ -39,7 +39,7 @@ def test_a_task_killed_after_some_blocks_fails_only_the_rest(tmp_path, checkpoin
                            device="cpu", retries=1)  # fmt: skip
     # No second try of a task whose worker died: its blocks come back as a task failure.
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, resources=GPU_RESOURCES,
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, resources=SLOT,
                                dashboard_address=None)  # fmt: skip
     with cluster, Client(cluster) as client:
         pid = next(iter(client.run(os.getpid).values()))
