@@ -393,8 +393,8 @@ def bench_monai(args: argparse.Namespace, workdir: Path, checkpoint: Path) -> di
     t0 = time.perf_counter()
     tiled = ours.predict_stack(image)
     t_ours = time.perf_counter() - t0
-    whole_tile = max(ours.config.max_tile, image.shape[1] + 200, image.shape[2] + 200)
-    whole = TilePredictor(ckpt.model, ckpt.normalization, PredictConfig(batch_size=1, max_tile=whole_tile)).predict_stack(image)
+    whole_tile = max(ours.config.max_out_tile, image.shape[1] + 200, image.shape[2] + 200)
+    whole = TilePredictor(ckpt.model, ckpt.normalization, PredictConfig(batch_size=1, max_out_tile=whole_tile)).predict_stack(image)
     in_tile = tiles_for_block(ckpt.config, image.shape[1:], ours.config.tile_shape, ours.config)[1]
 
     # MONAI: a same-padded U-Net of equal depth and width, gaussian blending, overlap 0.25

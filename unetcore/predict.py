@@ -35,8 +35,8 @@ from unetcore.normalization import Normalization, check_grey_range
 class PredictConfig:
     """How to tile, batch and run the model."""
 
-    tile_shape: tuple[int, ...] | None = None  # input tile; None = the smallest legal one covering the image, ≤ max_tile
-    max_tile: int = 572  # with tile_shape None: the largest input tile per axis (the paper's 572 → 388 out)
+    tile_shape: tuple[int, ...] | None = None  # input tile; None = the smallest legal one whose output covers the image, ≤ max_out_tile
+    max_out_tile: int = 572  # with tile_shape None: the largest *output* tile per axis (its input is ~184 more for the paper's depth)
     batch_size: int = 4  # tiles per forward pass
     device: str = "auto"  # "auto" (CUDA if present), "cpu", "cuda", "cuda:1", …
     amp: bool = True  # bf16 autocast on CUDA (ignored on the CPU)
@@ -110,9 +110,9 @@ def _plan_tiles(
     valid = model_config.padding == "valid"
     halo = geometry.halo(model_config) if valid else (config.same_context,) * len(shape)
     if in_tile is None:
-        # The smallest legal tile covering the whole image, capped at the default size.
+        # The smallest legal tile whose output covers the whole image, that output capped at max_out_tile.
         want = tuple(
-            min(s + m + (0 if valid else 2 * c), config.max_tile)
+            min(s + m + (0 if valid else 2 * c), config.max_out_tile)
             for s, m, c in zip(shape, margin, halo, strict=True)
         )
         if valid:

@@ -34,5 +34,5 @@ def test_segment_the_real_isbi_test_volume(isbi_dir: Path, tmp_path: Path) -> No
     # Blocked on Dask = the whole-slice prediction of the same model, on real slices.
     raw = tifffile.imread(source)
     ckpt = load_checkpoint(DEMO_MODEL)
-    whole = TilePredictor(ckpt.model, ckpt.normalization, PredictConfig(max_tile=1024)).predict_stack(raw[[0, 17]])
+    whole = TilePredictor(ckpt.model, ckpt.normalization, PredictConfig(max_out_tile=1024)).predict_stack(raw[[0, 17]])
     np.testing.assert_allclose(prob.values[[0, 17]], whole, atol=1e-5)

@@ -36,8 +36,8 @@ MODELS = {up: _model(up) for up in ("upconv", "transposed")}
 def test_tiled_equals_whole(h, w, tile_y, tile_x, batch, upsampling, seed) -> None:
     model = MODELS[upsampling]
     image = np.random.default_rng(seed).integers(0, 256, (h, w)).astype(np.uint8)
-    whole = TilePredictor(model, Normalization(), PredictConfig(max_tile=4096)).predict(image)
-    plan = plan_tiles(model.config, image.shape, None, PredictConfig(max_tile=4096))
+    whole = TilePredictor(model, Normalization(), PredictConfig(max_out_tile=4096)).predict(image)
+    plan = plan_tiles(model.config, image.shape, None, PredictConfig(max_out_tile=4096))
     assert len(list(plan.origins())) == 1  # really one pass
     tiled = TilePredictor(model, Normalization(), PredictConfig(tile_shape=(tile_y, tile_x), batch_size=batch)).predict(image)
     np.testing.assert_allclose(tiled, whole, atol=2e-5)
@@ -49,7 +49,7 @@ def test_tiled_equals_whole(h, w, tile_y, tile_x, batch, upsampling, seed) -> No
 def test_region_with_exact_context_equals_whole(upsampling: str) -> None:
     model = MODELS[upsampling]
     image = np.random.default_rng(0).integers(0, 256, (70, 90)).astype(np.uint8)
-    whole = TilePredictor(model, Normalization(), PredictConfig(max_tile=4096)).predict(image)
+    whole = TilePredictor(model, Normalization(), PredictConfig(max_out_tile=4096)).predict(image)
     (lo_y, hi_y), (lo_x, hi_x) = geometry.exact_context(model.config)
     big = np.pad(image, 200, mode="symmetric")
     predictor = TilePredictor(model, Normalization(), PredictConfig(tile_shape=(108, 116)))
@@ -100,7 +100,7 @@ def test_3d_model_tiles_exactly() -> None:
     config = preset("aniso3d").replace(depth=2, base_channels=2, pool_factors=((1, 2, 2), (2, 2, 2)))
     model = UNet(config).eval()
     vol = np.random.default_rng(0).integers(0, 256, (9, 30, 34)).astype(np.uint8)
-    whole = TilePredictor(model, Normalization(), PredictConfig(max_tile=4096)).predict(vol)
+    whole = TilePredictor(model, Normalization(), PredictConfig(max_out_tile=4096)).predict(vol)
     smallest = geometry.smallest_input_shape(config)
     tile = tuple(s + 2 * lat for s, lat in zip(smallest, geometry.phase_lattice(config)))
     tiled = TilePredictor(model, Normalization(), PredictConfig(tile_shape=tile)).predict(vol)
