@@ -1,0 +1,131 @@
+"""Benchmark: `segment` end to end ÷ the best way to run the bare model on the same cores.
+
+One run measures, side by side, on the same machine, model and volume:
+
+* **bare, one process**: the model alone (forward + softmax, no I/O, no pipeline) on every
+  tile the volume needs at the best tile (the largest legal input tile ≤ 572, the paper's,
+  output tiles covering each slice), in one process with all cores as torch threads;
+* **bare, one process per worker**: the same tiles split over ``--workers`` processes
+  running at the same time, one torch thread each (what a CPU cluster of single-threaded
+  workers can do at best);
+* **segment**: `pipeline.segment.segment` on a local cluster of ``--workers`` workers with
+  the pipeline's defaults (blocks, tiles, batch, output dtype, one thread per worker), from
+  the call to the result (cluster start, model load, reads, writes, ledger): the user's
+  end-to-end figure, and its steady rate (first task to last result).
+
+The headline is **segment end to end ÷ the better bare figure** (voxels of the volume per
+second on both sides). Goal (issue #15): ≥ 0.9 on CPU.
+
+    python bench/bench_efficiency.py [--checkpoint models/isbi2012.safetensors] [--shape 12 1024 1024] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def best_tile(checkpoint: Path, yx: tuple[int, int], batch: int) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+    """(input tile, output step, tiles per slice) of the predictor's own choice for a whole slice."""
+    from unetcore.checkpoint import load_checkpoint
+    from unetcore.predict import PredictConfig, plan_tiles
+
+    ckpt = load_checkpoint(checkpoint)
+    plan = plan_tiles(ckpt.config, yx, None, PredictConfig(batch_size=batch))
+    return plan.in_tile, plan.step, math.prod(plan.counts)
+
+
+def _bare_worker(checkpoint: str, in_tile: tuple[int, ...], tiles: int, batch: int, threads: int, start, out) -> None:
+    """In a fresh process: warm up, wait for the others, then run ``tiles`` tiles; seconds."""
+    import torch
+
+    from unetcore.checkpoint import load_checkpoint
+
+    torch.set_num_threads(threads)
+    model = load_checkpoint(checkpoint).model.eval()
+    x = torch.rand(batch, 1, *in_tile)
+    with torch.inference_mode():
+        torch.softmax(model(x), 1)[:, 1].numpy()  # warm-up
+        start.wait()  # every process starts timing together
+        t0 = time.perf_counter()
+        done = 0
+        while done < tiles:
+            n = min(batch, tiles - done)
+            torch.softmax(model(x[:n]), 1)[:, 1].numpy()
+            done += n
+        out.put(time.perf_counter() - t0)
+
+
+def bare(checkpoint: Path, in_tile: tuple[int, ...], tiles: int, batch: int, processes: int, threads: int) -> float:
+    """Wall seconds for ``tiles`` tiles split over ``processes`` concurrent processes."""
+    ctx = mp.get_context("spawn")
+    start, out = ctx.Barrier(processes), ctx.Queue()
+    share = [tiles // processes + (1 if i < tiles % processes else 0) for i in range(processes)]
+    procs = [ctx.Process(target=_bare_worker, args=(str(checkpoint), in_tile, n, batch, threads, start, out)) for n in share]
+    for p in procs:
+        p.start()
+    seconds = [out.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return max(seconds)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, default=ROOT / "models" / "isbi2012.safetensors")
+    p.add_argument("--shape", type=int, nargs=3, default=(12, 1024, 1024), metavar=("Z", "Y", "X"))
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workdir", type=Path, default=None)
+    args = p.parse_args()
+
+    from bench.bench_pipeline import make_volume
+    from pipeline.segment import SegmentConfig, segment
+
+    shape = tuple(args.shape)
+    voxels = math.prod(shape)
+    cores = os.cpu_count() or 1
+    config = SegmentConfig(workers=args.workers, progress=False, overwrite=True)
+    in_tile, step, per_slice = best_tile(args.checkpoint, shape[1:], config.batch_size)
+    tiles = per_slice * shape[0]
+    print(f"{_dt.date.today()} {platform.machine()}, {cores} CPU cores, Python {platform.python_version()}, "
+          f"load {os.getloadavg()[0]:.2f}; model {args.checkpoint.name}; volume {shape} uint8 (synthetic EM)")
+    print(f"bare: tile {in_tile} → step {step}, {per_slice} tiles per slice, {tiles} tiles, batch {config.batch_size}")
+
+    one = bare(args.checkpoint, in_tile, tiles, config.batch_size, 1, cores)
+    many = bare(args.checkpoint, in_tile, tiles, config.batch_size, args.workers, 1)
+    rows = {"bare, 1 process × %d threads" % cores: voxels / one,
+            "bare, %d processes × 1 thread" % args.workers: voxels / many}
+    best = max(rows.values())
+
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        src = make_volume(Path(tmp) / "in.zarr", shape, (min(8, shape[0]), 512, 512))
+        t0 = time.perf_counter()
+        result = segment(src, Path(tmp) / "out.zarr", args.checkpoint, config)
+        e2e = time.perf_counter() - t0
+    assert result.ok, result.failed
+    rows[f"segment, {args.workers} workers × 1 thread, end to end"] = voxels / e2e
+    rows[f"segment, steady (first task to last result)"] = result.steady_voxels_per_second
+    for name, rate in rows.items():
+        print(f"  {name:48s} {rate / 1e6:8.3f} Mvox/s   ÷ best bare {rate / best:.3f}")
+    print(json.dumps({"efficiency_end_to_end": round(voxels / e2e / best, 3),
+                      "efficiency_steady": round(result.steady_voxels_per_second / best, 3),
+                      "segment_seconds": round(e2e, 2), "run_seconds": round(result.run_seconds, 2),
+                      "stage_seconds": result.stage_seconds, "blocks": result.total_blocks,
+                      "blocks_per_task": result.blocks_per_task, "bare_seconds": {"one_process": round(one, 2), "per_worker": round(many, 2)},
+                      "load_end": round(os.getloadavg()[0], 2)}))
+
+
+if __name__ == "__main__":
+    main()
