@@ -225,26 +225,36 @@ class TilePredictor:
         ]
         # Offset of the region's origin inside the padded array, minus the tiles' halo.
         shift = tuple(lo + p_lo - c for lo, (p_lo, _), c in zip(context_lo, pads, plan.halo, strict=True))
-        padded = [np.pad(self.normalization.apply(a, self.config.grey_range), pads, mode=geometry.MIRROR) for a in arrays]
-        outputs = [np.zeros(out_shape, np.float32) for _ in arrays]
+        # Normalised and mirrored once per region; on CUDA the region goes to the device once
+        # (from pinned memory), tiles are cut out there, and the probabilities are assembled
+        # there too: one copy in and one copy out per region, no host sync per batch.
+        padded = [self._to_device(np.pad(self.normalization.apply(a, self.config.grey_range), pads, mode=geometry.MIRROR))
+                  for a in arrays]  # fmt: skip
+        outputs = [torch.zeros(out_shape, dtype=torch.float32, device=self.device) for _ in arrays]
         jobs = [(i, o) for i in range(len(arrays)) for o in plan.origins()]
         for start in range(0, len(jobs), self.config.batch_size):
             batch = jobs[start : start + self.config.batch_size]
-            tiles = np.stack(
+            tiles = torch.stack(
                 [self._input_tile(padded[i], tuple(a + b for a, b in zip(o, shift, strict=True)), plan) for i, o in batch]
             )
             probs = self._forward(tiles, class_index)
             for (i, origin), prob in zip(batch, probs, strict=True):
                 self._write(outputs[i], prob, origin, plan)
-        return outputs
+        return [out.cpu().numpy() for out in outputs]
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        if self.device.type != "cuda":
+            return tensor
+        return tensor.pin_memory().to(self.device, non_blocking=True)
 
     @staticmethod
-    def _input_tile(padded: np.ndarray, origin: tuple[int, ...], plan: TilePlan) -> np.ndarray:
+    def _input_tile(padded: torch.Tensor, origin: tuple[int, ...], plan: TilePlan) -> torch.Tensor:
         # Padded coordinates = image coordinates + context, so the input starts at `origin`.
         return padded[tuple(slice(o, o + n) for o, n in zip(origin, plan.in_tile, strict=True))]
 
     @staticmethod
-    def _write(out: np.ndarray, prob: np.ndarray, origin: tuple[int, ...], plan: TilePlan) -> None:
+    def _write(out: torch.Tensor, prob: torch.Tensor, origin: tuple[int, ...], plan: TilePlan) -> None:
         dst, src = [], []
         for o, st, s in zip(origin, plan.step, out.shape, strict=True):
             n = min(st, s - o)
@@ -253,8 +263,9 @@ class TilePredictor:
         out[tuple(dst)] = prob[tuple(src)]
 
     @torch.inference_mode()
-    def _forward(self, tiles: np.ndarray, class_index: int) -> np.ndarray:
-        x = torch.from_numpy(tiles[:, None]).to(self.device, non_blocking=True)
+    def _forward(self, tiles: torch.Tensor | np.ndarray, class_index: int) -> torch.Tensor:
+        """Class probabilities of a batch of tiles (on the predictor's device; stays there)."""
+        x = torch.as_tensor(tiles)[:, None].to(self.device, non_blocking=True)
         if self.device.type == "cuda" and self.config.channels_last and self.dims == 2:
             x = x.contiguous(memory_format=torch.channels_last)
         use_amp = self.config.amp and self.device.type == "cuda"
@@ -270,11 +281,11 @@ class TilePredictor:
             del x
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-            raise memory.oom_error(oom, self.model.config, tiles.shape[1:], batch=len(tiles), device=str(self.device))
+            raise memory.oom_error(oom, self.model.config, tuple(tiles.shape[1:]), batch=len(tiles), device=str(self.device))
         probs = torch.softmax(logits.float(), dim=1)[:, class_index]
         if self.model.config.padding == "same":
             probs = probs[(slice(None),) + tuple(slice(c, -c or None) for c in self._same_context())]
-        return probs.cpu().numpy()
+        return probs
 
     def _same_context(self) -> tuple[int, ...]:
         return (self.config.same_context,) * self.dims
