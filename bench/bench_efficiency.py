@@ -3,8 +3,9 @@
 One run measures, side by side, on the same machine, model and volume:
 
 * **bare, one process**: the model alone (forward + softmax, no I/O, no pipeline) on every
-  tile the volume needs at the best tile (the largest legal input tile ≤ 572, the paper's,
-  output tiles covering each slice), in one process with all cores as torch threads;
+  tile the volume needs at the predictor's own tile for a whole slice (output capped at 572
+  per axis), in one process with all cores as torch threads, with the glibc heap settings
+  the workers use (`pipeline.worker.keep_large_buffers`);
 * **bare, one process per worker**: the same tiles split over ``--workers`` processes
   running at the same time, one torch thread each (what a CPU cluster of single-threaded
   workers can do at best);
@@ -51,8 +52,10 @@ def _bare_worker(checkpoint: str, in_tile: tuple[int, ...], tiles: int, batch: i
     """In a fresh process: warm up, wait for the others, then run ``tiles`` tiles; seconds."""
     import torch
 
+    from pipeline.worker import keep_large_buffers
     from unetcore.checkpoint import load_checkpoint
 
+    keep_large_buffers()  # the heap settings a worker runs with (1.5–1.8× on CPU): the bare side gets them too
     torch.set_num_threads(threads)
     model = load_checkpoint(checkpoint).model.eval()
     x = torch.rand(batch, 1, *in_tile)
