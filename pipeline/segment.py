@@ -368,10 +368,24 @@ def _stream(
     finally:
         progress.close()
     result.run_seconds = time.perf_counter() - t0
+    _roll_up(plan)
     result.peak_in_flight = stats.peak_in_flight
     result.stage_seconds = {k: round(v, 3) for k, v in stages.items()}
     result.failed.sort(key=lambda f: f.block_id)
     result.worker_peak_rss = client.run(_peak_rss)
+
+
+def _roll_up(plan: Any) -> None:
+    """Write the ledger's roll-ups of the groups this run completed (one listing of each
+    group not yet rolled up), so that `emunet status` and ``--resume`` read one object per
+    10,000 blocks afterwards: 0.6 s instead of 7.4 s for the first status of a 10^6-block
+    output on local disk (`bench/bench_status.py`). Best effort: the run's result stands."""
+    from pipeline.ledger import Ledger
+
+    try:
+        Ledger(plan.output_url, plan.num_blocks).done_mask()
+    except Exception:  # the markers are the truth; a later reader rolls up instead
+        logger.warning("could not roll up the ledger of %s", plan.output_url, exc_info=True)
 
 
 def describe_result(result: SegmentResult) -> str:

@@ -85,6 +85,7 @@ def test_blocked_output_equals_whole_volume_prediction(volume, checkpoint, sched
     assert set(new.values()) == {1}, f"the model must load once per worker: {new}"
     assert set(result.stage_seconds) == {"read", "compute", "write", "wall"}
     np.testing.assert_allclose(stored(out), expected, atol=1e-5)
+    assert (out / "ledger" / "rollup" / "0.json").is_file()  # rolled up by the run: status reads one object
     assert Ledger(str(out), 12).summary().complete
     assert "12 blocks written" in describe_result(result)
 
@@ -102,6 +103,7 @@ def test_failing_block_is_reported_and_resume_finishes_the_rest(volume, checkpoi
     assert first.computed == 8 and sorted(failed) == [4, 5, 6, 7]
     assert all(f.stage == "read" and f.tries == 1 and "decompression" in f.error for f in failed.values())
     assert failed[5].where["write_roi"] == {"offset": [2, 0, 40], "shape": [2, 48, 40]}
+    assert not (out / "ledger" / "rollup" / "0.json").exists()  # an incomplete group is never rolled up
     summary = Ledger(str(out), 12).summary()
     assert summary.done == 8 and summary.failed_ids == [4, 5, 6, 7]
 
