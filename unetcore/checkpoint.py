@@ -150,7 +150,11 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], st
 def _parse_header(path: Path, f: Any, size: int) -> dict[str, Any]:
     """The emunet header of the safetensors file open as ``f`` (binary, at its start)."""
     head = f.read(8)
-    if head[:1] in _PICKLE_MAGIC or head[:4] in _PICKLE_MAGIC:
+    header_len = int.from_bytes(head, "little") if len(head) == 8 else 0
+    # A safetensors file: 8 bytes of header length, then a JSON object. Decide on that first:
+    # the length's low byte may well be 0x80, the first byte of a pickle.
+    safetensors = 0 < header_len and 8 + header_len <= size and f.read(1) == b"{"
+    if not safetensors and (head[:1] in _PICKLE_MAGIC or head[:4] in _PICKLE_MAGIC):
         raise CheckpointError(
             f"expected a safetensors checkpoint, got a pickle/torch.save file at {path}; "
             "emunet never unpickles (it can run code). Load it once in a trusted "
@@ -158,12 +162,12 @@ def _parse_header(path: Path, f: Any, size: int) -> dict[str, Any]:
         )
     if len(head) < 8:
         raise CheckpointError(f"expected a safetensors checkpoint, got a truncated file at {path}")
-    header_len = int.from_bytes(head, "little")
-    if header_len <= 0 or 8 + header_len > size:
+    if not safetensors:
         raise CheckpointError(
             f"expected a safetensors header of ≤ {size - 8} bytes, got a length of {header_len} "
             f"at {path} (truncated or not a safetensors file)"
         )
+    f.seek(8)
     try:
         raw = json.loads(f.read(header_len))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
