@@ -15,8 +15,8 @@ import pytest
 
 from tests.reliability.conftest import wait_for, write_zarr
 
-SHAPE = (12, 96, 96)
-BLOCK = (1, 96, 96)  # 12 blocks, 4 per task: 3 tasks
+SHAPE = (12, 288, 288)
+BLOCK = (1, 288, 288)  # 12 blocks, 4 per task: 3 tasks; a block takes long enough (~0.1 s) to kill a task mid-way
 
 
 def _done(out: Path) -> set[int]:
@@ -33,7 +33,7 @@ def test_a_task_killed_after_some_blocks_fails_only_the_rest(tmp_path, checkpoin
     from pipeline.submit import SLOT
     from unetcore.synthetic import synthetic_em_volume
 
-    inp = write_zarr(tmp_path / "in.zarr", synthetic_em_volume(SHAPE, seed=3).image, (1, 96, 96))
+    inp = write_zarr(tmp_path / "in.zarr", synthetic_em_volume(SHAPE, seed=3).image, (1, 288, 288))
     out = tmp_path / "out.zarr"
     config = SegmentConfig(block_shape=BLOCK, blocks_per_task=4, max_in_flight=1, progress=False, torch_threads=1,
                            device="cpu", retries=1)  # fmt: skip
