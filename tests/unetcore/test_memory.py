@@ -151,3 +151,18 @@ def test_other_forward_errors_pass_through_unchanged() -> None:
     with pytest.raises(RuntimeError) as info:
         predictor._forward(np.zeros((1, 116, 116), np.float64), 1)  # float64 into float32 weights
     assert not isinstance(info.value, memory.TileMemoryError)
+
+
+@pytest.mark.parametrize("name", ["paper", "cpu", "tiny", "aniso3d"])
+def test_the_parameter_count_from_the_config_is_the_models(name) -> None:
+    """`_param_count` counts from the config (no model built: the meta device's first use cost
+    a client 1.1 s); it must equal the built model's, for odd variants too."""
+    from unetcore.memory import _param_count
+
+    base = preset(name)
+    variants = [base, base.replace(upsampling="transposed"), base.replace(base_channels=3),
+                base.replace(in_channels=2, num_classes=3)]
+    if base.pool_factors is None:  # explicit pool factors fix the depth
+        variants.append(base.replace(depth=2))
+    for config in variants:
+        assert _param_count(config) == sum(p.numel() for p in UNet(config).parameters()), config
