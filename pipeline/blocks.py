@@ -124,15 +124,13 @@ def write_block(result: np.ndarray, plan: SegmentPlan, block_id: int, output: Ou
     output.write(plan.block(block_id).write_roi, result)
 
 
-def open_input(plan: SegmentPlan, *, sparse: bool = False, storage_options: Mapping[str, Any] | None = None,
-               cached: bool = True) -> Any:
+def open_input(plan: SegmentPlan, *, sparse: bool = False, storage_options: Mapping[str, Any] | None = None) -> Any:
     """The plan's input at its level (None and 0: the array itself), read through a chunk
-    cache (`pipeline.chunkcache`) unless ``cached`` is False: what every block path reads."""
+    cache (`pipeline.chunkcache`): what every block path reads."""
     from pipeline.chunkcache import CachedVolume
 
     level = plan.input_level if plan.input_level not in (None, 0) else None
-    volume = open_volume(plan.input_url, level=level, sparse=sparse, storage_options=storage_options)
-    return CachedVolume(volume) if cached else volume
+    return CachedVolume(open_volume(plan.input_url, level=level, sparse=sparse, storage_options=storage_options))
 
 
 def roi_dict(roi: Roi) -> dict[str, list[int]]:

@@ -27,7 +27,7 @@ from typing import Any
 
 from distributed import Client, LocalCluster
 
-from pipeline.submit import SLOT, SLOT_RESOURCE
+from pipeline.submit import SLOT, model_slots
 
 
 @dataclass(frozen=True)
@@ -79,12 +79,6 @@ def gpu_count() -> int:
         return torch.cuda.device_count() if torch.cuda.is_available() else 0
     except Exception:  # pragma: no cover - a broken driver counts as no GPU
         return 0
-
-
-def model_slots(client: Client) -> int:
-    """Sum of the ``GPU`` resource over the scheduler's workers."""
-    workers = client.scheduler_info(n_workers=-1)["workers"].values()
-    return int(sum(info.get("resources", {}).get(SLOT_RESOURCE, 0) for info in workers))
 
 
 def wait_for_slots(client: Client, timeout_s: float) -> int:

@@ -58,12 +58,15 @@ class SubmitStats:
     keys: list[str] = field(default_factory=list)  # the first few keys (for inspection)
 
 
+def model_slots(client: Client) -> int:
+    """Sum of the slot resource (``GPU``) over the scheduler's workers."""
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    return int(sum(info.get("resources", {}).get(SLOT_RESOURCE, 0) for info in workers))
+
+
 def default_in_flight(client: Client, per_slot: int = 3) -> int:
     """``per_slot`` × the cluster's model slots (at least 2): enough to keep every slot fed."""
-    slots = sum(
-        info.get("resources", {}).get(SLOT_RESOURCE, 0) for info in client.scheduler_info(n_workers=-1)["workers"].values()
-    )
-    return max(2, int(per_slot * max(slots, 1)))
+    return max(2, int(per_slot * max(model_slots(client), 1)))
 
 
 def submit_bounded(

@@ -129,10 +129,9 @@ def _sum_pairs(g: np.ndarray, s: np.ndarray, c: np.ndarray | None) -> tuple[np.n
 
 def merge_tables(tables: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sum sparse tables: equal (g, s) pairs added."""
-    g = np.concatenate([t[0] for t in tables]).astype(np.uint64)
-    s = np.concatenate([t[1] for t in tables]).astype(np.uint64)
-    c = np.concatenate([t[2] for t in tables]).astype(np.int64)
-    return _sum_pairs(g, s, c.astype(np.float64))
+    g = np.concatenate([t[0] for t in tables])
+    s = np.concatenate([t[1] for t in tables])
+    return _sum_pairs(g, s, np.concatenate([t[2] for t in tables]).astype(np.float64))
 
 
 BLOCK_VOXELS = 1 << 21  # ~2 Mvoxel a task: a leaf's peak (two uint64 blocks + renumbered copies) ≈ 150 MB
