@@ -28,11 +28,15 @@ def put_object(fs: Any, key: str, data: bytes, *, remote: bool) -> None:
     path = Path(key)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        tmp.write_bytes(data)
-    except FileNotFoundError:  # the first marker of its directory (a mkdir per marker costs more)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-    os.replace(tmp, path)  # atomic on a local file system
+        try:
+            tmp.write_bytes(data)
+        except FileNotFoundError:  # the first object of its directory (a mkdir per object costs more)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
+        os.replace(tmp, path)  # atomic on a local file system
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no temporary file left behind
+        raise
 
 
 __all__ = ["put_marker", "put_object"]

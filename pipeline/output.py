@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.chunkwrite import ChunkWriter
 from pipeline.dtypes import OUTPUT_DTYPES
 from pipeline.geometry import Roi
 from pipeline.labels import LABELS_GROUP, MASK_LABEL_ARRAY, create_mask_labels
@@ -174,22 +175,34 @@ class Output:
     options: OutputOptions
     _arrays: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    _writers: dict[str, ChunkWriter | None] = field(default_factory=dict, repr=False)
+
     def array(self, name: str) -> Any:
         if name not in self._arrays:
             self._arrays[name] = self.group[name].with_config(DENSE)
         return self._arrays[name]
 
+    def put(self, name: str, roi: Roi, data: np.ndarray) -> None:
+        """Store ``data`` in the whole chunks of ``roi`` of array ``name``: encoded in this
+        thread where `pipeline.chunkwrite` can (a local store), through zarr otherwise."""
+        if name not in self._writers:
+            self._writers[name] = ChunkWriter.for_array(self.array(name))
+        writer = self._writers[name]
+        if writer is None:
+            self.array(name)[roi.to_slices()] = data
+        else:
+            writer.write(roi, data)
+
     def write(self, roi: Roi, probability: np.ndarray) -> None:
         """Write float32 probabilities of ``roi`` (chunk-aligned: whole chunks only)."""
         if tuple(probability.shape) != tuple(roi.shape):
             raise ValueError(f"expected a result of shape {tuple(roi.shape)} for {roi}, got {probability.shape}")
-        slices = roi.to_slices()
-        self.array(self.options.name)[slices] = to_output_dtype(probability, self.options.dtype)
+        self.put(self.options.name, roi, to_output_dtype(probability, self.options.dtype))
         if self.options.mask:
             mask = (probability >= np.float32(self.options.mask_threshold)).astype(np.uint8)
-            self.array("mask")[slices] = mask
+            self.put("mask", roi, mask)
             if MASK_LABEL_ARRAY in self._arrays or MASK_LABEL_ARRAY in self.group:  # older outputs lack it
-                self.array(MASK_LABEL_ARRAY)[slices] = mask
+                self.put(MASK_LABEL_ARRAY, roi, mask)
 
     def read(self, roi: Roi | None = None) -> np.ndarray:
         """Stored probabilities of ``roi`` (default: everything) as float32."""
