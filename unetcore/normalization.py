@@ -66,6 +66,20 @@ class Normalization:
             scaled = (np.asarray(image, dtype=np.float32) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
         return (scaled - np.float32(self.mean)) / np.float32(self.std)
 
+    def apply_tensor(self, tensor: Any, source_dtype: np.dtype, grey_range: tuple[float, float] | None = None) -> Any:
+        """`apply` on a torch tensor of raw grey values of ``source_dtype``, on its device:
+        the same float32 operations in the same order (on a GPU a scalar division may round
+        in the last bit)."""
+        import torch
+
+        x = tensor.to(torch.float32)
+        if grey_range is None:
+            x = x * float(np.float32(dtype_scale(source_dtype)))
+        else:
+            lo, hi = check_grey_range(grey_range)  # type: ignore[misc]
+            x = (x - float(np.float32(lo))) * float(np.float32(1.0 / (hi - lo)))
+        return (x - float(np.float32(self.mean))) / float(np.float32(self.std))
+
     @classmethod
     def fit(cls, images: list[np.ndarray] | np.ndarray) -> Normalization:
         """Mean and std of the training images' [0, 1] grey values."""

@@ -118,3 +118,46 @@ def test_the_tile_plan_is_computed_once_per_shape() -> None:
     again = plan_tiles(config, [40, 44], None, predict)  # a list of the same sizes
     assert again is first and _plan_tiles.cache_info().hits == hits + 1
     assert plan_tiles(config, (40, 48), None, predict) != first
+
+
+# -- the device path's preparation (on CUDA: raw grey values go over, then these run there) --
+@settings(max_examples=30, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+    pads=st.tuples(st.tuples(st.integers(0, 20), st.integers(0, 20)), st.tuples(st.integers(0, 20), st.integers(0, 20))),
+    seed=st.integers(0, 10_000),
+)
+def test_mirror_pad_equals_numpys_symmetric_pad(shape, pads, seed) -> None:
+    from unetcore.predict import mirror_pad
+
+    array = np.random.default_rng(seed).random(shape).astype(np.float32)
+    # pads larger than the axis mirror again, as numpy's do
+    np.testing.assert_array_equal(mirror_pad(torch.from_numpy(array), list(pads)).numpy(),
+                                  np.pad(array, pads, mode=geometry.MIRROR))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "grey_range"),
+    [("uint8", None), ("uint16", None), ("uint16", (100.0, 4095.0)), ("float32", None), ("float64", (0.0, 255.0))],
+)
+def test_normalising_a_tensor_gives_the_numpy_bits(dtype: str, grey_range) -> None:
+    rng = np.random.default_rng(3)
+    top = 255 if dtype in ("uint8", "float64") else 65535 if dtype == "uint16" else 1
+    image = (rng.random((37, 41)) * top).astype(dtype)
+    norm = Normalization(mean=0.47, std=0.21)
+    expected = norm.apply(image, grey_range)
+    got = norm.apply_tensor(torch.from_numpy(image), image.dtype, grey_range).numpy()
+    assert got.dtype == np.float32
+    np.testing.assert_array_max_ulp(got, expected, maxulp=1)
+
+
+def test_the_device_preparation_equals_the_host_one() -> None:
+    """What `TilePredictor._prepare` does on CUDA (minus the pinned staging), here on the CPU."""
+    from unetcore.predict import mirror_pad
+
+    image = np.random.default_rng(4).integers(0, 256, (45, 33)).astype(np.uint8)
+    pads = [(30, 12), (30, 50)]
+    norm = Normalization(mean=0.5, std=0.25)
+    host = np.pad(norm.apply(image), pads, mode=geometry.MIRROR)
+    device = mirror_pad(norm.apply_tensor(torch.from_numpy(image), image.dtype), pads).numpy()
+    np.testing.assert_array_max_ulp(device, host, maxulp=1)

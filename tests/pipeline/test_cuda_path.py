@@ -1,0 +1,49 @@
+"""The block path on a CUDA device (skipped without one): bf16 blocks agree with the CPU's
+float32 whole-volume result, at block seams as inside, for each input dtype the device
+path stages raw (uint8, uint16, float32)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.blocks import run_plan_locally
+from pipeline.output import OutputOptions, open_output
+from pipeline.plan import make_plan
+from tests.pipeline.conftest import write_zarr
+from unetcore.normalization import Normalization
+from unetcore.predict import PredictConfig, TilePredictor
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+BF16_TOLERANCE = 0.03  # probabilities: bf16 keeps 8 bits of mantissa through the network
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+def test_gpu_blocks_agree_with_the_cpu_whole_volume(tmp_path: Path, tiny_model, dtype: str) -> None:
+    rng = np.random.default_rng(7)
+    top = {"uint8": 255, "uint16": 65535, "float32": 1}[dtype]
+    volume = (rng.random((3, 150, 170)) * top).astype(dtype)
+    norm = Normalization(mean=0.5, std=0.25)
+    whole = TilePredictor(tiny_model, norm, PredictConfig(device="cpu", max_out_tile=4096)).predict_stack(volume)
+    write_zarr(tmp_path / "in.zarr", volume, (1, 32, 32))
+    block = (1, 64, 64)
+    plan = make_plan(str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr"), volume.shape, tiny_model.config,
+                     block_shape=block)
+    gpu = TilePredictor(tiny_model, norm, PredictConfig(device="cuda", amp=True, batch_size=3))
+    run = run_plan_locally(plan, predictor=gpu, options=OutputOptions(dtype="float32"))
+    assert sorted(run.computed) == list(range(plan.num_blocks))
+    blocked = open_output(str(tmp_path / "out.zarr")).read()
+    diff = np.abs(blocked - whole)
+    seams = np.zeros(volume.shape, bool)
+    for axis in (1, 2):
+        index = [slice(None)] * 3
+        for edge in range(block[axis], volume.shape[axis], block[axis]):
+            index[axis] = slice(edge - 1, edge + 1)  # the last row of a block and the first of the next
+            seams[tuple(index)] = True
+    assert diff.max() <= BF16_TOLERANCE, f"max |gpu - cpu| = {diff.max():.4f}"
+    assert diff[seams].max() <= BF16_TOLERANCE, f"at block seams: {diff[seams].max():.4f}"
+    assert diff.mean() <= BF16_TOLERANCE / 10
