@@ -75,3 +75,17 @@ def test_the_documented_exit_codes_are_the_commands() -> None:
     stated |= {int(code) for code in re.findall(r"and (\d+) when some blocks failed", doc)}
     in_help = {int(code) for code in re.findall(r"(\d+) (?:all blocks|some blocks|a usage|the Dask|interrupted)", segment.__doc__)}
     assert stated == in_help == {0, 1, 2, 3, 130}, (stated, in_help)
+
+
+def test_the_flows_stated_defaults_are_segment_configs() -> None:
+    """A flow parameter left None takes `SegmentConfig`'s default: its "(default N)" must be that."""
+    from flows.segment_volume import SegmentVolumeParams
+
+    fields = {f.name: f.default for f in dataclasses.fields(SegmentConfig)}
+    checked = 0
+    for name, info in SegmentVolumeParams.model_fields.items():
+        stated = re.search(r"\(default (\d+)\)", info.description or "")
+        if stated and name in fields and fields[name] is not None:
+            assert int(stated.group(1)) == fields[name], f"flow parameter {name}: says {stated.group(0)}, SegmentConfig {fields[name]}"
+            checked += 1
+    assert checked >= 1  # blocks_per_task
