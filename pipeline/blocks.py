@@ -191,7 +191,8 @@ def _predictor_settings(plan: SegmentPlan, predictor: Any) -> dict[str, Any] | N
         return None
     config, dims = predictor.config, predictor.dims
     tile = plan_tiles(predictor.model.config, tuple(plan.block_shape[-dims:]), config.tile_shape, config).in_tile
-    return {"predict": predict_settings(tta=config.tta, devices=[str(predictor.device)], amp=config.amp, tile=tile)}
+    return {"predict": predict_settings(tta=config.tta, devices=[str(predictor.device)], amp=config.amp, tile=tile,
+                                        compile=config.compile)}
 
 
 def run_plan_locally(

@@ -108,7 +108,8 @@ class Prepared:
         run, and (resuming) compare them with the output's before any block runs."""
         from pipeline.resume import predict_settings
 
-        self.settings = predict_settings(tta=self.config.tta, devices=devices, amp=self.config.amp, tile=tile)
+        self.settings = predict_settings(tta=self.config.tta, devices=devices, amp=self.config.amp, tile=tile,
+                                         compile=self.config.compile)
         if self.resuming:
             self.check_resume()
 
@@ -178,7 +179,8 @@ def prepare(input_url: str | Path, output_url: str | Path, checkpoint: str | Pat
     )
     resuming = existing.exists and config.resume
     settings = predict_settings(tta=config.tta, devices=_known_devices(config), amp=config.amp,
-                                tile=tile if config.tile_shape is not None else None)  # an explicit tile is never shrunk
+                                tile=tile if config.tile_shape is not None else None,  # an explicit tile is never shrunk
+                                compile=config.compile)
     inputs = {"grey_range": list(grey_range), "grey_range_source": grey_source, "sparse": config.sparse,
               "fingerprint": None if resuming else input_fingerprint(volume, sample)}  # fmt: skip
     ready = Prepared(

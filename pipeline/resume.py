@@ -12,7 +12,7 @@ provenance   compared                                     if it differs
 ``output``   shapes; array name, dtype, mask (`FIXED`)    not fit (``--overwrite`` starts again)
 ``plan``     checkpoint SHA-256, context, input level     refused, unless ``--allow-mismatch``:
 ``input``    grey range (the normalisation)               the new blocks' numbers would differ
-``predict``  tta, device class, precision, tile           from the old ones'
+``predict``  tta, compile, device class, precision, tile  from the old ones'
 ===========  ===========================================  =====================================
 
 The input's own content is compared separately (`check_input_unchanged`, its fingerprint).
@@ -64,7 +64,8 @@ def precision(device_type: str, amp: bool) -> str:
 
 
 def predict_settings(
-    *, tta: bool, devices: Iterable[str] | None = None, amp: bool = True, tile: Sequence[int] | None = None
+    *, tta: bool, devices: Iterable[str] | None = None, amp: bool = True, tile: Sequence[int] | None = None,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """The ``emunet.predict`` provenance: how blocks are computed, besides plan and input.
 
@@ -72,7 +73,7 @@ def predict_settings(
     ``tile``: the model's input tile for a whole block, or None where not known yet.
     Unknown entries are left out (and not compared).
     """
-    settings: dict[str, Any] = {"tta": bool(tta)}
+    settings: dict[str, Any] = {"tta": bool(tta), "compile": bool(compile)}  # compiled kernels round differently
     if devices is not None:
         types = sorted({str(d).split(":")[0] for d in devices})
         if types:
@@ -114,8 +115,8 @@ def differences(attrs: Mapping[str, Any], plan: Any, options: Any, extra: Mappin
 
 def _use_stored(d: Difference) -> str:
     """How to run with the stored value of `d`, for the message."""
-    if d.what == "tta":
-        return "--tta" if d.stored else "no --tta"
+    if d.what in ("tta", "compile"):
+        return f"--{d.what}" if d.stored else f"no --{d.what}"
     if d.what == "precision":
         return "EMUNET_SEGMENT_AMP=" + ("1" if "bfloat16" in str(d.stored) else "0")
     if d.what == "tile" and isinstance(d.stored, list):

@@ -202,7 +202,7 @@ def segment(
         return (i for i in range(plan.num_blocks) if done is None or not done[i])
 
     predict = {"tile_shape": config.tile_shape, "batch_size": config.batch_size, "device": config.device, "amp": config.amp,
-               "tta": config.tta}  # fmt: skip
+               "tta": config.tta, "compile": config.compile}  # fmt: skip
     if ready.grey_source != "dtype":
         predict["grey_range"] = tuple(ready.grey_range)
     spec = ModelSpec(str(checkpoint), sha256, predict=predict, torch_threads=config.torch_threads)

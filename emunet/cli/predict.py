@@ -19,6 +19,7 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 4,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     tta: Annotated[bool, typer.Option(help="Average over the 8 flips/rotations.")] = False,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model first (~10–60 s): on a CPU about 1.2× faster per slice for the shipped ISBI model; probabilities within ~1e-4.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output TIFF that emunet wrote.")] = False,
     grey_range: Annotated[Optional[tuple[float, float]], typer.Option(metavar="LO HI", help="Input values mapped to the model's [0, 1] (default: the dtype's range: uint8 0 255, uint16 0 65535, float 0 1).")] = None,
 ) -> None:
@@ -43,7 +44,7 @@ def predict(
         chosen, source = resolve_grey_range(image, grey_range)
         print_warnings(check_grey(image.dtype, input, chosen, source, GreyStats.of(image), ckpt.normalization))
         tile_shape = expand_tile(parse_tile(tile), dims)
-        config = PredictConfig(tile_shape=tile_shape, batch_size=batch_size, device=device, tta=tta,
+        config = PredictConfig(tile_shape=tile_shape, batch_size=batch_size, device=device, tta=tta, compile=compile,
                                grey_range=None if source == "dtype" else chosen)  # fmt: skip
         predictor = TilePredictor(ckpt.model, ckpt.normalization, config)
         _check_memory(ckpt.config, image, predictor)

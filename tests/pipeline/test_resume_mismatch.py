@@ -1,5 +1,5 @@
 """``--resume`` refuses, before any block runs, whatever would change the new blocks' numbers
-(checkpoint, device class and precision, tile, input level, grey range, tta) or the output's
+(checkpoint, device class and precision, tile, input level, grey range, tta, compile) or the output's
 layout (output dtype); ``allow_mismatch`` (``--allow-mismatch``) resumes despite a setting,
 never despite the layout, and the provenance records it.
 
@@ -81,7 +81,7 @@ def assert_untouched(out: Path, before: tuple[int, np.ndarray]) -> None:
 
 def test_the_provenance_records_how_blocks_were_computed(interrupted) -> None:
     meta = zarr.open_group(str(interrupted), mode="r").attrs["emunet"]
-    assert meta["predict"] == {"tta": False, "device": "cpu", "precision": "float32", "tile": AUTO_TILE}
+    assert meta["predict"] == {"tta": False, "compile": False, "device": "cpu", "precision": "float32", "tile": AUTO_TILE}
     assert meta["plan"]["input_level"] == 0 and meta["input"]["grey_range"] == [0.0, 255.0]
 
 
@@ -92,9 +92,10 @@ def test_the_provenance_records_how_blocks_were_computed(interrupted) -> None:
         ({"input_level": 1}, "input_level: stored 0, now 1"),
         ({"grey_range": (10.0, 250.0)}, "grey range: stored [0.0, 255.0], now [10.0, 250.0]"),
         ({"tta": True}, "tta: stored False, now True"),
+        ({"compile": True}, "compile: stored False, now True"),
         ({"checkpoint": "other"}, "checkpoint_sha256: stored '"),
     ],
-    ids=["tile", "input level", "grey range", "tta", "checkpoint"],
+    ids=["tile", "input level", "grey range", "tta", "compile", "checkpoint"],
 )
 def test_a_setting_mismatch_is_refused_before_any_block(volume, scheduler, out, tmp_path, change, says) -> None:
     checkpoint = DEMO_MODEL
@@ -157,8 +158,9 @@ def test_the_command_names_the_mismatch_and_the_flag(app, runner, volume, schedu
 def test_settings_and_environment() -> None:
     assert precision("cuda", True) == "bfloat16 autocast" and precision("cuda", False) == precision("cpu", True) == "float32"
     assert predict_settings(tta=True, devices=["cuda:0", "cuda:1"], amp=True, tile=(572, 572)) == {
-        "tta": True, "device": "cuda", "precision": "bfloat16 autocast", "tile": [572, 572]}  # fmt: skip
+        "tta": True, "compile": False, "device": "cuda", "precision": "bfloat16 autocast", "tile": [572, 572]}  # fmt: skip
     assert predict_settings(tta=False, devices=["cpu", "cuda:0"], amp=True)["precision"] == "bfloat16 autocast+float32"
-    assert predict_settings(tta=False) == {"tta": False}, "what is not known is left out (and not compared)"
+    assert predict_settings(tta=False) == {"tta": False, "compile": False}, "what is not known is left out (and not compared)"
+    assert predict_settings(tta=False, compile=True)["compile"] is True
     assert SegmentConfig.from_env({"EMUNET_SEGMENT_ALLOW_MISMATCH": "1"}).allow_mismatch is True
     assert dataclasses.replace(SegmentConfig(), allow_mismatch=True).allow_mismatch

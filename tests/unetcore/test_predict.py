@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -161,3 +163,29 @@ def test_the_device_preparation_equals_the_host_one() -> None:
     host = np.pad(norm.apply(image), pads, mode=geometry.MIRROR)
     device = mirror_pad(norm.apply_tensor(torch.from_numpy(image), image.dtype), pads).numpy()
     np.testing.assert_array_max_ulp(device, host, maxulp=1)
+
+
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="torch.compile on a CPU needs a C++ compiler")
+def test_a_compiled_predictor_agrees_with_the_eager_one() -> None:
+    """torch.compile (inductor): the last, partial batch is padded to the batch size (one
+    compiled shape), and the probabilities agree with eager PyTorch's within 1e-4."""
+    model = MODELS["upconv"]
+    stack = np.random.default_rng(5).integers(0, 256, (3, 61, 47)).astype(np.uint8)  # 3 tiles: batch 2 → 2 + 1
+    config = PredictConfig(device="cpu", batch_size=2, tile_shape=(124, 124))
+    eager = TilePredictor(model, Normalization(), config).predict_stack(stack)
+    compiled = TilePredictor(model, Normalization(), PredictConfig(**{**config.__dict__, "compile": True}))
+    np.testing.assert_allclose(compiled.predict_stack(stack), eager, atol=1e-4, rtol=0)
+
+
+def test_a_compile_failure_says_to_run_without_it(monkeypatch) -> None:
+    failed = type("BackendCompilerFailed", (RuntimeError,), {"__module__": "torch._dynamo.exc"})
+
+    def no_compiler(model, **kwargs):
+        def run(x):
+            raise failed("backend='inductor' raised: InvalidCxxCompiler: No working C++ compiler found")
+        return run
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    predictor = TilePredictor(MODELS["upconv"], Normalization(), PredictConfig(device="cpu", compile=True))
+    with pytest.raises(RuntimeError, match=r"expected torch.compile to build the model .* run without --compile"):
+        predictor.predict(np.zeros((40, 40), np.uint8))
