@@ -103,3 +103,14 @@ class ChunkWriter:
                 part = whole
             put_object(None, str(self.chunk_path(index)), self.encode(part), remote=False)
 
+
+
+def store_chunks(array: Any, roi: Roi, data: np.ndarray, writer: ChunkWriter | None | bool = None) -> None:
+    """Write ``data`` into the whole chunks of ``roi``: through ``writer`` (None: one made
+    for ``array`` where `ChunkWriter` can; False: none), else through zarr's ``array[...] = ...``."""
+    if writer is None:
+        writer = ChunkWriter.for_array(array)
+    if not writer:
+        array[roi.to_slices()] = data
+    else:
+        writer.write(roi, data)

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.chunkwrite import ChunkWriter
+from pipeline.chunkwrite import ChunkWriter, store_chunks
 from pipeline.dtypes import OUTPUT_DTYPES
 from pipeline.geometry import Roi
 from pipeline.labels import LABELS_GROUP, MASK_LABEL_ARRAY, create_mask_labels
@@ -185,13 +185,9 @@ class Output:
     def put(self, name: str, roi: Roi, data: np.ndarray) -> None:
         """Store ``data`` in the whole chunks of ``roi`` of array ``name``: encoded in this
         thread where `pipeline.chunkwrite` can (a local store), through zarr otherwise."""
-        if name not in self._writers:
+        if name not in self._writers:  # None: zarr's own path (`store_chunks` decides once per array)
             self._writers[name] = ChunkWriter.for_array(self.array(name))
-        writer = self._writers[name]
-        if writer is None:
-            self.array(name)[roi.to_slices()] = data
-        else:
-            writer.write(roi, data)
+        store_chunks(self.array(name), roi, data, self._writers[name] or False)
 
     def write(self, roi: Roi, probability: np.ndarray) -> None:
         """Write float32 probabilities of ``roi`` (chunk-aligned: whole chunks only)."""

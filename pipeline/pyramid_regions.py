@@ -141,14 +141,17 @@ def write_region(job: dict[str, Any]) -> dict[str, Any]:
     ``level``, ``region`` (id), ``offset`` and ``shape`` (of the target region), and
     optionally ``storage_options``.
     """
-    from pipeline.output import open_group
+    from pipeline.chunkwrite import store_chunks
+    from pipeline.geometry import Roi
+    from pipeline.output import DENSE, open_group
 
     options = job.get("storage_options")
     group = open_group(job["url"], "r+", options)
-    source, target = group[job["source"]], group[job["target"]]
+    source, target = group[job["source"]], group[job["target"]].with_config(DENSE)
     (z0, y0, x0), (nz, ny, nx) = job["offset"], job["shape"]
     data = np.asarray(source[z0 : z0 + nz, 2 * y0 : 2 * (y0 + ny), 2 * x0 : 2 * (x0 + nx)])
-    target[z0 : z0 + nz, y0 : y0 + ny, x0 : x0 + nx] = stored(downsample_mean(data, (nz, ny, nx)), target.dtype)
+    mean = stored(downsample_mean(data, (nz, ny, nx)), target.dtype)
+    store_chunks(target, Roi((z0, y0, x0), (nz, ny, nx)), mean)  # whole chunks, written in this thread
     RegionMarkers(job["url"], job["name"], job["level"], options).mark_done(job["region"])
     return {"region": int(job["region"]), "voxels": int(nz * ny * nx)}
 

@@ -18,7 +18,13 @@ DENSE = {"write_empty_chunks": True}
 
 
 def files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file's bytes; a gzip member's MTIME field (bytes 4–7, the time it was written) zeroed."""
+    found = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            data = p.read_bytes()
+            found[str(p.relative_to(root))] = data[:4] + bytes(4) + data[8:] if data[:2] == b"\x1f\x8b" else data
+    return found
 
 
 def pair(tmp_path: Path, **kwargs):
