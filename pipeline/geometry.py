@@ -58,10 +58,13 @@ class Coordinate(tuple):
         return len(self)
 
     def _other(self, other: object) -> tuple[int, ...]:
+        if type(other) is Coordinate and len(other) == len(self):  # already checked (hot path)
+            return other
         return _broadcast(other, len(self))
 
     def _map(self, other: object, op: Callable[[int, int], int]) -> Coordinate:
-        return Coordinate(op(a, b) for a, b in zip(self, self._other(other), strict=True))
+        # ints combined by an int operation are ints: no need to check them again (hot path)
+        return tuple.__new__(Coordinate, [op(a, b) for a, b in zip(self, self._other(other), strict=True)])
 
     def __add__(self, other: object) -> Coordinate:  # type: ignore[override]
         return self._map(other, operator.add)
@@ -155,8 +158,8 @@ class Roi:
     shape: Coordinate
 
     def __post_init__(self) -> None:
-        offset = Coordinate(self.offset)
-        shape = Coordinate(self.shape)
+        offset = self.offset if type(self.offset) is Coordinate else Coordinate(self.offset)
+        shape = self.shape if type(self.shape) is Coordinate else Coordinate(self.shape)
         if len(offset) != len(shape):
             raise ValueError(
                 f"expected an offset and a shape of one dimensionality, got offset {tuple(offset)} "
