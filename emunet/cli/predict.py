@@ -48,6 +48,10 @@ def predict(
                                grey_range=None if source == "dtype" else chosen)  # fmt: skip
         predictor = TilePredictor(ckpt.model, ckpt.normalization, config)
         _check_memory(ckpt.config, image, predictor)
+        if compile and dims == 2 and image.ndim == 3 and len(image) > 1:  # compile on one slice, then time the stack
+            t0 = time.perf_counter()
+            predictor.predict(image[0])
+            console.print(f"compiled the model in {time.perf_counter() - t0:.1f} s (one slice included)")
         t0 = time.perf_counter()
         prob = predictor.predict_stack(image).astype(np.float32)
         seconds = time.perf_counter() - t0
