@@ -72,6 +72,7 @@ def block_path(workdir: Path, blocks: int, repeats: int) -> dict:
 
     from bench_scale import make_checkpoint, make_volume
     from pipeline.blocks import block_ops, make_predictor, open_input, predict_block
+    from pipeline.chunkwrite import ZarrWriter
     from pipeline.execute import run_group
     from pipeline.ledger import Ledger
     from pipeline.output import OutputOptions, create_output
@@ -92,7 +93,7 @@ def block_path(workdir: Path, blocks: int, repeats: int) -> dict:
                              block_shape=(1, 64, 64))
             output = create_output(plan, OutputOptions(), model_config=ckpt.model.config.to_dict())
             if side == "zarr":
-                output._writers[output.options.name] = None  # zarr's own path
+                output._writers[output.options.name] = ZarrWriter(output.array(output.options.name))  # zarr's own path
             ops = block_ops(plan, open_input(plan), output, Ledger(plan.output_url, plan.num_blocks),
                             lambda b, d, plan=plan: predict_block(d, plan, b, predictor))
             ids = list(range(plan.num_blocks))

@@ -172,31 +172,6 @@ def predictor_block_seconds(config, args: argparse.Namespace, device) -> float:
     return (time.perf_counter() - t0) / reps
 
 
-def _dask_block(block: np.ndarray, plugin: str, context: int) -> np.ndarray:
-    """map_overlap's function: the worker's resident predictor on a block with context."""
-    from distributed import get_worker
-
-    predictor = get_worker().plugins[plugin].predictor
-    inner = np.stack(predictor.predict_region(list(block), (context, context), (context, context)))
-    out = np.zeros(block.shape, np.uint8)
-    out[:, context : block.shape[1] - context, context : block.shape[2] - context] = np.rint(inner * 255)
-    return out
-
-
-def run_dask(client, src: Path, out: Path, plugin: str, context: int, block) -> float:
-    """`dask.array.map_overlap(depth=halo, boundary="reflect", trim=True)` → to_zarr; seconds."""
-    import functools
-
-    import dask.array as da
-
-    arr = da.from_zarr(str(src)).rechunk(tuple(block))
-    fn = functools.partial(_dask_block, plugin=plugin, context=context)
-    result = arr.map_overlap(fn, depth={0: 0, 1: context, 2: context}, boundary="reflect", trim=True, dtype=np.uint8)
-    t0 = time.perf_counter()
-    da.to_zarr(result, str(out), overwrite=True)
-    return time.perf_counter() - t0
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     import torch
@@ -268,7 +243,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         kind = cluster.kind
         t_dask = None
         if not args.no_dask and time.perf_counter() - t_start < args.time_budget * 0.7:
-            t_dask = run_dask(cluster.client, src, workdir / "dask.zarr", warm.plugin, geometry.halo(config)[0], args.block)
+            from bench.pipeline_baselines import run_dask  # the CPU bench's map_overlap, uint8 output here
+
+            t_dask = run_dask(cluster.client, src, workdir / "dask.zarr", warm.plugin, geometry.halo(config)[0], args.block,
+                              dtype="uint8")
     result = {
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,

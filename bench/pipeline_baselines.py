@@ -26,23 +26,27 @@ import numpy as np
 from bench.bench_pipeline import load, make_volume, predict_config, segment_config, tiles_for_block
 
 # -- 2. dask map_overlap ----------------------------------------------------------------------
-def _dask_block(block: np.ndarray, plugin: str, context: int) -> np.ndarray:
-    """map_overlap's function: the worker's resident model on a block with `depth` context."""
+def _dask_block(block: np.ndarray, plugin: str, context: int, dtype: str) -> np.ndarray:
+    """map_overlap's function: the worker's resident model on a block with `depth` context,
+    stored as ``dtype`` the way `emunet segment` stores it (`pipeline.output.to_output_dtype`)."""
     from distributed import get_worker
 
+    from pipeline.output import to_output_dtype
+
     predictor = get_worker().plugins[plugin].predictor
-    inner = predictor.predict_region(list(block), (context, context), (context, context))
-    out = np.zeros(block.shape, np.float32)
-    out[:, context : block.shape[1] - context, context : block.shape[2] - context] = np.stack(inner)
+    inner = np.stack(predictor.predict_region(list(block), (context, context), (context, context)))
+    out = np.zeros(block.shape, dtype)
+    out[:, context : block.shape[1] - context, context : block.shape[2] - context] = to_output_dtype(inner, dtype)
     return out  # map_overlap(trim=True) cuts the context off again
 
 
-def run_dask(client, src: Path, out: Path, plugin: str, depth: int, block) -> float:
+def run_dask(client, src: Path, out: Path, plugin: str, depth: int, block, dtype: str = "float32") -> float:
+    """`dask.array.map_overlap(depth, boundary="reflect", trim=True)` → to_zarr; seconds."""
     import dask.array as da
 
     arr = da.from_zarr(str(src)).rechunk(tuple(block))
-    fn = functools.partial(_dask_block, plugin=plugin, context=depth)
-    result = arr.map_overlap(fn, depth={0: 0, 1: depth, 2: depth}, boundary="reflect", trim=True, dtype=np.float32)
+    fn = functools.partial(_dask_block, plugin=plugin, context=depth, dtype=dtype)
+    result = arr.map_overlap(fn, depth={0: 0, 1: depth, 2: depth}, boundary="reflect", trim=True, dtype=dtype)
     t0 = time.perf_counter()
     da.to_zarr(result, str(out), overwrite=True)
     return time.perf_counter() - t0

@@ -19,6 +19,7 @@ Remote stores keep zarr's path: there the network, not the hops, sets the pace.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,13 +105,16 @@ class ChunkWriter:
             put_object(None, str(self.chunk_path(index)), self.encode(part), remote=False)
 
 
+@dataclass(frozen=True)
+class ZarrWriter:
+    """The same ``write(roi, data)`` through zarr's own ``array[...] = ...`` (any store)."""
 
-def store_chunks(array: Any, roi: Roi, data: np.ndarray, writer: ChunkWriter | None | bool = None) -> None:
-    """Write ``data`` into the whole chunks of ``roi``: through ``writer`` (None: one made
-    for ``array`` where `ChunkWriter` can; False: none), else through zarr's ``array[...] = ...``."""
-    if writer is None:
-        writer = ChunkWriter.for_array(array)
-    if not writer:
-        array[roi.to_slices()] = data
-    else:
-        writer.write(roi, data)
+    array: Any
+
+    def write(self, roi: Roi, data: np.ndarray) -> None:
+        self.array[roi.to_slices()] = data
+
+
+def writer_for(array: Any) -> ChunkWriter | ZarrWriter:
+    """A `ChunkWriter` for ``array`` where it can write its chunks exactly, else a `ZarrWriter`."""
+    return ChunkWriter.for_array(array) or ZarrWriter(array)

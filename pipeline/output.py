@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.chunkwrite import ChunkWriter, store_chunks
+from pipeline.chunkwrite import ChunkWriter, ZarrWriter, writer_for
 from pipeline.dtypes import OUTPUT_DTYPES
 from pipeline.geometry import Roi
 from pipeline.labels import LABELS_GROUP, MASK_LABEL_ARRAY, create_mask_labels
@@ -175,7 +175,7 @@ class Output:
     options: OutputOptions
     _arrays: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    _writers: dict[str, ChunkWriter | None] = field(default_factory=dict, repr=False)
+    _writers: dict[str, ChunkWriter | ZarrWriter] = field(default_factory=dict, repr=False)
 
     def array(self, name: str) -> Any:
         if name not in self._arrays:
@@ -185,9 +185,9 @@ class Output:
     def put(self, name: str, roi: Roi, data: np.ndarray) -> None:
         """Store ``data`` in the whole chunks of ``roi`` of array ``name``: encoded in this
         thread where `pipeline.chunkwrite` can (a local store), through zarr otherwise."""
-        if name not in self._writers:  # None: zarr's own path (`store_chunks` decides once per array)
-            self._writers[name] = ChunkWriter.for_array(self.array(name))
-        store_chunks(self.array(name), roi, data, self._writers[name] or False)
+        if name not in self._writers:
+            self._writers[name] = writer_for(self.array(name))
+        self._writers[name].write(roi, data)
 
     def write(self, roi: Roi, probability: np.ndarray) -> None:
         """Write float32 probabilities of ``roi`` (chunk-aligned: whole chunks only)."""

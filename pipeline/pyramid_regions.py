@@ -141,7 +141,7 @@ def write_region(job: dict[str, Any]) -> dict[str, Any]:
     ``level``, ``region`` (id), ``offset`` and ``shape`` (of the target region), and
     optionally ``storage_options``.
     """
-    from pipeline.chunkwrite import store_chunks
+    from pipeline.chunkwrite import writer_for
     from pipeline.geometry import Roi
     from pipeline.output import DENSE, open_group
 
@@ -151,7 +151,7 @@ def write_region(job: dict[str, Any]) -> dict[str, Any]:
     (z0, y0, x0), (nz, ny, nx) = job["offset"], job["shape"]
     data = np.asarray(source[z0 : z0 + nz, 2 * y0 : 2 * (y0 + ny), 2 * x0 : 2 * (x0 + nx)])
     mean = stored(downsample_mean(data, (nz, ny, nx)), target.dtype)
-    store_chunks(target, Roi((z0, y0, x0), (nz, ny, nx)), mean)  # whole chunks, written in this thread
+    writer_for(target).write(Roi((z0, y0, x0), (nz, ny, nx)), mean)  # whole chunks, written in this thread
     RegionMarkers(job["url"], job["name"], job["level"], options).mark_done(job["region"])
     return {"region": int(job["region"]), "voxels": int(nz * ny * nx)}
 
