@@ -78,7 +78,7 @@ class SegmentVolumeParams(BaseModel):
     overwrite: bool = Field(False, description="Replace an existing output.")
     pyramid_levels: int = Field(0, ge=0, description="2× (y, x) mean pyramid levels written after the blocks.")
     input_level: int | None = Field(None, ge=0, description="Multiscale level of an OME-Zarr input (default 0).")
-    blocks_per_task: int | None = Field(None, ge=1, description="Consecutive blocks per Dask task (default 8).")
+    blocks_per_task: int | None = Field(None, ge=1, description="Consecutive blocks per Dask task (default: 8 to 64, as many as make about 16.8 M output voxels).")
     max_in_flight: int | None = Field(None, ge=1, description="Dask tasks alive at once (default 3 × GPU slots).")
     check_finite: bool = Field(True, description="Scan a float input for NaN/inf before writing (refused if found).")
     sparse: bool = Field(False, description="Input chunks missing from the store read as the fill value (else their blocks fail).")

@@ -29,7 +29,7 @@ from typing import Any
 
 from pipeline.cluster import connect
 from pipeline.execute import BlockFailure, BlockOps, GroupReport, RetryPolicy
-from pipeline.segment_config import SegmentConfig
+from pipeline.segment_config import SegmentConfig, auto_blocks_per_task
 from pipeline.submit import SchedulerLostError, default_in_flight, submit_bounded
 from pipeline.worker import GroupJob, ModelPlugin, ModelSpec, hold_model, process_group, release_model
 
@@ -345,7 +345,8 @@ def _stream(
         progress.advance(len(job.block_ids), sum(plan.block(b).write_roi.size for b in written))
 
     # Small runs get smaller groups, so every slot has work: at least 2 tasks per slot.
-    result.blocks_per_task = max(1, min(config.blocks_per_task, -(-total // (2 * result.slots))))
+    largest = config.blocks_per_task or auto_blocks_per_task(tuple(plan.block_shape))
+    result.blocks_per_task = max(1, min(largest, -(-total // (2 * result.slots))))
     jobs = (
         GroupJob(ids, payload, spec.name, segment_ops, policy, config.queue_depth, config.compute_threads)
         for ids in _groups(todo, result.blocks_per_task)

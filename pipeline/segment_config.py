@@ -14,6 +14,20 @@ from pipeline.dtypes import OUTPUT_DTYPES
 
 
 ENV_PREFIX = "EMUNET_SEGMENT_"
+TASK_VOXELS = 8 * 8 * 512 * 512  # output voxels a task aims at: 8 of the default blocks
+MIN_BLOCKS_PER_TASK, MAX_BLOCKS_PER_TASK = 8, 64
+
+
+def auto_blocks_per_task(block_shape: tuple[int, ...]) -> int:
+    """Blocks per task when none is given: about `TASK_VOXELS` output voxels, 8 to 64 blocks.
+
+    A task costs the scheduler and the worker a few ms whatever its size, and its blocks
+    overlap read, compute and write only within it, so small blocks go in larger groups:
+    8 default blocks (8 × 512 × 512), 64 blocks of 1 × 64 × 64 (`bench/bench_scale.py`)."""
+    voxels = 1
+    for n in block_shape:
+        voxels *= int(n)
+    return max(MIN_BLOCKS_PER_TASK, min(MAX_BLOCKS_PER_TASK, -(-TASK_VOXELS // max(voxels, 1))))
 
 
 @dataclass(frozen=True)
@@ -30,7 +44,7 @@ class SegmentConfig:
     workers: int | None = None  # local workers; None = one per GPU (2 on a CPU machine)
     scheduler: str | None = None  # address of a running Dask scheduler (overrides workers)
     max_in_flight: int | None = None  # futures alive at once; None = 3 × GPU slots
-    blocks_per_task: int = 8  # consecutive blocks per task, at most (fewer if slots would idle)
+    blocks_per_task: int | None = None  # consecutive blocks per task, at most; None = `auto_blocks_per_task`
     queue_depth: int = 1  # blocks waiting between stages inside a task
     compute_threads: int = 1  # threads sharing a worker's device (2 was slower on an H200)
     retries: int = 3  # tries per read or write for transient I/O errors
@@ -54,7 +68,7 @@ class SegmentConfig:
         if self.dtype not in OUTPUT_DTYPES:
             raise ValueError(f"Expected dtype in {OUTPUT_DTYPES}. Got {self.dtype!r} instead.")
         for name in ("batch_size", "blocks_per_task", "queue_depth", "compute_threads", "retries"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"Expected {name} ≥ 1. Got {getattr(self, name)} instead.")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError(f"Expected torch_threads ≥ 1 (or unset: cores / workers). Got {self.torch_threads} instead.")
@@ -119,4 +133,4 @@ def _parse_env(name: str, kind: str, raw: str) -> Any:
     return text
 
 
-__all__ = ["ENV_PREFIX", "OUTPUT_DTYPES", "SegmentConfig"]
+__all__ = ["ENV_PREFIX", "OUTPUT_DTYPES", "SegmentConfig", "auto_blocks_per_task"]

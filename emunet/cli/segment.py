@@ -31,7 +31,7 @@ def segment(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing emunet output (never anything emunet did not write).")] = False,
     pyramid: Annotated[int, typer.Option(envvar="EMUNET_SEGMENT_PYRAMID_LEVELS", help="2× (y, x) mean pyramid levels written at the end.")] = 0,
     max_in_flight: Annotated[Optional[int], typer.Option(envvar="EMUNET_SEGMENT_MAX_IN_FLIGHT", help="Tasks submitted at once (default 3 × GPU slots).")] = None,
-    blocks_per_task: Annotated[int, typer.Option(envvar="EMUNET_SEGMENT_BLOCKS_PER_TASK", help="Consecutive blocks per task (I/O overlaps compute inside).")] = 8,
+    blocks_per_task: Annotated[Optional[int], typer.Option(envvar="EMUNET_SEGMENT_BLOCKS_PER_TASK", min=1, help="Consecutive blocks per task (I/O overlaps compute inside); default: 8 to 64, as many as make about 16.8 M output voxels, i.e. 8 of the default 8×512×512 blocks.")] = None,
     device: Annotated[str, typer.Option(envvar="EMUNET_SEGMENT_DEVICE", help="Device on each worker: auto, cpu or cuda.")] = "auto",
     check_finite: Annotated[bool, typer.Option("--check-finite/--no-check-finite", help="Scan a float input for NaN/inf first (refuse it); off: fail only the blocks that read them.")] = True,
     grey_range: Annotated[Optional[tuple[float, float]], typer.Option(metavar="LO HI", help="Input values mapped to the model's [0, 1] (default: stored with the volume, else the dtype's range: uint8 0 255, uint16 0 65535, float 0 1).")] = None,

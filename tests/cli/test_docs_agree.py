@@ -78,14 +78,15 @@ def test_the_documented_exit_codes_are_the_commands() -> None:
 
 
 def test_the_flows_stated_defaults_are_segment_configs() -> None:
-    """A flow parameter left None takes `SegmentConfig`'s default: its "(default N)" must be that."""
+    """A flow parameter left None takes `SegmentConfig`'s default: its "(default N)" must be
+    that, and the group size's stated bounds must be `auto_blocks_per_task`'s."""
     from flows.segment_volume import SegmentVolumeParams
+    from pipeline.segment_config import MAX_BLOCKS_PER_TASK, MIN_BLOCKS_PER_TASK
 
     fields = {f.name: f.default for f in dataclasses.fields(SegmentConfig)}
-    checked = 0
     for name, info in SegmentVolumeParams.model_fields.items():
         stated = re.search(r"\(default (\d+)\)", info.description or "")
-        if stated and name in fields and fields[name] is not None:
+        if stated and name in fields and fields[name] is not None:  # None: the code picks (e.g. input level 0)
             assert int(stated.group(1)) == fields[name], f"flow parameter {name}: says {stated.group(0)}, SegmentConfig {fields[name]}"
-            checked += 1
-    assert checked >= 1  # blocks_per_task
+    described = SegmentVolumeParams.model_fields["blocks_per_task"].description
+    assert fields["blocks_per_task"] is None and f"default: {MIN_BLOCKS_PER_TASK} to {MAX_BLOCKS_PER_TASK}" in described
