@@ -348,25 +348,32 @@ def marginal(rows: list[dict[str, Any]], key: str) -> float:
 
 
 def extrapolate(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """10^6 blocks on 100 GPU workers: the seconds each shared part needs at the measured
-    marginal costs (client and scheduler: per task, whatever the block size) against what
-    the workers need at `--gpu-block-ms` per block."""
+    """10^6 blocks of the default 8×512×512 on 100 GPU workers: the seconds each shared part
+    needs at the measured marginal costs (client and scheduler: per task, whatever the block
+    size; measured at this run's group size) against what the workers need at
+    `--gpu-block-ms` per block, in groups of `--blocks-per-task` or what the segment command
+    picks for the default block (`auto_blocks_per_task`)."""
+    from pipeline.segment_config import auto_blocks_per_task
+
     big = rows[-1]
-    n, workers, bpt = 10**6, 100, big["blocks_per_task"] or 1
+    n, workers, measured_bpt = 10**6, 100, big["blocks_per_task"] or 1
+    bpt = args.blocks_per_task or auto_blocks_per_task((8, 512, 512))
     gpu_ms = args.gpu_block_ms
-    client_ms = marginal(rows, "client_cpu_s")  # per block
-    sched_ms = marginal(rows, "scheduler_cpu_s")
+    client_task_ms = marginal(rows, "client_cpu_s") * measured_bpt
+    sched_task_ms = marginal(rows, "scheduler_cpu_s") * measured_bpt
+    tasks = -(-n // bpt)
     limits = {
         "workers (GPU time)": n * gpu_ms / workers / 1e3,
-        "scheduler (one core)": n * sched_ms / 1e3,
-        "client (one core)": n * client_ms / 1e3,
+        "scheduler (one core)": tasks * sched_task_ms / 1e3,
+        "client (one core)": tasks * client_task_ms / 1e3,
     }
     return {
-        "blocks": n, "workers": workers, "gpu_block_ms": gpu_ms, "blocks_per_task": bpt, "tasks": n // bpt,
-        "client_ms_per_block": round(client_ms, 3), "scheduler_ms_per_task": round(sched_ms * bpt, 3),
+        "blocks": n, "workers": workers, "gpu_block_ms": gpu_ms, "blocks_per_task": bpt, "tasks": tasks,
+        "measured_blocks_per_task": measured_bpt,
+        "client_ms_per_task": round(client_task_ms, 3), "scheduler_ms_per_task": round(sched_task_ms, 3),
         "tasks_per_s_needed": round(workers * 1e3 / (gpu_ms * bpt), 1),
-        "scheduler_tasks_per_s_max": round(1e3 / max(sched_ms * bpt, 1e-9)),
-        "client_tasks_per_s_max": round(1e3 / max(client_ms * bpt, 1e-9)),
+        "scheduler_tasks_per_s_max": round(1e3 / max(sched_task_ms, 1e-9)),
+        "client_tasks_per_s_max": round(1e3 / max(client_task_ms, 1e-9)),
         "seconds": {k: round(v, 1) for k, v in limits.items()}, "first_bottleneck": max(limits, key=limits.get),
         "status_s_measured": {r["blocks"]: r["status_seconds"] for r in rows},  # roll-ups: ~flat in blocks
     }  # fmt: skip
