@@ -348,11 +348,9 @@ def marginal(rows: list[dict[str, Any]], key: str) -> float:
 
 
 def extrapolate(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """10^6 blocks of the default 8×512×512 on 100 GPU workers: the seconds each shared part
-    needs at the measured marginal costs (client and scheduler: per task, whatever the block
-    size; measured at this run's group size) against what the workers need at
-    `--gpu-block-ms` per block, in groups of `--blocks-per-task` or what the segment command
-    picks for the default block (`auto_blocks_per_task`)."""
+    """10^6 default 8×512×512 blocks on 100 GPU workers: seconds each shared part needs at the
+    measured marginal per-task costs (client, scheduler) against the workers' at `--gpu-block-ms`
+    per block, in groups of `--blocks-per-task` or `auto_blocks_per_task` of the default block."""
     from pipeline.segment_config import auto_blocks_per_task
 
     big = rows[-1]
