@@ -163,7 +163,7 @@ def bench_planning(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from pipeline.ledger import Ledger
     from pipeline.output import OutputOptions, create_output
     from pipeline.plan import plan_for_volume
-    from pipeline.segment import SegmentConfig, _groups, auto_blocks_per_task, segment_ops
+    from pipeline.segment import SegmentConfig, _groups, segment_ops
     from pipeline.volume import open_volume
     from pipeline.worker import GroupJob
     from unetcore.config import preset
@@ -183,7 +183,7 @@ def bench_planning(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     done = Ledger(plan.output_url, plan.num_blocks).done_mask()
     todo = (i for i in range(plan.num_blocks) if not done[i])
     payload = {"plan": plan.to_dict(), "run": "bench"}
-    size = SegmentConfig().blocks_per_task or auto_blocks_per_task(tuple(plan.block_shape))
+    size = SegmentConfig().group_size(tuple(plan.block_shape))
     jobs = sum(1 for ids in _groups(todo, size) if GroupJob(ids, payload, "x", segment_ops))
     seconds = time.perf_counter() - t0
     _, peak = tracemalloc.get_traced_memory()

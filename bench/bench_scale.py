@@ -351,11 +351,12 @@ def extrapolate(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[st
     """10^6 default 8×512×512 blocks on 100 GPU workers: seconds each shared part needs at the
     measured marginal per-task costs (client, scheduler) against the workers' at `--gpu-block-ms`
     per block, in groups of `--blocks-per-task` or `auto_blocks_per_task` of the default block."""
-    from pipeline.segment_config import auto_blocks_per_task
+    from pipeline.plan import DEFAULT_BLOCK_2D
+    from pipeline.segment_config import SegmentConfig
 
     big = rows[-1]
     n, workers, measured_bpt = 10**6, 100, big["blocks_per_task"] or 1
-    bpt = args.blocks_per_task or auto_blocks_per_task((8, 512, 512))
+    bpt = SegmentConfig(blocks_per_task=args.blocks_per_task).group_size(DEFAULT_BLOCK_2D)
     gpu_ms = args.gpu_block_ms
     client_task_ms = marginal(rows, "client_cpu_s") * measured_bpt
     sched_task_ms = marginal(rows, "scheduler_cpu_s") * measured_bpt

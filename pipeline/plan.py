@@ -37,6 +37,8 @@ from unetcore.config import UNetConfig
 
 PLAN_FORMAT = 1
 DEFAULT_SAME_CONTEXT = 32  # per side, for padding="same" models (no exact context exists)
+DEFAULT_BLOCK_2D = (8, 512, 512)  # `default_block_shape` of a 2D model, before alignment
+DEFAULT_BLOCK_3D = (128, 128, 128)
 
 
 class BlockAlignmentError(ValueError):
@@ -122,7 +124,7 @@ def default_block_shape(
     """
     lattice = model_lattice(config)
     unit = tuple(unit) if unit is not None else (1, 1, 1)
-    target = (8, 512, 512) if config.spatial_dims == 2 else (128, 128, 128)
+    target = DEFAULT_BLOCK_2D if config.spatial_dims == 2 else DEFAULT_BLOCK_3D
     out = []
     for size, want, lat, u in zip(volume_shape, target, lattice, unit, strict=True):
         step = math.lcm(lat, u)

@@ -29,7 +29,7 @@ from typing import Any
 
 from pipeline.cluster import connect
 from pipeline.execute import BlockFailure, BlockOps, GroupReport, RetryPolicy
-from pipeline.segment_config import SegmentConfig, auto_blocks_per_task
+from pipeline.segment_config import SegmentConfig
 from pipeline.submit import SchedulerLostError, default_in_flight, submit_bounded
 from pipeline.worker import GroupJob, ModelPlugin, ModelSpec, hold_model, process_group, release_model
 
@@ -345,8 +345,7 @@ def _stream(
         progress.advance(len(job.block_ids), sum(plan.block(b).write_roi.size for b in written))
 
     # Small runs get smaller groups, so every slot has work: at least 2 tasks per slot.
-    largest = config.blocks_per_task or auto_blocks_per_task(tuple(plan.block_shape))
-    result.blocks_per_task = max(1, min(largest, -(-total // (2 * result.slots))))
+    result.blocks_per_task = max(1, min(config.group_size(tuple(plan.block_shape)), -(-total // (2 * result.slots))))
     jobs = (
         GroupJob(ids, payload, spec.name, segment_ops, policy, config.queue_depth, config.compute_threads)
         for ids in _groups(todo, result.blocks_per_task)

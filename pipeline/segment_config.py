@@ -4,6 +4,7 @@ its type (never evaluated)."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, fields
@@ -11,10 +12,11 @@ from typing import Any
 
 from pipeline.cluster import ClusterConfig
 from pipeline.dtypes import OUTPUT_DTYPES
+from pipeline.plan import DEFAULT_BLOCK_2D
 
 
 ENV_PREFIX = "EMUNET_SEGMENT_"
-TASK_VOXELS = 8 * 8 * 512 * 512  # output voxels a task aims at: 8 of the default blocks
+TASK_VOXELS = 8 * math.prod(DEFAULT_BLOCK_2D)  # output voxels a task aims at: 8 of the default blocks
 MIN_BLOCKS_PER_TASK, MAX_BLOCKS_PER_TASK = 8, 64
 
 
@@ -24,10 +26,8 @@ def auto_blocks_per_task(block_shape: tuple[int, ...]) -> int:
     A task costs the scheduler and the worker a few ms whatever its size, and its blocks
     overlap read, compute and write only within it, so small blocks go in larger groups:
     8 default blocks (8 × 512 × 512), 64 blocks of 1 × 64 × 64 (`bench/bench_scale.py`)."""
-    voxels = 1
-    for n in block_shape:
-        voxels *= int(n)
-    return max(MIN_BLOCKS_PER_TASK, min(MAX_BLOCKS_PER_TASK, -(-TASK_VOXELS // max(voxels, 1))))
+    voxels = max(math.prod(int(n) for n in block_shape), 1)
+    return max(MIN_BLOCKS_PER_TASK, min(MAX_BLOCKS_PER_TASK, -(-TASK_VOXELS // voxels)))
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,10 @@ class SegmentConfig:
             from unetcore.normalization import check_grey_range
 
             object.__setattr__(self, "grey_range", check_grey_range(tuple(self.grey_range)))
+
+    def group_size(self, block_shape: tuple[int, ...]) -> int:
+        """The largest number of blocks per task: `blocks_per_task`, or `auto_blocks_per_task`."""
+        return self.blocks_per_task or auto_blocks_per_task(block_shape)
 
     def cluster(self) -> ClusterConfig:
         return ClusterConfig(self.workers, self.scheduler, torch_threads=self.torch_threads, timeout_s=self.timeout_s,
