@@ -17,7 +17,12 @@ One run measures, side by side, on the same machine, model and volume:
 The headline is **segment end to end ÷ the better bare figure** (voxels of the volume per
 second on both sides). Goal (issue #15): ≥ 0.9 on CPU.
 
-    python bench/bench_efficiency.py [--checkpoint models/isbi2012.safetensors] [--shape 12 1024 1024] [--workers 2]
+``--profiler-ab N`` then runs `segment` 2·N more times on one warm local cluster of each kind,
+alternating workers with and without Dask's statistical profiler
+(`ClusterConfig.worker_profile`), and prints the ratio of their best steady rates and worker
+CPU seconds: the side-by-side measurement behind the clusters' default (profiler off).
+
+    python bench/bench_efficiency.py [--checkpoint models/isbi2012.safetensors] [--shape 12 1024 1024] [--workers 2] [--profiler-ab 2]
 """
 
 from __future__ import annotations
@@ -85,12 +90,50 @@ def bare(checkpoint: Path, in_tile: tuple[int, ...], tiles: int, batch: int, pro
     return max(seconds)
 
 
+def _cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def profiler_ab(src: str, tmp: Path, checkpoint: Path, config, rounds: int) -> None:
+    """Steady rate and worker CPU of `segment` on warm clusters with and without the profiler."""
+    from distributed import Client
+
+    from pipeline.cluster import ClusterConfig, local_cluster
+    from pipeline.segment import segment
+
+    best: dict[bool, tuple[float, float]] = {}
+    clients: dict[bool, Client] = {}
+    clusters = {on: local_cluster(ClusterConfig(workers=config.workers, worker_profile=on))[0] for on in (True, False)}
+    try:
+        clients.update({on: Client(cluster) for on, cluster in clusters.items()})
+        for i in range(rounds + 1):  # round 0 warms both clusters (model load, first faults) and is not kept
+            for on, client in clients.items():
+                cpu0 = sum(client.run(_cpu_seconds).values())
+                result = segment(src, tmp / f"ab-{on}-{i}.zarr", checkpoint, config, client=client)
+                cpu = sum(client.run(_cpu_seconds).values()) - cpu0
+                print(f"  profiler {'on ' if on else 'off'} round {i}: steady {result.steady_voxels_per_second / 1e6:.3f} Mvox/s, "
+                      f"worker CPU {cpu:.1f} s{' (warm-up)' if i == 0 else ''}", flush=True)
+                if i and (on not in best or result.steady_voxels_per_second > best[on][0]):
+                    best[on] = (result.steady_voxels_per_second, cpu)
+    finally:
+        for client in clients.values():
+            client.close()
+        for cluster in clusters.values():
+            cluster.close()
+    print(json.dumps({"profiler_off_vs_on_steady": round(best[False][0] / best[True][0], 3),
+                      "worker_cpu_off_vs_on": round(best[False][1] / best[True][1], 3), "rounds": rounds}))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, default=ROOT / "models" / "isbi2012.safetensors")
     p.add_argument("--shape", type=int, nargs=3, default=(12, 1024, 1024), metavar=("Z", "Y", "X"))
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--workdir", type=Path, default=None)
+    p.add_argument("--profiler-ab", type=int, default=0, metavar="N", help="alternate N runs with and without the profiler")
     args = p.parse_args()
 
     from bench.bench_pipeline import make_volume
@@ -117,9 +160,11 @@ def main() -> None:
         t0 = time.perf_counter()
         result = segment(src, Path(tmp) / "out.zarr", args.checkpoint, config)
         e2e = time.perf_counter() - t0
+        if args.profiler_ab:
+            profiler_ab(src, Path(tmp), args.checkpoint, config, args.profiler_ab)
     assert result.ok, result.failed
     rows[f"segment, {args.workers} workers × 1 thread, end to end"] = voxels / e2e
-    rows[f"segment, steady (first task to last result)"] = result.steady_voxels_per_second
+    rows["segment, steady (first task to last result)"] = result.steady_voxels_per_second
     for name, rate in rows.items():
         print(f"  {name:48s} {rate / 1e6:8.3f} Mvox/s   ÷ best bare {rate / best:.3f}")
     print(json.dumps({"efficiency_end_to_end": round(voxels / e2e / best, 3),

@@ -25,9 +25,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import dask
 from distributed import Client, LocalCluster
 
 from pipeline.submit import SLOT, model_slots
+
+# Dask's statistical profiler samples every worker thread's stack 100 times a second for
+# the dashboard's "Profile" page. On 2 CPU cores it took about 11 % of a segmenting worker's
+# CPU time (8 blocks of 8 × 512 × 512, shipped model: 28.7 vs 25.5 s of worker CPU per 4
+# blocks, `docs/pipeline-execution.md`), so the clusters emunet starts run without it;
+# `ClusterConfig(worker_profile=True)` keeps it. Workers started by hand read the same key
+# from ``DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED`` (docs/admin.md).
+WORKER_PROFILE = "distributed.worker.profile.enabled"
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,7 @@ class ClusterConfig:
     torch_threads: int | None = None  # intra-op threads per CPU worker; None = cores / workers
     timeout_s: float = 60.0  # how long to wait for a worker with a GPU slot
     connect_timeout_s: float = 5.0  # reaching the scheduler's address and its handshake
+    worker_profile: bool = False  # local workers run Dask's statistical profiler (see WORKER_PROFILE)
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 1:
@@ -131,8 +141,9 @@ def local_cluster(config: ClusterConfig) -> tuple[Any, str, int | None]:
     """Start a local cluster for `config`: (cluster, kind, torch threads per worker).
 
     The workers ignore Ctrl-C (`children_ignore_sigint`): the client stops the run and
-    closes them."""
-    with children_ignore_sigint():
+    closes them. They run without Dask's statistical profiler unless
+    ``config.worker_profile`` (each nanny hands its worker the configuration it was made in)."""
+    with children_ignore_sigint(), dask.config.set({WORKER_PROFILE: config.worker_profile}):
         return _local_cluster(config)
 
 
