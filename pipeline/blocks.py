@@ -78,11 +78,13 @@ def read_block(plan: SegmentPlan, block_id: int, volume: Volume) -> np.ndarray:
     return read_roi_mirrored(volume, plan.block(block_id).read_roi)
 
 
-def predict_block(data: np.ndarray, plan: SegmentPlan, block_id: int, predictor: Any) -> np.ndarray:
+def predict_block(data: np.ndarray, plan: SegmentPlan, block_id: int, predictor: Any,
+                  out_dtype: str = "float32") -> np.ndarray:
     """float32 cell probability of the block's write region from its read region ``data``.
 
     2D model: all z slices of the block go to ``predictor.predict_region`` at once (they
-    share batches), with the (y, x) context. 3D model: one 3D region.
+    share batches), with the (y, x) context. 3D model: one 3D region. ``out_dtype="uint8"``
+    (`Output.device_dtype`): round(p·255) as uint8, quantised on the predictor's device.
     """
     block = plan.block(block_id)
     if tuple(data.shape) != tuple(block.read_roi.shape):
@@ -90,6 +92,8 @@ def predict_block(data: np.ndarray, plan: SegmentPlan, block_id: int, predictor:
     lo, hi = block.context_lo, block.context_hi
     axes = slice(1, None) if plan.model_dims == 2 else slice(None)
     frame = _tta_frame(plan, block, predictor, axes)
+    if out_dtype != "float32":
+        frame["out_dtype"] = out_dtype
     if plan.model_dims == 2:
         if lo[0] or hi[0]:
             raise ValueError(f"expected no z context for a 2D model, got {lo[0]}, {hi[0]}")
@@ -99,7 +103,7 @@ def predict_block(data: np.ndarray, plan: SegmentPlan, block_id: int, predictor:
         result = predictor.predict_region([data], tuple(lo), tuple(hi), **frame)[0]
     if tuple(result.shape) != tuple(block.write_roi.shape):
         raise ValueError(f"expected a prediction of shape {tuple(block.write_roi.shape)}, got {result.shape}")
-    return result.astype(np.float32, copy=False)
+    return result.astype(np.dtype(out_dtype), copy=False)
 
 
 def _tta_frame(plan: SegmentPlan, block: Any, predictor: Any, axes: slice) -> dict[str, Any]:
@@ -242,7 +246,8 @@ def run_plan_locally(
     todo = list(ledger.pending_ids(ids)) if resume else ids
     run = LocalRun(skipped=len(ids) - len(todo))
     start = time.perf_counter()
-    ops = block_ops(plan, volume, output, ledger, lambda b, data: predict_block(data, plan, b, predictor))
+    ops = block_ops(plan, volume, output, ledger,
+                    lambda b, data: predict_block(data, plan, b, predictor, output.device_dtype(predictor)))
     report = run_group(todo, ops, RetryPolicy())
     run.computed = sorted(report.done)
     run.failed = {f.block_id: f.error for f in sorted(report.failed, key=lambda f: f.block_id)}

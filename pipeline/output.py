@@ -189,10 +189,29 @@ class Output:
             self._writers[name] = writer_for(self.array(name))
         self._writers[name].write(roi, data)
 
+    def device_dtype(self, predictor: Any = None) -> str:
+        """The dtype a block's prediction may arrive in: "uint8" (quantised on the predictor's
+        device, `unetcore.predict.quantize_uint8`) when that is what is stored and no mask
+        needs the float probability, and ``predictor`` is a `TilePredictor`; else "float32"."""
+        from unetcore.predict import TilePredictor
+
+        return "uint8" if self._takes_uint8 and isinstance(predictor, TilePredictor) else "float32"
+
+    @property
+    def _takes_uint8(self) -> bool:
+        return self.options.dtype == "uint8" and not self.options.mask
+
     def write(self, roi: Roi, probability: np.ndarray) -> None:
-        """Write float32 probabilities of ``roi`` (chunk-aligned: whole chunks only)."""
+        """Write the probabilities of ``roi`` (chunk-aligned: whole chunks only): float32, or
+        uint8 already quantised where `device_dtype` allows it."""
         if tuple(probability.shape) != tuple(roi.shape):
             raise ValueError(f"expected a result of shape {tuple(roi.shape)} for {roi}, got {probability.shape}")
+        if probability.dtype == np.uint8:
+            if not self._takes_uint8:
+                raise ValueError(f"expected float32 probabilities for a {self.options.dtype} output"
+                                 f"{' with a mask' if self.options.mask else ''}, got uint8")
+            self.put(self.options.name, roi, probability)
+            return
         self.put(self.options.name, roi, to_output_dtype(probability, self.options.dtype))
         if self.options.mask:
             mask = (probability >= np.float32(self.options.mask_threshold)).astype(np.uint8)

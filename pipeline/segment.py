@@ -97,7 +97,7 @@ def segment_ops(plugin: ModelPlugin, payload: dict[str, Any]) -> BlockOps:
 
     def compute(block_id: int, data: Any) -> Any:
         plugin.use_threads()  # torch's thread count is per thread
-        return predict_block(data, plan, block_id, plugin.predictor)
+        return predict_block(data, plan, block_id, plugin.predictor, output.device_dtype(plugin.predictor))
 
     return block_ops(plan, volume, output, ledger, compute)
 

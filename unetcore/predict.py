@@ -140,6 +140,18 @@ def _is_compile_error(exc: BaseException) -> bool:
     return any(type(e).__module__.startswith(("torch._dynamo", "torch._inductor")) for e in (exc, exc.__cause__) if e)
 
 
+OUT_DTYPES: tuple[str, ...] = ("float32", "uint8")  # what `TilePredictor.predict_region` returns
+
+
+def quantize_uint8(prob: torch.Tensor) -> torch.Tensor:
+    """round(p·255), clipped to 0…255, as uint8, on the tensor's device.
+
+    The stored uint8 rule of the pipeline (`pipeline.output.to_output_dtype`, in numpy): the
+    same float32 product and the same round-half-to-even, so both give identical bytes
+    (`tests/unetcore/test_predict.py` checks the ties and the ends)."""
+    return torch.clamp(torch.round(prob * 255.0), 0, 255).to(torch.uint8)
+
+
 def mirror_pad(tensor: torch.Tensor, pads: list[tuple[int, int]]) -> torch.Tensor:
     """``numpy.pad(..., mode="symmetric")`` of a tensor, on its device (an index per axis)."""
     for axis, (lo, hi) in enumerate(pads):
@@ -205,6 +217,7 @@ class TilePredictor:
         class_index: int = 1,
         origin: tuple[int, ...] | None = None,
         extent: tuple[int, ...] | None = None,
+        out_dtype: str = "float32",
     ) -> list[np.ndarray]:
         """Predict the inner region of arrays that already carry context around it.
 
@@ -219,17 +232,27 @@ class TilePredictor:
         ``origin`` and ``extent`` then place the region in the whole image (default: the
         region is the whole image), and the context must cover `unetcore.tta.widen_context`
         for a block to equal the whole image's result.
+
+        ``out_dtype="uint8"`` returns round(p·255) as uint8 (`quantize_uint8`), quantised on the
+        predictor's device: a GPU then sends back a quarter of the bytes. With TTA the mean
+        of the views is quantised. The values equal quantising the float32 result.
         """
+        if out_dtype not in OUT_DTYPES:
+            raise ValueError(f"expected out_dtype in {OUT_DTYPES}, got {out_dtype!r}")
         for a in arrays:
             self._check(a)
         if self.config.tta:
             lattice = geometry.phase_lattice(self.model.config)
             plain = lambda views, lo, hi: self._predict_region(views, lo, hi, class_index)  # noqa: E731
-            return tta.predict_views(plain, arrays, context_lo, context_hi, lattice=lattice, origin=origin, extent=extent)
-        return self._predict_region(arrays, context_lo, context_hi, class_index)
+            mean = tta.predict_views(plain, arrays, context_lo, context_hi, lattice=lattice, origin=origin, extent=extent)
+            if out_dtype == "float32":
+                return mean
+            return [quantize_uint8(torch.from_numpy(m)).numpy() for m in mean]
+        return self._predict_region(arrays, context_lo, context_hi, class_index, out_dtype)
 
     def _predict_region(
-        self, arrays: list[np.ndarray], context_lo: tuple[int, ...], context_hi: tuple[int, ...], class_index: int
+        self, arrays: list[np.ndarray], context_lo: tuple[int, ...], context_hi: tuple[int, ...], class_index: int,
+        out_dtype: str = "float32",
     ) -> list[np.ndarray]:
         out_shape = tuple(s - lo - hi for s, lo, hi in zip(arrays[0].shape, context_lo, context_hi, strict=True))
         if min(out_shape) < 1 or any(a.shape != arrays[0].shape for a in arrays):
@@ -259,6 +282,8 @@ class TilePredictor:
             probs = self._forward(tiles, class_index)
             for (i, origin), prob in zip(batch, probs, strict=True):
                 self._write(outputs[i], prob, origin, plan)
+        if out_dtype == "uint8":
+            outputs = [quantize_uint8(out) for out in outputs]
         return [out.cpu().numpy() for out in outputs]
 
     def _prepare(self, array: np.ndarray, pads: list[tuple[int, int]]) -> torch.Tensor:

@@ -47,3 +47,23 @@ def test_gpu_blocks_agree_with_the_cpu_whole_volume(tmp_path: Path, tiny_model, 
     assert diff.max() <= BF16_TOLERANCE, f"max |gpu - cpu| = {diff.max():.4f}"
     assert diff[seams].max() <= BF16_TOLERANCE, f"at block seams: {diff[seams].max():.4f}"
     assert diff.mean() <= BF16_TOLERANCE / 10
+
+
+def test_a_uint8_output_is_quantised_on_the_gpu_as_the_host_would(tmp_path: Path, tiny_model) -> None:
+    """Default output (uint8, no mask): the block comes back as bytes quantised on the device;
+    they match quantising the same device's float32 result on the host (two GPU passes may
+    differ in the last bits, which can move a value across a rounding edge: by 1 at most)."""
+    from pipeline.output import to_output_dtype
+
+    volume = (np.random.default_rng(3).random((2, 130, 150)) * 255).astype(np.uint8)
+    write_zarr(tmp_path / "in.zarr", volume, (1, 32, 32))
+    gpu = TilePredictor(tiny_model, Normalization(), PredictConfig(device="cuda", amp=True, batch_size=3))
+    stored = {}
+    for dtype in ("uint8", "float32"):
+        plan = make_plan(str(tmp_path / "in.zarr"), str(tmp_path / f"{dtype}.zarr"), volume.shape, tiny_model.config,
+                         block_shape=(1, 64, 64))
+        output_options = OutputOptions(dtype=dtype)
+        run_plan_locally(plan, predictor=gpu, options=output_options)
+        stored[dtype] = np.asarray(open_output(str(tmp_path / f"{dtype}.zarr")).array("probability")[...])
+    diff = np.abs(stored["uint8"].astype(int) - to_output_dtype(stored["float32"], "uint8").astype(int))
+    assert stored["uint8"].dtype == np.uint8 and diff.max() <= 1 and (diff == 0).mean() >= 0.99

@@ -132,6 +132,45 @@ def test_uint8_is_rounded_probability() -> None:
     np.testing.assert_array_equal(to_output_dtype(p, "uint8"), [0, 0, 1, 128, 255, 255])
 
 
+def test_the_device_quantiser_gives_the_stored_bytes() -> None:
+    """`unetcore.predict.quantize_uint8` (torch, on the predictor's device) and the stored
+    rule (numpy) agree byte for byte: ties at (k + 0.5)/255 round to even in both, the ends
+    clip, and a million random probabilities match."""
+    import torch
+
+    from unetcore.predict import quantize_uint8
+
+    k = np.arange(256, dtype=np.float32)
+    ties = (k + np.float32(0.5)) / np.float32(255)
+    edges = np.concatenate([k / np.float32(255), ties, np.nextafter(ties, 0), np.nextafter(ties, 1),
+                            np.array([0.0, 1.0, -0.0, 1e-9, 1 - 1e-7], np.float32)]).astype(np.float32)
+    rand = np.random.default_rng(0).random(1_000_000, dtype=np.float32)
+    for p in (edges, rand):
+        np.testing.assert_array_equal(quantize_uint8(torch.from_numpy(p)).numpy(), to_output_dtype(p, "uint8"))
+
+
+def test_a_quantised_block_is_stored_as_it_came_and_only_where_allowed(tmp_path: Path) -> None:
+    from unetcore.model import UNet
+    from unetcore.normalization import Normalization
+    from unetcore.predict import PredictConfig, TilePredictor
+
+    plan = plan_for(str(tmp_path / "o.zarr"))
+    output = create_output(plan, OutputOptions(dtype="uint8"))
+    roi = Roi((0, 0, 0), (1, 16, 16))
+    data = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
+    output.write(roi, data)
+    np.testing.assert_array_equal(np.asarray(output.array("probability")[roi.to_slices()]), data)
+    predictor = TilePredictor(UNet(preset("tiny")), Normalization(), PredictConfig(device="cpu"))
+    assert output.device_dtype(predictor) == "uint8" and output.device_dtype(object()) == "float32"
+    masked = create_output(plan_for(str(tmp_path / "m.zarr")), OutputOptions(dtype="uint8", mask=True))
+    assert masked.device_dtype(predictor) == "float32"  # the mask needs the float probability
+    with pytest.raises(ValueError, match="expected float32 probabilities for a uint8 output with a mask, got uint8"):
+        masked.write(roi, data)
+    as_float = create_output(plan_for(str(tmp_path / "f.zarr")), OutputOptions(dtype="float32"))
+    with pytest.raises(ValueError, match="expected float32 probabilities for a float32 output, got uint8"):
+        as_float.write(roi, data)
+
+
 def test_write_must_match_the_roi(tmp_path: Path) -> None:
     output = create_output(plan_for(str(tmp_path / "o.zarr")))
     with pytest.raises(ValueError, match="shape"):

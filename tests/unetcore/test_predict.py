@@ -61,6 +61,23 @@ def test_region_with_exact_context_equals_whole(upsampling: str) -> None:
         np.testing.assert_allclose(region, whole[y0:y1, x0:x1], atol=2e-5)
 
 
+@pytest.mark.parametrize("tta", [False, True])
+def test_a_region_quantised_on_the_device_equals_the_quantised_float_result(tta: bool) -> None:
+    from unetcore.predict import quantize_uint8
+
+    model = MODELS["upconv"]
+    image = np.random.default_rng(5).integers(0, 256, (2, 61, 75)).astype(np.uint8)
+    predictor = TilePredictor(model, Normalization(), PredictConfig(tile_shape=(108, 116), tta=tta))
+    lo, hi = (9, 11), (13, 7)
+    floats = predictor.predict_region(list(image), lo, hi)
+    quantised = predictor.predict_region(list(image), lo, hi, out_dtype="uint8")
+    for f, q in zip(floats, quantised, strict=True):
+        assert q.dtype == np.uint8 and q.shape == f.shape
+        np.testing.assert_array_equal(q, quantize_uint8(torch.from_numpy(f)).numpy())
+    with pytest.raises(ValueError, match="expected out_dtype in"):
+        predictor.predict_region(list(image), lo, hi, out_dtype="float16")
+
+
 def test_mirror_only_at_true_borders() -> None:
     """A tile's context inside the image is real data: changing far pixels changes nothing."""
     model = MODELS["transposed"]
