@@ -105,3 +105,21 @@ def test_fine_tuning_the_isbi_model_on_fibsem_improves_it_there(app, runner, sha
     assert best["step"] > 0 and best["best"] < start["validation"]["rand_error_2012"] - 0.02
     card = (out / "model-card.md").read_text()
     assert "fine-tuned from" in card and "| Rand error 2012 (swept) |" in card
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_builds_its_recipe(config: Path) -> None:
+    """A config in `configs/` that no longer matches the recipe's fields (a renamed or
+    removed option) would fail only when someone runs it, an hour into a study."""
+    from emunet.cli.train import load_config_file
+    from flows.unet_training import TrainSpec
+
+    cfg = load_config_file(config)
+    model = dict(cfg.get("model") or {})
+    spec = TrainSpec(
+        images="images.tif", labels="labels.tif", preset=model.pop("preset", "paper"), model=model,
+        train=cfg.get("train", {}), augment=cfg.get("augment", {}), weight_map=cfg.get("weights", {}),
+    )  # fmt: skip
+    model_config, train_config, weights = spec.configs()
+    assert train_config.steps > 0 and weights.w0 > 0
+    assert model_config.padding == "valid"  # every shipped recipe is the paper's valid U-Net
