@@ -4,7 +4,9 @@ A model so small (2D U-Net, depth 1, 2 base channels: a few ms per 1×64×64 blo
 thread) that what is measured is the pipeline: planning, submission, scheduling, reading,
 writing, ledger markers, progress. Everything runs as users run it, in separate processes:
 
-* a ``dask scheduler`` and 2 ``dask worker`` processes (1 thread each, ``--resources GPU=1``);
+* a ``dask scheduler`` and 2 ``dask worker`` processes (1 thread each, ``--resources GPU=1``),
+  without Dask's sampling profiler, as the recipes in deploy/ start them (``--worker-profile``
+  keeps Dask's default, on);
 * ``emunet segment IN OUT --model … --block 1 64 64 --scheduler tcp://… --json`` (the
   default Prefect flow) as a subprocess: its peak RSS (``VmHWM``) and CPU time are sampled
   from /proc while it runs; the scheduler's CPU time and peak RSS likewise;
@@ -111,10 +113,12 @@ class Sampler(threading.Thread):
 class Cluster:
     """A `dask scheduler` and `workers` × `dask worker --nthreads 1 --resources GPU=1`."""
 
-    def __init__(self, workdir: Path, workers: int) -> None:
+    def __init__(self, workdir: Path, workers: int, profile: bool = False) -> None:
         self.file = workdir / "scheduler.json"
         self.file.unlink(missing_ok=True)
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+               # as deploy/ starts workers: without Dask's sampling profiler (docs/admin.md, "Profile")
+               "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": str(profile)}  # fmt: skip
         quiet = {"stdout": subprocess.DEVNULL, "stderr": open(workdir / "cluster.log", "a"), "env": env, "cwd": ROOT}
         self.scheduler = subprocess.Popen([BIN / "dask", "scheduler", "--scheduler-file", self.file, "--port", "0",
                                            "--no-dashboard"], **quiet)  # fmt: skip
@@ -274,7 +278,7 @@ def run_paths(args: argparse.Namespace, blocks: int, plane: np.ndarray) -> tuple
 def run_size(args: argparse.Namespace, blocks: int, plane: np.ndarray) -> dict[str, Any]:
     src, out = run_paths(args, blocks, plane)
     planes = int(src.name[3:-5])
-    cluster = Cluster(args.workdir, args.workers)
+    cluster = Cluster(args.workdir, args.workers, args.worker_profile)
     try:
         _, _, idle0 = cluster.scheduler_stats()
         time.sleep(args.idle_s)  # the scheduler's own CPU while nothing runs (ticks, heartbeats)
@@ -315,7 +319,7 @@ def kill_and_resume(args: argparse.Namespace, blocks: int, plain: dict[str, Any]
     """The same run SIGKILLed at `--kill-at` of its uninterrupted wall, then `--resume`d."""
     src, ref = run_paths(args, blocks, plane)
     out = ref.with_name(ref.name.replace(".zarr", "-killed.zarr"))
-    cluster = Cluster(args.workdir, args.workers)
+    cluster = Cluster(args.workdir, args.workers, args.worker_profile)
     try:
         kill_s = args.kill_after or plain["wall_s"] * args.kill_at
         killed = run_client(segment_cmd(args, src, out, cluster.address, "--overwrite"), args.workdir / "killed.log", kill_s)
@@ -384,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume-size", type=int, default=None, help="kill+resume at this size (default: the largest; 0: skip)")
     p.add_argument("--kill-at", type=float, default=0.5, help="fraction of the uninterrupted wall at which to SIGKILL")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--worker-profile", action="store_true",
+                   help="workers with Dask's sampling profiler on (Dask's default; deploy/ turns it off)")
     p.add_argument("--block", type=int, nargs=3, default=[1, 64, 64])
     p.add_argument("--plane", type=int, default=1024, help="y = x size of the volume")
     p.add_argument("--input-chunk", type=int, default=256, help="input chunk (y, x)")
@@ -411,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     plane = synthetic_em_volume((1, args.plane, args.plane), seed=0).image
     print(json.dumps({"date": datetime.date.today().isoformat(), "python": platform.python_version(), "cpus": os.cpu_count(),
                       "machine": platform.machine(), "workdir": str(args.workdir), "block": args.block,
-                      "model": {"depth": args.depth, "base_channels": args.base_channels}}), flush=True)  # fmt: skip
+                      "model": {"depth": args.depth, "base_channels": args.base_channels},
+                      "worker_profiler": args.worker_profile}), flush=True)  # fmt: skip
     rows = []
     if args.resume_only:
         src, out = run_paths(args, args.resume_size, plane)

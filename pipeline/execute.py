@@ -196,18 +196,107 @@ def run_group(
 ) -> GroupReport:
     """Read, compute and write `block_ids` in a three-stage pipeline; never raises per block.
 
-    ``compute_threads`` > 1 runs the compute stage in that many threads sharing the device:
-    on a GPU one thread's CPU work (normalising, padding, copying tiles) then overlaps the
-    other's kernels. Blocks may then finish out of order.
+    ``depth`` ≥ 1: the stages overlap, joined by queues of that depth. ``depth=0``: one
+    block after another in the calling thread (read, compute, write, mark), no helper
+    threads: for blocks so small that handing them between threads costs more than the
+    overlap saves (`SERIAL_BLOCK_VOXELS`). ``compute_threads`` > 1 runs the compute stage in
+    that many threads sharing the device: on a GPU one thread's CPU work (normalising,
+    padding, copying tiles) then overlaps the other's kernels. Blocks may then finish out of
+    order.
     """
-    if depth < 1 or compute_threads < 1:
-        raise ValueError(f"Expected a queue depth and compute threads ≥ 1. Got {depth}, {compute_threads} instead.")
+    if depth < 0 or compute_threads < 1 or (depth == 0 and compute_threads > 1):
+        raise ValueError(
+            f"Expected a queue depth ≥ 0 and compute threads ≥ 1 (one with depth 0). Got {depth}, {compute_threads} instead."
+        )
+    stages = _Stages(ops, policy, sleep, worker)
+    start = time.perf_counter()
+    if depth == 0:
+        for block_id in block_ids:
+            item = stages.compute(stages.read(block_id))
+            if isinstance(item, _Failed):
+                stages.record(item)
+            else:
+                stages.write(*item)
+    else:
+        _run_overlapped(block_ids, stages, depth, compute_threads)
+    report = stages.report
+    report.seconds = {**{k: round(v, 6) for k, v in stages.busy.items()}, "wall": round(time.perf_counter() - start, 6)}
+    return report
+
+
+class _Stages:
+    """One block's steps, shared by the serial and the overlapped runs: each returns what
+    the next step takes (or a `_Failed`) and adds its busy time; the report is filled here."""
+
+    def __init__(self, ops: BlockOps, policy: RetryPolicy, sleep: Callable[[float], None], worker: str) -> None:
+        self.ops, self.policy, self.sleep, self.worker = ops, policy, sleep, worker
+        self.busy = {"read": 0.0, "compute": 0.0, "write": 0.0}
+        self.report = GroupReport(worker=worker)
+        self.lock = threading.Lock()
+
+    def read(self, block_id: int) -> Any:
+        t0 = time.perf_counter()
+        try:
+            item: Any = (block_id, with_retries(lambda: self.ops.read(block_id), self.policy, self.sleep)[0])
+        except Exception as exc:
+            item = _Failed(block_id, "read", exc, getattr(exc, "tries", 1))
+        self.busy["read"] += time.perf_counter() - t0
+        return item
+
+    def compute(self, item: Any) -> Any:
+        if isinstance(item, _Failed):
+            return item
+        block_id, data = item
+        t0 = time.perf_counter()
+        try:
+            item = (block_id, self.ops.compute(block_id, data))
+        except Exception as exc:  # deterministic: no retry
+            item = _Failed(block_id, "compute", exc, 1)
+        del data
+        with self.lock:
+            self.busy["compute"] += time.perf_counter() - t0
+        return item
+
+    def write(self, block_id: int, result: Any) -> None:
+        ops, t0 = self.ops, time.perf_counter()
+        try:
+            with_retries(lambda: ops.write(block_id, result), self.policy, self.sleep)
+        except Exception as exc:
+            self.record(_Failed(block_id, "write", exc, getattr(exc, "tries", 1)))
+            self.busy["write"] += time.perf_counter() - t0
+            return
+        try:
+            if ops.mark_done is not None:
+                with_retries(lambda: ops.mark_done(block_id), self.policy, self.sleep)
+        except Exception as exc:
+            self.record(_Failed(block_id, "ledger", exc, getattr(exc, "tries", 1)))
+        else:
+            with self.lock:
+                self.report.done.append(block_id)
+                self.report.voxels += ops.voxels(block_id)
+        self.busy["write"] += time.perf_counter() - t0
+
+    def record(self, failed: _Failed) -> None:
+        try:
+            where = self.ops.describe(failed.block_id)
+        except Exception:  # a report must never fail
+            where = {}
+        if self.ops.mark_failed is not None:
+            try:
+                self.ops.mark_failed(failed.block_id, failed.exc)
+            except Exception:  # the report below still carries the failure
+                pass
+        with self.lock:
+            self.report.failed.append(
+                BlockFailure(failed.block_id, failed.stage, error_text(failed.exc), failed.tries, where, self.worker)
+            )
+
+
+def _run_overlapped(block_ids: Sequence[int], stages: _Stages, depth: int, compute_threads: int) -> None:
+    """The three stages in three threads (more for compute), joined by bounded queues."""
     inbox: queue.Queue = queue.Queue(maxsize=depth)
     outbox: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()  # set when the compute stage aborts: the reader stops early
-    busy = {"read": 0.0, "compute": 0.0, "write": 0.0}
-    report = GroupReport(worker=worker)
-    lock = threading.Lock()
 
     def put(q: queue.Queue, item: Any) -> bool:
         while not stop.is_set():
@@ -221,60 +310,17 @@ def run_group(
     def reader() -> None:
         try:
             for block_id in block_ids:
-                if stop.is_set():
-                    return
-                t0 = time.perf_counter()
-                try:
-                    item: Any = (block_id, with_retries(lambda: ops.read(block_id), policy, sleep)[0])
-                except Exception as exc:
-                    item = _Failed(block_id, "read", exc, getattr(exc, "tries", 1))
-                busy["read"] += time.perf_counter() - t0
-                if not put(inbox, item):
+                if stop.is_set() or not put(inbox, stages.read(block_id)):
                     return
         finally:
             put(inbox, _END)
 
     def writer() -> None:
-        while True:
-            item = outbox.get()
-            if item is _END:
-                return
+        while (item := outbox.get()) is not _END:
             if isinstance(item, _Failed):
-                _record(item)
-                continue
-            block_id, result = item
-            t0 = time.perf_counter()
-            try:
-                with_retries(lambda: ops.write(block_id, result), policy, sleep)
-            except Exception as exc:
-                _record(_Failed(block_id, "write", exc, getattr(exc, "tries", 1)))
-                busy["write"] += time.perf_counter() - t0
-                continue
-            try:
-                if ops.mark_done is not None:
-                    with_retries(lambda: ops.mark_done(block_id), policy, sleep)
-            except Exception as exc:
-                _record(_Failed(block_id, "ledger", exc, getattr(exc, "tries", 1)))
+                stages.record(item)
             else:
-                with lock:
-                    report.done.append(block_id)
-                    report.voxels += ops.voxels(block_id)
-            busy["write"] += time.perf_counter() - t0
-
-    def _record(failed: _Failed) -> None:
-        try:
-            where = ops.describe(failed.block_id)
-        except Exception:  # a report must never fail
-            where = {}
-        if ops.mark_failed is not None:
-            try:
-                ops.mark_failed(failed.block_id, failed.exc)
-            except Exception:  # the report below still carries the failure
-                pass
-        with lock:
-            report.failed.append(
-                BlockFailure(failed.block_id, failed.stage, error_text(failed.exc), failed.tries, where, worker)
-            )
+                stages.write(*item)
 
     def take(q: queue.Queue) -> Any:
         while True:
@@ -286,21 +332,10 @@ def run_group(
 
     def compute() -> None:
         while (item := take(inbox)) is not _END:
-            if not isinstance(item, _Failed):
-                block_id, data = item
-                t0 = time.perf_counter()
-                try:
-                    item = (block_id, ops.compute(block_id, data))
-                except Exception as exc:  # deterministic: no retry
-                    item = _Failed(block_id, "compute", exc, 1)
-                del data
-                with lock:
-                    busy["compute"] += time.perf_counter() - t0
-            if not put(outbox, item):
+            if not put(outbox, stages.compute(item)):
                 return
         put(inbox, _END)  # the end marker, passed on to the other compute threads
 
-    start = time.perf_counter()
     io = [threading.Thread(target=reader, name="emunet-read"), threading.Thread(target=writer, name="emunet-write")]
     helpers = [threading.Thread(target=compute, name=f"emunet-compute-{i}") for i in range(1, compute_threads)]
     for t in io + helpers:
@@ -318,5 +353,3 @@ def run_group(
         stop.set()
         for t in io:
             t.join()
-    report.seconds = {**{k: round(v, 6) for k, v in busy.items()}, "wall": round(time.perf_counter() - start, 6)}
-    return report

@@ -67,9 +67,11 @@ class SegmentConfig:
     def __post_init__(self) -> None:
         if self.dtype not in OUTPUT_DTYPES:
             raise ValueError(f"Expected dtype in {OUTPUT_DTYPES}. Got {self.dtype!r} instead.")
-        for name in ("batch_size", "blocks_per_task", "queue_depth", "compute_threads", "retries"):
+        for name in ("batch_size", "blocks_per_task", "compute_threads", "retries"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"Expected {name} ≥ 1. Got {getattr(self, name)} instead.")
+        if self.queue_depth is not None and self.queue_depth < 0:
+            raise ValueError(f"Expected queue_depth ≥ 0 (0: one block after another). Got {self.queue_depth} instead.")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError(f"Expected torch_threads ≥ 1 (or unset: cores / workers). Got {self.torch_threads} instead.")
         for name in ("timeout_s", "connect_timeout_s"):

@@ -75,6 +75,16 @@ def start_cluster(
         common["memory_limit"] = memory_limit
     if security is not None:
         common.update(protocol="tls://", security=security)
+    import dask
+    import distributed  # noqa: F401  (loads its config defaults before the set below saves the config)
+
+    # Workers without Dask's sampling profiler (it slows the blocks: docs/admin.md, "Profile");
+    # the nannies hand this setting to the worker processes they start.
+    with dask.config.set({"distributed.worker.profile.enabled": False}):
+        return _start(n_workers, cpu, common)
+
+
+def _start(n_workers: int | None, cpu: bool, common: dict[str, Any]) -> Any:
     gpus = 0 if cpu else visible_gpus()
     if gpus == 0:
         from distributed import LocalCluster

@@ -109,6 +109,8 @@ for _ in $(seq 1 600); do
 done
 [[ -s "$SCHEDULER_FILE" ]] || die "the scheduler wrote no $SCHEDULER_FILE within 60 s"
 
+# No Dask sampling profiler on the workers unless asked: it slows the blocks (docs/admin.md, "Profile").
+export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED="${DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED:-False}"
 COMMON=(--scheduler-file "$SCHEDULER_FILE" --nthreads 1 --resources GPU=1
         --local-directory "$LOCAL_DIR" ${TLS_ARGS[@]+"${TLS_ARGS[@]}"})
 # Workers listen where the scheduler does; on 0.0.0.0 they pick the node's own address.

@@ -41,6 +41,7 @@ from typing import Any
 
 LAUNCHERS = ("auto", "dask", "dask-cuda")
 ENV_PREFIX = "EMUNET_SLURM_"
+NO_PROFILER = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False"
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ class SlurmConfig:
         """Shell lines before the worker starts: the user's, then thread and lifetime settings."""
         lines = list(self.job_script_prologue)
         lines.append(f"export OMP_NUM_THREADS={max(1, self.cores // self.gpus_per_job)}")
+        lines.append(f"export {NO_PROFILER}")  # Dask's sampling profiler slows blocks (docs/admin.md)
         if (life := self.lifetime()) is not None:
             lines.append(f"export DASK_DISTRIBUTED__WORKER__LIFETIME__DURATION={life[0]}s")
             lines.append(f"export DASK_DISTRIBUTED__WORKER__LIFETIME__STAGGER={life[1]}s")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -105,6 +104,7 @@ def test_gpu_worker_owns_one_gpu_and_declares_it(name: str, container: dict[str,
     assert parse_bytes(flag(args, "--memory-limit")) < k8s_bytes(resources["limits"]["memory"])
     env = {e["name"]: e.get("value") for e in container.get("env", [])}
     assert env.get("OMP_NUM_THREADS") == str(resources["requests"]["cpu"])
+    assert env.get("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED") == "False"  # no sampling profiler
 
 
 def test_worker_groups_and_autoscaler_join_the_cluster() -> None:

@@ -30,6 +30,12 @@ def _where() -> tuple[str | None, str]:
     return os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("OMP_NUM_THREADS", "")
 
 
+def _profiler_on() -> bool:
+    import dask
+
+    return bool(dask.config.get("distributed.worker.profile.enabled"))
+
+
 def test_cpu_fallback_workers_advertise_one_gpu_slot_each() -> None:
     from distributed.system import MEMORY_LIMIT
 
@@ -45,6 +51,7 @@ def test_cpu_fallback_workers_advertise_one_gpu_slot_each() -> None:
             assert info["memory_limit"] <= MEMORY_LIMIT / 2 + 1  # "auto" = split, not each the whole RAM
         threads = {omp for _, omp in client.run(_where).values()}
         assert threads == {str(max(1, (os.cpu_count() or 1) // 2))}
+        assert set(client.run(_profiler_on).values()) == {False}  # Dask's sampling profiler slows blocks
         futures = [client.submit(_where, pure=False, resources={"GPU": 1}) for _ in range(4)]
         assert len(client.gather(futures)) == 4
 
@@ -121,7 +128,8 @@ def test_shell_script_pins_one_gpu_per_worker(tmp_path: Path, tls: bool, request
         files = request.getfixturevalue("tls_files")
         cmd += ["--tls-ca-file", str(files.ca), "--tls-cert", str(files.cert), "--tls-key", str(files.key)]
         security = files.security()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    env = {k: v for k, v in os.environ.items() if k != "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     try:
         address = _read_until(proc, "scheduler:", time.monotonic() + 60).split()[1]
         assert address == f"{'tls' if tls else 'tcp'}://127.0.0.1:{port}"
@@ -132,6 +140,7 @@ def test_shell_script_pins_one_gpu_per_worker(tmp_path: Path, tls: bool, request
             assert all(a.startswith(address.split(":")[0]) for a in infos)
             devices = sorted(cuda for cuda, _ in client.run(_where).values())
             assert devices == ["3", "5"]
+            assert set(client.run(_profiler_on).values()) == {False}
     finally:
         assert _stop(proc) == 0
 

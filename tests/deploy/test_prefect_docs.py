@@ -17,7 +17,6 @@ import importlib
 import re
 import shlex
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest

@@ -55,6 +55,7 @@ def test_one_gpu_per_job_script() -> None:
     assert "--local-directory ${TMPDIR:-/tmp}" in worker
     assert "-J emunet-gpu" in lines
     assert "export OMP_NUM_THREADS=8" in script
+    assert "export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False" in script  # no sampling profiler
     # retire 10 min (± 2.5 min) before the 2 h walltime instead of being killed mid-block
     assert "export DASK_DISTRIBUTED__WORKER__LIFETIME__DURATION=6600s" in script
     assert "export DASK_DISTRIBUTED__WORKER__LIFETIME__STAGGER=150s" in script
@@ -205,6 +206,7 @@ def test_adaptive_cluster_starts_a_gpu_worker_when_work_arrives(tmp_path: Path, 
         (info,) = client.scheduler_info(n_workers=-1)["workers"].values()
         assert info["resources"] == {"GPU": 1} and info["nthreads"] == 1
         assert list(client.run(_omp_threads).values()) == ["1"]
+        assert list(client.run(_profiler_on).values()) == [False]
         pids = [int(p.read_text()) for p in tmp_path.glob("*.pid")]
         assert len(pids) == 1
     deadline = time.monotonic() + 30
@@ -215,6 +217,12 @@ def test_adaptive_cluster_starts_a_gpu_worker_when_work_arrives(tmp_path: Path, 
 
 def _omp_threads() -> str:
     return os.environ["OMP_NUM_THREADS"]
+
+
+def _profiler_on() -> bool:
+    import dask
+
+    return bool(dask.config.get("distributed.worker.profile.enabled"))
 
 
 def _alive(pid: int) -> bool:

@@ -131,6 +131,48 @@ def test_mark_done_runs_after_write_and_failures_are_not_marked() -> None:
     assert [(f.block_id, f.stage, f.tries) for f in report.failed] == [(1, "write", 1)]
 
 
+def test_serial_group_runs_in_the_calling_thread_with_the_same_report() -> None:
+    """depth=0: each block read, computed, written and marked before the next one is read,
+    all in the calling thread; failures and the report as with the overlapped stages."""
+    events: list[tuple[str, int, int]] = []  # (step, block, thread id)
+
+    def read(b: int) -> int:
+        events.append(("read", b, threading.get_ident()))
+        if b == 3:
+            raise ValueError("corrupt chunk")
+        return b
+
+    def compute(b: int, x: int) -> int:
+        events.append(("compute", b, threading.get_ident()))
+        if b == 5:
+            raise RuntimeError("model blew up")
+        return 10 * x
+
+    def write(b: int, y: int) -> None:
+        events.append(("write", b, threading.get_ident()))
+        if b == 6:
+            raise PermissionError("read-only store")
+
+    def ops() -> BlockOps:
+        return BlockOps(read, compute, write, mark_done=lambda b: events.append(("done", b, threading.get_ident())),
+                        describe=lambda b: {"z": b}, voxels=lambda b: 100)  # fmt: skip
+
+    serial = run_group(range(8), ops(), depth=0, worker="w")
+    assert {t for _, _, t in events} == {threading.get_ident()}
+    steps = [(step, b) for step, b, _ in events]
+    assert steps[:4] == [("read", 0), ("compute", 0), ("write", 0), ("done", 0)]
+    assert steps[steps.index(("read", 3)) + 1] == ("read", 4)  # a failed read goes no further
+    events.clear()
+    overlapped = run_group(range(8), ops(), depth=1, worker="w")
+    for report in (serial, overlapped):
+        report.seconds = {}
+    assert serial == overlapped
+    assert sorted(serial.done) == [0, 1, 2, 4, 7] and serial.voxels == 500
+    assert [(f.block_id, f.stage) for f in serial.failed] == [(3, "read"), (5, "compute"), (6, "write")]
+    with pytest.raises(ValueError, match="one with depth 0"):
+        run_group(range(2), ops(), depth=0, compute_threads=2)
+
+
 # -- on a real cluster ----------------------------------------------------------------------
 SHAPE = (6, 60, 52)  # (z, y, x): six slices, slabs of two
 

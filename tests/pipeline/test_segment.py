@@ -90,6 +90,15 @@ def test_blocked_output_equals_whole_volume_prediction(volume, checkpoint, sched
     assert "12 blocks written" in describe_result(result)
 
 
+def test_serial_stages_write_the_same_output(volume, checkpoint, scheduler, expected, tmp_path) -> None:
+    """queue_depth=0: each task runs its blocks one after another, no stage threads."""
+    out = tmp_path / "serial.zarr"
+    result = run(volume, out, checkpoint, scheduler, dtype="float32", queue_depth=0)
+    assert result.ok and result.computed == 12
+    np.testing.assert_allclose(stored(out), expected, atol=1e-5)
+    assert Ledger(str(out), 12).summary().complete
+
+
 def test_failing_block_is_reported_and_resume_finishes_the_rest(volume, checkpoint, scheduler, expected, tmp_path) -> None:
     chunk = volume[0] / "c" / "3" / "0" / "0"  # z = 3: the read regions of z-slab 1
     good = chunk.read_bytes()

@@ -44,3 +44,10 @@ def test_blocks_per_task_default_is_auto_and_a_given_one_is_checked() -> None:
         SegmentConfig(blocks_per_task=0)
     assert SegmentConfig.from_env({"EMUNET_SEGMENT_BLOCKS_PER_TASK": "16"}).blocks_per_task == 16
     assert SegmentConfig.from_env({"EMUNET_SEGMENT_BLOCKS_PER_TASK": "none"}).blocks_per_task is None
+
+
+def test_queue_depth_zero_is_the_serial_path_and_negative_is_refused() -> None:
+    assert SegmentConfig().queue_depth == 1
+    assert SegmentConfig.from_env({"EMUNET_SEGMENT_QUEUE_DEPTH": "0"}).queue_depth == 0  # one block after another
+    with pytest.raises(ValueError, match="Expected queue_depth ≥ 0 .* Got -1 instead"):
+        SegmentConfig(queue_depth=-1)
