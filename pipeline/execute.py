@@ -11,7 +11,9 @@ At most ``depth`` blocks wait in each queue, so a worker holds a bounded number 
 (``2·depth + 2 + compute_threads`` at most: the queues plus one per thread) whatever the
 group size. Several compute threads may share the device (one thread's host work overlapping
 the other's kernels); with `unetcore.predict.TilePredictor` on an H200 two were slower than
-one, so one is the default.
+one, so one is the default. ``depth=0`` drops the reader and writer threads: each block is
+read, computed, written and marked in the calling thread before the next (the same steps,
+`_Stages`, and the same report).
 
 Failure policy (daisy resubmitted a failing block forever; here it fails once):
 
@@ -198,8 +200,8 @@ def run_group(
 
     ``depth`` ≥ 1: the stages overlap, joined by queues of that depth. ``depth=0``: one
     block after another in the calling thread (read, compute, write, mark), no helper
-    threads: for blocks so small that handing them between threads costs more than the
-    overlap saves (`SERIAL_BLOCK_VOXELS`). ``compute_threads`` > 1 runs the compute stage in
+    threads, where handing tiny blocks between threads costs about what the overlap saves
+    (docs/pipeline-execution.md). ``compute_threads`` > 1 runs the compute stage in
     that many threads sharing the device: on a GPU one thread's CPU work (normalising,
     padding, copying tiles) then overlaps the other's kernels. Blocks may then finish out of
     order.

@@ -45,7 +45,7 @@ class SegmentConfig:
     scheduler: str | None = None  # address of a running Dask scheduler (overrides workers)
     max_in_flight: int | None = None  # futures alive at once; None = 3 × GPU slots
     blocks_per_task: int | None = None  # consecutive blocks per task, at most; None = `auto_blocks_per_task`
-    queue_depth: int = 1  # blocks waiting between stages inside a task
+    queue_depth: int = 1  # blocks waiting between stages inside a task; 0: one block after another, no stage threads
     compute_threads: int = 1  # threads sharing a worker's device (2 was slower on an H200)
     retries: int = 3  # tries per read or write for transient I/O errors
     overwrite: bool = False  # replace an existing output
