@@ -1,0 +1,93 @@
+"""What one task costs the scheduler, by the way tasks are submitted (no-op tasks, no model).
+
+The scale run's extrapolation to 10^6 blocks and 100 GPU workers (`bench/bench_scale.py`,
+docs/benchmarks.md) finds the scheduler's cost per task the first bottleneck. This bench
+separates that cost from the pipeline: the same no-op task (``resources={"GPU": 1}``, as
+`pipeline.submit` submits), 600 of them, on a ``dask scheduler`` and 2 ``dask worker``
+processes started as the scale run starts them, submitted four ways side by side:
+
+* ``bounded``: `pipeline.submit.submit_bounded` with 6 in flight (what `segment` does);
+* ``one by one``: submit, wait for the result, submit the next;
+* ``all, one submit each``: 600 ``client.submit`` calls, then wait;
+* ``all, one map``: one ``client.map`` call (one graph update for all 600 tasks).
+
+Per way it prints tasks per second and the scheduler's CPU time per task (from /proc), in
+alternating rounds (these cores drift; compare within a round).
+
+    .venv/bin/python bench/bench_submit.py [--tasks 600] [--rounds 2] [--in-flight 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_scale import Cluster, proc_stats  # noqa: E402
+
+from pipeline.submit import SLOT, submit_bounded  # noqa: E402
+
+
+def noop(x: int) -> int:
+    return x
+
+
+def ways(client, in_flight: int) -> dict[str, Callable[[int], None]]:
+    from distributed import wait
+
+    def bounded(n: int) -> None:
+        submit_bounded(client, noop, range(n), max_in_flight=in_flight, on_result=lambda i, r: None,
+                       on_error=lambda i, e: print(f"task {i} failed: {e}", file=sys.stderr))  # fmt: skip
+
+    def one_by_one(n: int) -> None:
+        for i in range(n):
+            client.submit(noop, i, pure=False, resources=SLOT).result()
+
+    def each(n: int) -> None:
+        futures = [client.submit(noop, i, pure=False, resources=SLOT) for i in range(n)]
+        wait(futures)
+
+    def mapped(n: int) -> None:
+        futures = client.map(noop, range(n), pure=False, resources=SLOT)
+        wait(futures)
+
+    return {f"bounded ({in_flight} in flight)": bounded, "one by one": one_by_one,
+            "all, one submit each": each, "all, one map": mapped}  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tasks", type=int, default=600)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--in-flight", type=int, default=6)
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args()
+    from distributed import Client
+
+    cluster = Cluster(Path(tempfile.mkdtemp(prefix="emunet-submit-")), args.workers)
+    try:
+        pid = cluster.scheduler.pid
+        with Client(cluster.address) as client:
+            client.submit(noop, 0, pure=False, resources=SLOT).result()  # the workers answer
+            for r in range(args.rounds):
+                for name, run in ways(client, args.in_flight).items():
+                    n = args.tasks if name != "one by one" else max(1, args.tasks // 3)
+                    cpu0, t0 = proc_stats(pid)[2], time.perf_counter()
+                    run(n)
+                    seconds, cpu = time.perf_counter() - t0, proc_stats(pid)[2] - cpu0
+                    print(json.dumps({"round": r, "way": name, "tasks": n, "tasks_per_s": round(n / seconds, 1),
+                                      "scheduler_cpu_ms_per_task": round(cpu / n * 1e3, 2)}), flush=True)  # fmt: skip
+    finally:
+        cluster.close()
+
+
+if __name__ == "__main__":
+    main()
