@@ -4,7 +4,7 @@ The scale run's extrapolation to 10^6 blocks and 100 GPU workers (`bench/bench_s
 docs/benchmarks.md) finds the scheduler's cost per task the first bottleneck. This bench
 separates that cost from the pipeline: the same no-op task (``resources={"GPU": 1}``, as
 `pipeline.submit` submits), 600 of them, on a ``dask scheduler`` and 2 ``dask worker``
-processes started as the scale run starts them, submitted four ways side by side:
+processes started as the scale run starts them (`bench/cluster_procs.py`), submitted four ways side by side:
 
 * ``bounded``: `pipeline.submit.submit_bounded` with 6 in flight (what `segment` does);
 * ``one by one``: submit, wait for the result, submit the next;
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_scale import Cluster, proc_stats  # noqa: E402
+from cluster_procs import Cluster, proc_stats  # noqa: E402
 
 from pipeline.submit import SLOT, submit_bounded  # noqa: E402
 

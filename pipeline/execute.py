@@ -254,7 +254,6 @@ class _Stages:
             item = (block_id, self.ops.compute(block_id, data))
         except Exception as exc:  # deterministic: no retry
             item = _Failed(block_id, "compute", exc, 1)
-        del data
         with self.lock:
             self.busy["compute"] += time.perf_counter() - t0
         return item
@@ -334,7 +333,8 @@ def _run_overlapped(block_ids: Sequence[int], stages: _Stages, depth: int, compu
 
     def compute() -> None:
         while (item := take(inbox)) is not _END:
-            if not put(outbox, stages.compute(item)):
+            item = stages.compute(item)  # drops the input block before a put that may wait
+            if not put(outbox, item):
                 return
         put(inbox, _END)  # the end marker, passed on to the other compute threads
 

@@ -70,7 +70,7 @@ class SegmentConfig:
         for name in ("batch_size", "blocks_per_task", "compute_threads", "retries"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"Expected {name} ≥ 1. Got {getattr(self, name)} instead.")
-        if self.queue_depth is not None and self.queue_depth < 0:
+        if self.queue_depth < 0:
             raise ValueError(f"Expected queue_depth ≥ 0 (0: one block after another). Got {self.queue_depth} instead.")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError(f"Expected torch_threads ≥ 1 (or unset: cores / workers). Got {self.torch_threads} instead.")

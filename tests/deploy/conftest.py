@@ -52,6 +52,13 @@ class TlsFiles:
         return Security(tls_ca_file=str(self.ca), require_encryption=require_encryption, **roles)
 
 
+def profiler_on() -> bool:
+    """On a worker (``client.run``): whether Dask's sampling profiler is on there."""
+    import dask
+
+    return bool(dask.config.get("distributed.worker.profile.enabled"))
+
+
 def write_tls_files(folder: Path, name: str = "node") -> TlsFiles:
     """A self-signed CA and a CA-signed EC certificate for 127.0.0.1 (server and client auth)."""
     x509 = pytest.importorskip("cryptography.x509", reason="TLS tests need the `cryptography` package")

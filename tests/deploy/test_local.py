@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from distributed import Client
 
-from tests.deploy.conftest import DEPLOY, load_deploy
+from tests.deploy.conftest import DEPLOY, load_deploy, profiler_on
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.filterwarnings("ignore:Port 8787 is already in use")]
 
@@ -29,11 +29,6 @@ SCRIPT = DEPLOY / "local" / "start-dask-cuda.sh"
 def _where() -> tuple[str | None, str]:
     return os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("OMP_NUM_THREADS", "")
 
-
-def _profiler_on() -> bool:
-    import dask
-
-    return bool(dask.config.get("distributed.worker.profile.enabled"))
 
 
 def test_cpu_fallback_workers_advertise_one_gpu_slot_each() -> None:
@@ -51,7 +46,7 @@ def test_cpu_fallback_workers_advertise_one_gpu_slot_each() -> None:
             assert info["memory_limit"] <= MEMORY_LIMIT / 2 + 1  # "auto" = split, not each the whole RAM
         threads = {omp for _, omp in client.run(_where).values()}
         assert threads == {str(max(1, (os.cpu_count() or 1) // 2))}
-        assert set(client.run(_profiler_on).values()) == {False}  # Dask's sampling profiler slows blocks
+        assert set(client.run(profiler_on).values()) == {False}  # Dask's sampling profiler slows blocks
         futures = [client.submit(_where, pure=False, resources={"GPU": 1}) for _ in range(4)]
         assert len(client.gather(futures)) == 4
 
@@ -140,7 +135,7 @@ def test_shell_script_pins_one_gpu_per_worker(tmp_path: Path, tls: bool, request
             assert all(a.startswith(address.split(":")[0]) for a in infos)
             devices = sorted(cuda for cuda, _ in client.run(_where).values())
             assert devices == ["3", "5"]
-            assert set(client.run(_profiler_on).values()) == {False}
+            assert set(client.run(profiler_on).values()) == {False}
     finally:
         assert _stop(proc) == 0
 

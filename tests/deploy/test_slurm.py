@@ -17,7 +17,7 @@ import dask
 import pytest
 import yaml
 
-from tests.deploy.conftest import DEPLOY, load_deploy
+from tests.deploy.conftest import DEPLOY, load_deploy, profiler_on
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.filterwarnings("ignore:Port 8787 is already in use")]
 
@@ -206,7 +206,7 @@ def test_adaptive_cluster_starts_a_gpu_worker_when_work_arrives(tmp_path: Path, 
         (info,) = client.scheduler_info(n_workers=-1)["workers"].values()
         assert info["resources"] == {"GPU": 1} and info["nthreads"] == 1
         assert list(client.run(_omp_threads).values()) == ["1"]
-        assert list(client.run(_profiler_on).values()) == [False]
+        assert list(client.run(profiler_on).values()) == [False]
         pids = [int(p.read_text()) for p in tmp_path.glob("*.pid")]
         assert len(pids) == 1
     deadline = time.monotonic() + 30
@@ -218,11 +218,6 @@ def test_adaptive_cluster_starts_a_gpu_worker_when_work_arrives(tmp_path: Path, 
 def _omp_threads() -> str:
     return os.environ["OMP_NUM_THREADS"]
 
-
-def _profiler_on() -> bool:
-    import dask
-
-    return bool(dask.config.get("distributed.worker.profile.enabled"))
 
 
 def _alive(pid: int) -> bool:
