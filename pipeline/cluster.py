@@ -37,6 +37,7 @@ from pipeline.submit import SLOT, model_slots
 # `ClusterConfig(worker_profile=True)` keeps it. Workers started by hand read the same key
 # from ``DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED`` (docs/admin.md).
 WORKER_PROFILE = "distributed.worker.profile.enabled"
+LOCAL_WORKER_PRELOAD = "pipeline.local_worker"  # each local worker imports it at start (its dask_setup)
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,8 @@ def local_cluster(config: ClusterConfig) -> tuple[Any, str, int | None]:
     """Start a local cluster for `config`: (cluster, kind, torch threads per worker).
 
     The workers ignore Ctrl-C (`children_ignore_sigint`): the client stops the run and
-    closes them. They run without Dask's statistical profiler unless
+    closes them, and they drop the heartbeat tracebacks of that close (`pipeline.local_worker`,
+    their preload). They run without Dask's statistical profiler unless
     ``config.worker_profile`` (each nanny hands its worker the configuration it was made in)."""
     with children_ignore_sigint(), dask.config.set({WORKER_PROFILE: config.worker_profile}):
         return _local_cluster(config)
@@ -149,6 +151,7 @@ def local_cluster(config: ClusterConfig) -> tuple[Any, str, int | None]:
 
 def _local_cluster(config: ClusterConfig) -> tuple[Any, str, int | None]:
     common: dict[str, Any] = {"dashboard_address": "127.0.0.1:0", "silence_logs": logging.WARNING}  # a free port
+    preload = {"preload": [LOCAL_WORKER_PRELOAD]}  # quiet about the scheduler closing (pipeline/local_worker.py)
     gpus = gpu_count()
     if gpus:
         n = config.workers or gpus
@@ -159,7 +162,7 @@ def _local_cluster(config: ClusterConfig) -> tuple[Any, str, int | None]:
         except ImportError:
             return _pinned_gpu_cluster(n, config.threads_per_worker, common), "local-gpu", config.torch_threads
         cluster = LocalCUDACluster(
-            n_workers=n, threads_per_worker=config.threads_per_worker, resources=SLOT, **common
+            n_workers=n, threads_per_worker=config.threads_per_worker, resources=SLOT, **common, **preload
         )
         return cluster, "local-cuda", config.torch_threads
     n = config.workers or 2
@@ -170,6 +173,7 @@ def _local_cluster(config: ClusterConfig) -> tuple[Any, str, int | None]:
         processes=True,
         resources=SLOT,
         **common,
+        **preload,
     )
     return cluster, "local-cpu", threads
 
@@ -188,6 +192,7 @@ def _pinned_gpu_cluster(n: int, threads: int, common: dict[str, Any]) -> Any:
                 "resources": dict(SLOT),
                 "env": {"CUDA_VISIBLE_DEVICES": ",".join(devices[i:] + devices[:i])},
                 "memory_limit": _memory_per_worker(n),
+                "preload": [LOCAL_WORKER_PRELOAD],
             },
         }
         for i in range(n)
