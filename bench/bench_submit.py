@@ -4,22 +4,28 @@ The scale run's extrapolation to 10^6 blocks and 100 GPU workers (`bench/bench_s
 docs/benchmarks.md) finds the scheduler's cost per task the first bottleneck. This bench
 separates that cost from the pipeline: the same no-op task (``resources={"GPU": 1}``, as
 `pipeline.submit` submits), 600 of them, on a ``dask scheduler`` and 2 ``dask worker``
-processes started as the scale run starts them (`bench/cluster_procs.py`), submitted four ways side by side:
+processes started as the scale run starts them (`bench/cluster_procs.py`), submitted five ways side by side:
 
-* ``bounded``: `pipeline.submit.submit_bounded` with 6 in flight (what `segment` does);
+* ``bounded``: `pipeline.submit.submit_bounded` with 6 in flight (what `segment` does: every
+  task finished since the loop last looked is gathered at once and replaced in one map);
+* ``bounded, one submit per finished task``: the same bound, refilled as `submit_bounded`
+  did before 2026-12-03 (each finished task's result fetched and replaced on its own);
 * ``one by one``: submit, wait for the result, submit the next;
 * ``all, one submit each``: 600 ``client.submit`` calls, then wait;
 * ``all, one map``: one ``client.map`` call (one graph update for all 600 tasks).
 
-Per way it prints tasks per second and the scheduler's CPU time per task (from /proc), in
-alternating rounds (these cores drift; compare within a round).
+Per way it prints tasks per second and the scheduler's and the client's CPU time per task
+(from /proc, and this process's own), in alternating rounds (these cores drift; compare within a round).
 
     .venv/bin/python bench/bench_submit.py [--tasks 600] [--rounds 2] [--in-flight 6]
+
+``--in-flight 300`` is what `segment` keeps in flight on 100 GPU workers (3 per slot).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import tempfile
@@ -47,6 +53,15 @@ def ways(client, in_flight: int) -> dict[str, Callable[[int], None]]:
         submit_bounded(client, noop, range(n), max_in_flight=in_flight, on_result=lambda i, r: None,
                        on_error=lambda i, e: print(f"task {i} failed: {e}", file=sys.stderr))  # fmt: skip
 
+    def refill_each(n: int) -> None:
+        items = iter(range(n))
+        pending = {client.submit(noop, i, pure=False, resources=SLOT) for i in itertools.islice(items, in_flight)}
+        while pending:
+            done, pending = wait(pending, return_when="FIRST_COMPLETED")
+            for future in done:
+                future.result()
+                pending.update(client.submit(noop, i, pure=False, resources=SLOT) for i in itertools.islice(items, 1))
+
     def one_by_one(n: int) -> None:
         for i in range(n):
             client.submit(noop, i, pure=False, resources=SLOT).result()
@@ -59,7 +74,8 @@ def ways(client, in_flight: int) -> dict[str, Callable[[int], None]]:
         futures = client.map(noop, range(n), pure=False, resources=SLOT)
         wait(futures)
 
-    return {f"bounded ({in_flight} in flight)": bounded, "one by one": one_by_one,
+    return {f"bounded ({in_flight} in flight)": bounded, "bounded, one submit per finished task": refill_each,
+            "one by one": one_by_one,
             "all, one submit each": each, "all, one map": mapped}  # fmt: skip
 
 
@@ -80,11 +96,14 @@ def main() -> None:
             for r in range(args.rounds):
                 for name, run in ways(client, args.in_flight).items():
                     n = args.tasks if name != "one by one" else max(1, args.tasks // 3)
-                    cpu0, t0 = proc_stats(pid)[2], time.perf_counter()
+                    cpu0, own0, t0 = proc_stats(pid)[2], time.process_time(), time.perf_counter()
                     run(n)
                     seconds, cpu = time.perf_counter() - t0, proc_stats(pid)[2] - cpu0
-                    print(json.dumps({"round": r, "way": name, "tasks": n, "tasks_per_s": round(n / seconds, 1),
-                                      "scheduler_cpu_ms_per_task": round(cpu / n * 1e3, 2)}), flush=True)  # fmt: skip
+                    own = time.process_time() - own0  # this process: the client and its event loop thread
+                    print(json.dumps({"round": r, "way": name, "in_flight": args.in_flight, "tasks": n,
+                                      "tasks_per_s": round(n / seconds, 1),
+                                      "scheduler_cpu_ms_per_task": round(cpu / n * 1e3, 2),
+                                      "client_cpu_ms_per_task": round(own / n * 1e3, 2)}), flush=True)  # fmt: skip
     finally:
         cluster.close()
 

@@ -2,15 +2,23 @@
 
 A terabyte volume has 10^5–10^6 blocks; one graph of that many tasks would hold the client
 and the scheduler hostage. Instead the client keeps at most ``max_in_flight`` futures and
-submits the next group whenever one finishes (``distributed.wait(...,
-return_when="FIRST_COMPLETED")``, with a timeout, so that a lost scheduler is noticed)::
+refills whenever tasks finish (``distributed.wait(..., return_when="FIRST_COMPLETED")``,
+with a timeout, so that a lost scheduler is noticed)::
 
-    groups ─► [ submit ≤ max_in_flight ] ─► wait (first done) ─► on_result ─► submit the next one
+    groups ─► [ map ≤ max_in_flight ] ─► wait (first done) ─► gather every finished one ─► on_result
+                      ▲                                                                      │
+                      └──────────── one ``client.map`` for as many as finished ◄─────────────┘
 
-Every task is submitted on its own with ``client.submit(..., resources={"GPU": 1},
-pure=False, key=...)``: never through a collection's graph, whose optimisation can fuse
-tasks and drop the resource annotation (dask#7036, dask#10325). The restriction makes the
-scheduler run at most one block task per model slot (`SLOT`: a GPU, or a CPU worker).
+The scheduler's cost is per graph update more than per task (bench/bench_submit.py: about
+4 ms of scheduler CPU per task refilled one submit at a time, 0.5 ms in one map), so
+everything that finished since the loop last looked is fetched in one ``gather`` and
+replaced in one ``client.map``; on a large cluster, where tasks finish faster than the loop
+turns, the batches grow by themselves.
+
+Every task is its own key with ``resources={"GPU": 1}, pure=False``: never a collection's
+graph, whose optimisation can fuse tasks and drop the resource annotation (dask#7036,
+dask#10325). The restriction makes the scheduler run at most one block task per model slot
+(`SLOT`: a GPU, or a CPU worker).
 
 If the client loses its scheduler (the scheduler process died, the network went away),
 distributed cancels every future in flight ("scheduler-connection-lost"), fetching a
@@ -55,6 +63,7 @@ class SubmitStats:
     finished: int = 0
     errored: int = 0
     peak_in_flight: int = 0
+    updates: int = 0  # graph updates (``client.map`` calls) that submitted them
     keys: list[str] = field(default_factory=list)  # the first few keys (for inspection)
 
 
@@ -97,17 +106,20 @@ def submit_bounded(
     pending: dict[str, tuple[Future, Any]] = {}  # future key → (future, item), in submission order
     counter = itertools.count()
 
-    def submit(item: Any) -> None:
-        key = f"{key_prefix}-{run}-{next(counter)}"
-        future = client.submit(fn, item, key=key, pure=False, resources=resources, retries=0)
-        pending[key] = (future, item)
-        stats.submitted += 1
-        if len(stats.keys) < keep_keys:
-            stats.keys.append(key)
+    def submit(batch: list[Any]) -> None:
+        """One graph update for the whole batch (``client.map``), each task under its own key."""
+        if not batch:
+            return
+        keys = [f"{key_prefix}-{run}-{next(counter)}" for _ in batch]
+        futures = client.map(fn, batch, key=keys, pure=False, resources=resources, retries=0)
+        for key, future, item in zip(keys, futures, batch):
+            pending[key] = (future, item)
+        stats.submitted += len(batch)
+        stats.updates += 1
+        stats.keys.extend(keys[: max(0, keep_keys - len(stats.keys))])
         stats.peak_in_flight = max(stats.peak_in_flight, len(pending))
 
-    for item in itertools.islice(source, max_in_flight):
-        submit(item)
+    submit(list(itertools.islice(source, max_in_flight)))
     while pending:
         ready = [key for key, (future, _) in pending.items() if future.done()]
         if not ready:  # wait for one to finish, looking at the client every WAIT_S
@@ -118,13 +130,14 @@ def submit_bounded(
             except Exception:  # a timeout, or a cancelled future (looked at below)
                 pass
             continue
-        for key in ready:
-            future, item = pending.pop(key)
+        done = [pending.pop(key) for key in ready]
+        results = _gather_finished(client, [future for future, _ in done])
+        for i, (future, item) in enumerate(done):
             try:
-                result = future.result()
+                result = results[future.key] if future.key in results else future.result()
             except Exception as exc:
                 if _connection_lost(client, future, exc):
-                    raise _lost(client, stats, len(pending) + 1) from None
+                    raise _lost(client, stats, len(pending) + len(done) - i) from None
                 stats.errored += 1
                 on_error(item, exc)
             else:
@@ -132,9 +145,21 @@ def submit_bounded(
                 on_result(item, result)
             finally:
                 future.release()
-            for nxt in itertools.islice(source, max_in_flight - len(pending)):
-                submit(nxt)
+        submit(list(itertools.islice(source, max_in_flight - len(pending))))
     return stats
+
+
+def _gather_finished(client: Client, futures: list[Future]) -> dict[Any, Any]:
+    """The results of the finished futures among `futures`, fetched in one ``gather`` (one round
+    trip instead of one per task); {} if that fails, and each future is then asked on its own
+    (which tells a task's error from a lost scheduler)."""
+    finished = [future for future in futures if future.status == "finished"]
+    if len(finished) < 2:
+        return {}
+    try:
+        return dict(zip((future.key for future in finished), client.gather(finished)))
+    except Exception:
+        return {}
 
 
 def _connection_lost(client: Client, future: Future, exc: BaseException, grace_s: float = LOST_GRACE_S) -> bool:

@@ -301,6 +301,31 @@ def test_submission_keeps_in_flight_bounded(client, spec, volume, tmp_path) -> N
     assert max(live) <= 3 + 1
 
 
+def _odd_fails(x: int) -> int:
+    if x % 2:
+        raise ValueError(f"task {x} fails")
+    return x * 10
+
+
+def test_finished_tasks_are_collected_and_replaced_together(client) -> None:
+    """Whatever finished while the client was busy is fetched in one gather and replaced in one
+    graph update; results and errors in one batch still reach their own callbacks, each item
+    exactly once, and no more than max_in_flight are ever alive."""
+    results: dict[int, int] = {}
+    errors: dict[int, str] = {}
+
+    def slow_result(item: int, result: int) -> None:
+        time.sleep(0.2)  # meanwhile every other task in flight finishes
+        results[item] = result
+
+    stats = submit_bounded(client, _odd_fails, range(24), max_in_flight=6, on_result=slow_result,
+                           on_error=lambda item, exc: errors.setdefault(item, str(exc)))  # fmt: skip
+    assert results == {x: x * 10 for x in range(0, 24, 2)}
+    assert errors == {x: f"task {x} fails" for x in range(1, 24, 2)}
+    assert stats.submitted == 24 and stats.finished == 12 and stats.errored == 12 and stats.peak_in_flight <= 6
+    assert stats.updates <= 12, stats  # one per task would be 24
+
+
 def test_model_loaded_once_per_worker(client, spec, volume, tmp_path) -> None:
     path, _ = volume
     plan = {"input": path, "output": _output(tmp_path), "slab": 2}
