@@ -86,13 +86,15 @@ def bench_dask(args: argparse.Namespace, workdir: Path, checkpoint: Path) -> dic
     cluster, _, _ = local_cluster(ClusterConfig(workers=args.workers, torch_threads=args.torch_threads))
     with cluster, Client(cluster) as client:
         client.register_plugin(ModelPlugin(spec))  # the same resident model for both
-        times: dict[str, list[float]] = {"emunet": [], "dask_depth_halo": []}
-        for _ in range(args.repeats):
+        times: dict[str, list[float]] = {"emunet": [], "dask_depth_halo": [], "dask_depth_exact": []}
+        for _ in range(args.repeats):  # all three in every round: these cores drift between rounds
             t0 = time.perf_counter()
             r = segment(src, workdir / "out-emunet.zarr", checkpoint, segment_config(args, overwrite=True), client=client)
             times["emunet"].append(time.perf_counter() - t0)
             times["dask_depth_halo"].append(run_dask(client, src, workdir / "out-dask.zarr", spec.name, halo, args.block))
-        t_exact = run_dask(client, src, workdir / "out-dask-exact.zarr", spec.name, exact, args.block)
+            times["dask_depth_exact"].append(
+                run_dask(client, src, workdir / "out-dask-exact.zarr", spec.name, exact, args.block)
+            )
     ours = zarr.open_group(str(workdir / "out-emunet.zarr"), mode="r")["probability"][:]
     theirs = zarr.open_array(str(workdir / "out-dask.zarr"), mode="r")[:]
     theirs_exact = zarr.open_array(str(workdir / "out-dask-exact.zarr"), mode="r")[:]
@@ -103,11 +105,14 @@ def bench_dask(args: argparse.Namespace, workdir: Path, checkpoint: Path) -> dic
         "exact_context": [list(c) for c in model_context(ckpt.config)[1:]],
         "emunet_seconds": [round(t, 3) for t in times["emunet"]],
         "dask_seconds": [round(t, 3) for t in times["dask_depth_halo"]],
-        "dask_exact_depth_seconds": round(t_exact, 3),
+        "dask_exact_depth_seconds": [round(t, 3) for t in times["dask_depth_exact"]],
         "emunet_voxels_per_second": round(voxels / best["emunet"], 1),
         "dask_voxels_per_second": round(voxels / best["dask_depth_halo"], 1),
         "speedup_vs_dask": round(best["dask_depth_halo"] / best["emunet"], 3),
-        "speedup_vs_dask_exact_depth": round(t_exact / best["emunet"], 3),
+        "speedup_vs_dask_exact_depth": round(best["dask_depth_exact"] / best["emunet"], 3),
+        # the same ratios round by round (each round runs the three side by side)
+        "speedup_per_round": [[round(d / e, 3), round(x / e, 3)] for e, d, x in
+                              zip(times["emunet"], times["dask_depth_halo"], times["dask_depth_exact"])],
         "dask_depth_halo_vs_emunet": compare(theirs, ours, args.block),
         "dask_depth_exact_vs_emunet": compare(theirs_exact, ours, args.block),
         "emunet_ok": r.ok,
