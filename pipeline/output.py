@@ -22,6 +22,7 @@ dims (z, y, x). Credentials (``storage_options``) are never written.
 from __future__ import annotations
 
 import datetime as _dt
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -193,9 +194,11 @@ class Output:
         """The dtype a block's prediction may arrive in: "uint8" (quantised on the predictor's
         device, `unetcore.predict.quantize_uint8`) when that is what is stored and no mask
         needs the float probability, and ``predictor`` is a `TilePredictor`; else "float32"."""
-        from unetcore.predict import TilePredictor
-
-        return "uint8" if self._takes_uint8 and isinstance(predictor, TilePredictor) else "float32"
+        # Called per block: no import statement (it takes the import lock every time). A
+        # TilePredictor exists only once its module has been imported.
+        predict = sys.modules.get("unetcore.predict")
+        tile_predictor = predict is not None and isinstance(predictor, predict.TilePredictor)
+        return "uint8" if self._takes_uint8 and tile_predictor else "float32"
 
     @property
     def _takes_uint8(self) -> bool:

@@ -294,7 +294,10 @@ class TilePredictor:
         mirroring run on the device (`Normalization.apply_tensor`, `mirror_pad`)."""
         grey = self.config.grey_range
         if self.device.type != "cuda":
-            return torch.from_numpy(np.ascontiguousarray(np.pad(self.normalization.apply(array, grey), pads, mode=geometry.MIRROR)))
+            normalised = self.normalization.apply(array, grey)
+            if any(lo or hi for lo, hi in pads):  # a block read with all its context needs none (np.pad copies anyway)
+                normalised = np.pad(normalised, pads, mode=geometry.MIRROR)
+            return torch.from_numpy(np.ascontiguousarray(normalised))
         raw = self._stage(array).to(self.device, non_blocking=True)
         self._staging.copied = torch.cuda.Event()
         self._staging.copied.record()  # the staging buffer is free again once this copy is done
