@@ -346,8 +346,9 @@ def _stream(
 
     # Small runs get smaller groups, so every slot has work: at least 2 tasks per slot.
     result.blocks_per_task = max(1, min(config.group_size(tuple(plan.block_shape)), -(-total // (2 * result.slots))))
+    depth = config.stage_depth(tuple(plan.block_shape))
     jobs = (
-        GroupJob(ids, payload, spec.name, segment_ops, policy, config.queue_depth, config.compute_threads)
+        GroupJob(ids, payload, spec.name, segment_ops, policy, depth, config.compute_threads)
         for ids in _groups(todo, result.blocks_per_task)
     )
     t0 = time.perf_counter()

@@ -20,6 +20,20 @@ TASK_VOXELS = 8 * math.prod(DEFAULT_BLOCK_2D)  # output voxels a task aims at: 8
 MIN_BLOCKS_PER_TASK, MAX_BLOCKS_PER_TASK = 8, 64
 
 
+# Blocks smaller than this run their stages one after another (`queue_depth` 0) unless told
+# otherwise. For them a hand-over between stage threads (waking a sleeping thread) costs
+# more than the overlap of reading and writing with the model gains: 1 × 64 × 64 blocks, five
+# alternating rounds on 2 CPU cores, 1.05–1.46× the blocks/s of depth 1 (docs/benchmarks.md).
+SERIAL_BLOCK_VOXELS = 2**16  # 1 × 256 × 256
+
+
+def auto_queue_depth(block_shape: tuple[int, ...]) -> int:
+    """Blocks waiting between stages when none is given: 0 (no stage threads) for blocks under
+    `SERIAL_BLOCK_VOXELS`, else 1 (read the next block and write the last one while the model
+    runs)."""
+    return 0 if math.prod(int(n) for n in block_shape) < SERIAL_BLOCK_VOXELS else 1
+
+
 def auto_blocks_per_task(block_shape: tuple[int, ...]) -> int:
     """Blocks per task when none is given: about `TASK_VOXELS` output voxels, 8 to 64 blocks.
 
@@ -45,7 +59,7 @@ class SegmentConfig:
     scheduler: str | None = None  # address of a running Dask scheduler (overrides workers)
     max_in_flight: int | None = None  # futures alive at once; None = 3 × GPU slots
     blocks_per_task: int | None = None  # consecutive blocks per task, at most; None = `auto_blocks_per_task`
-    queue_depth: int = 1  # blocks waiting between stages inside a task; 0: one block after another, no stage threads
+    queue_depth: int | None = None  # blocks waiting between stages in a task; 0: one after another; None = `auto_queue_depth`
     compute_threads: int = 1  # threads sharing a worker's device (2 was slower on an H200)
     retries: int = 3  # tries per read or write for transient I/O errors
     overwrite: bool = False  # replace an existing output
@@ -70,7 +84,7 @@ class SegmentConfig:
         for name in ("batch_size", "blocks_per_task", "compute_threads", "retries"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"Expected {name} ≥ 1. Got {getattr(self, name)} instead.")
-        if self.queue_depth < 0:
+        if self.queue_depth is not None and self.queue_depth < 0:
             raise ValueError(f"Expected queue_depth ≥ 0 (0: one block after another). Got {self.queue_depth} instead.")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError(f"Expected torch_threads ≥ 1 (or unset: cores / workers). Got {self.torch_threads} instead.")
@@ -97,6 +111,10 @@ class SegmentConfig:
     def group_size(self, block_shape: tuple[int, ...]) -> int:
         """The largest number of blocks per task: `blocks_per_task`, or `auto_blocks_per_task`."""
         return self.blocks_per_task or auto_blocks_per_task(block_shape)
+
+    def stage_depth(self, block_shape: tuple[int, ...]) -> int:
+        """Blocks waiting between a task's stages: `queue_depth`, or `auto_queue_depth`."""
+        return auto_queue_depth(block_shape) if self.queue_depth is None else self.queue_depth
 
     def cluster(self) -> ClusterConfig:
         return ClusterConfig(self.workers, self.scheduler, torch_threads=self.torch_threads, timeout_s=self.timeout_s,
@@ -139,4 +157,4 @@ def _parse_env(name: str, kind: str, raw: str) -> Any:
     return text
 
 
-__all__ = ["ENV_PREFIX", "OUTPUT_DTYPES", "SegmentConfig", "auto_blocks_per_task"]
+__all__ = ["ENV_PREFIX", "OUTPUT_DTYPES", "SegmentConfig", "auto_blocks_per_task", "auto_queue_depth"]

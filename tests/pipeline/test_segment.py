@@ -90,10 +90,12 @@ def test_blocked_output_equals_whole_volume_prediction(volume, checkpoint, sched
     assert "12 blocks written" in describe_result(result)
 
 
-def test_serial_stages_write_the_same_output(volume, checkpoint, scheduler, expected, tmp_path) -> None:
-    """queue_depth=0: each task runs its blocks one after another, no stage threads."""
-    out = tmp_path / "serial.zarr"
-    result = run(volume, out, checkpoint, scheduler, dtype="float32", queue_depth=0)
+@pytest.mark.parametrize("depth", [0, 1], ids=["serial", "overlapped"])
+def test_both_stage_modes_write_the_same_output(depth, volume, checkpoint, scheduler, expected, tmp_path) -> None:
+    """queue_depth=0: each task runs its blocks one after another, no stage threads (what
+    blocks this small get by default); 1: read, compute and write overlap in three threads."""
+    out = tmp_path / "out.zarr"
+    result = run(volume, out, checkpoint, scheduler, dtype="float32", queue_depth=depth)
     assert result.ok and result.computed == 12
     np.testing.assert_allclose(stored(out), expected, atol=1e-5)
     assert Ledger(str(out), 12).summary().complete

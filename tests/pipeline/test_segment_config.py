@@ -10,6 +10,7 @@ from pipeline.segment_config import (
     TASK_VOXELS,
     SegmentConfig,
     auto_blocks_per_task,
+    auto_queue_depth,
 )
 
 
@@ -47,7 +48,12 @@ def test_blocks_per_task_default_is_auto_and_a_given_one_is_checked() -> None:
 
 
 def test_queue_depth_zero_is_the_serial_path_and_negative_is_refused() -> None:
-    assert SegmentConfig().queue_depth == 1
-    assert SegmentConfig.from_env({"EMUNET_SEGMENT_QUEUE_DEPTH": "0"}).queue_depth == 0  # one block after another
+    assert SegmentConfig().queue_depth is None  # auto: by the block's size
+    small, default = (1, 64, 64), (8, 512, 512)
+    assert SegmentConfig().stage_depth(small) == 0 and SegmentConfig().stage_depth(default) == 1
+    assert auto_queue_depth((1, 255, 256)) == 0 and auto_queue_depth((1, 256, 256)) == 1  # SERIAL_BLOCK_VOXELS
+    assert SegmentConfig(queue_depth=2).stage_depth(small) == 2  # a given depth wins
+    assert SegmentConfig.from_env({"EMUNET_SEGMENT_QUEUE_DEPTH": "0"}).stage_depth(default) == 0  # one block after another
+    assert SegmentConfig.from_env({"EMUNET_SEGMENT_QUEUE_DEPTH": "none"}).queue_depth is None
     with pytest.raises(ValueError, match="Expected queue_depth ≥ 0 .* Got -1 instead"):
         SegmentConfig(queue_depth=-1)
