@@ -218,20 +218,39 @@ class _QuietConnectionLoss(logging.Filter):
         return True
 
 
-QUIET_LOGGERS = ("distributed.client", "distributed.batched")
+class _InterruptedSyncCall(logging.Filter):
+    """A Ctrl-C that lands in a blocking client call (``client.gather``, ``wait``, ...) before
+    distributed's ``sync`` has started its coroutine makes the cancel callback it schedules
+    fail with a ``NameError`` on the event loop (distributed/utils.py, ``sync.<locals>.cancel``;
+    tornado logs it with a traceback). Nothing was running to cancel, and the run is stopping
+    cleanly: that record is dropped, every other one kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc, tb = (record.exc_info[1], record.exc_info[2]) if record.exc_info else (None, None)
+        if not isinstance(exc, NameError) or tb is None:
+            return True
+        while tb.tb_next is not None:
+            tb = tb.tb_next
+        code = tb.tb_frame.f_code
+        return not (code.co_name == "cancel" and code.co_filename.replace("\\", "/").endswith("distributed/utils.py"))
+
+
+QUIET_LOGGERS = {"distributed.client": _QuietConnectionLoss, "distributed.batched": _QuietConnectionLoss,
+                 "tornado.application": _InterruptedSyncCall}  # fmt: skip
 
 
 @contextlib.contextmanager
 def _closing(client: Client) -> Iterator[Client]:
-    """`client`, closed on exit; quiet about losing its scheduler (see `SchedulerLostError`)."""
-    quiet = _QuietConnectionLoss()
-    for name in QUIET_LOGGERS:
+    """`client`, closed on exit; quiet about losing its scheduler (see `SchedulerLostError`)
+    and about a Ctrl-C that interrupts a call to it (`_InterruptedSyncCall`)."""
+    filters = {name: kind() for name, kind in QUIET_LOGGERS.items()}
+    for name, quiet in filters.items():
         logging.getLogger(name).addFilter(quiet)
     try:
         with contextlib.closing(client):
             yield client
     finally:
-        for name in QUIET_LOGGERS:
+        for name, quiet in filters.items():
             logging.getLogger(name).removeFilter(quiet)
 
 
@@ -326,6 +345,6 @@ def connect(config: ClusterConfig = ClusterConfig()) -> Iterator[Cluster]:
             yield Cluster(client, "scheduler", slots, config.torch_threads)
         return
     cluster, kind, threads = local_cluster(config)
-    with cluster, Client(cluster) as client:
+    with cluster, _closing(Client(cluster)) as client:
         slots = wait_for_slots(client, config.timeout_s)
         yield Cluster(client, kind, slots, threads)

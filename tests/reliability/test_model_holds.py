@@ -126,3 +126,35 @@ def test_connection_loss_tracebacks_are_kept_quiet() -> None:
     assert not quiet.filter(record(asyncio.CancelledError()))
     other = record(ValueError("a bug"))
     assert quiet.filter(other) and other.exc_info is not None
+
+
+def test_a_ctrl_c_inside_a_client_call_leaves_no_traceback() -> None:
+    """distributed's ``sync`` schedules a ``cancel`` callback on Ctrl-C; when the interrupt
+    lands before its coroutine started, that callback fails with a NameError that tornado logs
+    with a traceback. Exactly that record is dropped; other NameErrors are kept."""
+    import logging
+    import sys
+    import types
+
+    import distributed.utils
+
+    from pipeline.cluster import _InterruptedSyncCall
+
+    nested = [c for c in distributed.utils.sync.__code__.co_consts if isinstance(c, types.CodeType)]
+    assert "cancel" in {c.co_name for c in nested}  # the callback the filter recognises still exists
+
+    def record(filename: str) -> logging.LogRecord:
+        scope: dict = {}
+        exec(compile("def cancel():\n    return future\n", filename, "exec"), scope)  # noqa: S102
+        try:
+            scope["cancel"]()
+        except NameError:
+            return logging.LogRecord("tornado.application", logging.ERROR, __file__, 1, "Exception in callback", (),
+                                     sys.exc_info())  # fmt: skip
+        raise AssertionError("expected a NameError")
+
+    quiet = _InterruptedSyncCall()
+    assert not quiet.filter(record(distributed.utils.__file__))
+    assert quiet.filter(record("/somewhere/else.py"))
+    plain = logging.LogRecord("tornado.application", logging.ERROR, __file__, 1, "no exception", (), None)
+    assert quiet.filter(plain)
