@@ -214,11 +214,7 @@ def run_group(
     start = time.perf_counter()
     if depth == 0:
         for block_id in block_ids:
-            item = stages.compute(stages.read(block_id))
-            if isinstance(item, _Failed):
-                stages.record(item)
-            else:
-                stages.write(*item)
+            stages.finish(stages.compute(stages.read(block_id)))
     else:
         _run_overlapped(block_ids, stages, depth, compute_threads)
     report = stages.report
@@ -258,13 +254,23 @@ class _Stages:
             self.busy["compute"] += time.perf_counter() - t0
         return item
 
+    def finish(self, item: Any) -> None:
+        """The last step of a computed block: its write (then its ledger mark), or its failure."""
+        if isinstance(item, _Failed):
+            self.record(item)
+            return
+        t0 = time.perf_counter()
+        try:
+            self.write(*item)
+        finally:
+            self.busy["write"] += time.perf_counter() - t0
+
     def write(self, block_id: int, result: Any) -> None:
-        ops, t0 = self.ops, time.perf_counter()
+        ops = self.ops
         try:
             with_retries(lambda: ops.write(block_id, result), self.policy, self.sleep)
         except Exception as exc:
             self.record(_Failed(block_id, "write", exc, getattr(exc, "tries", 1)))
-            self.busy["write"] += time.perf_counter() - t0
             return
         try:
             if ops.mark_done is not None:
@@ -275,7 +281,6 @@ class _Stages:
             with self.lock:
                 self.report.done.append(block_id)
                 self.report.voxels += ops.voxels(block_id)
-        self.busy["write"] += time.perf_counter() - t0
 
     def record(self, failed: _Failed) -> None:
         try:
@@ -318,10 +323,7 @@ def _run_overlapped(block_ids: Sequence[int], stages: _Stages, depth: int, compu
 
     def writer() -> None:
         while (item := outbox.get()) is not _END:
-            if isinstance(item, _Failed):
-                stages.record(item)
-            else:
-                stages.write(*item)
+            stages.finish(item)
 
     def take(q: queue.Queue) -> Any:
         while True:

@@ -363,66 +363,6 @@ def test_existing_scheduler_address(cluster, spec, volume, tmp_path) -> None:
     assert not errors and reports[0].done == [0, 1, 2]
 
 
-def _profiling(dask_worker) -> bool:
-    return "profile" in dask_worker.periodic_callbacks
-
-
-def test_local_workers_run_without_the_statistical_profiler_unless_asked(client) -> None:
-    """The clusters emunet starts leave Dask's stack sampler off (about 11 % of a CPU worker's
-    time); the setting reaches the worker processes and does not stay in this one."""
-    import dask
-    from distributed import Client
-
-    from pipeline.cluster import WORKER_PROFILE
-
-    assert set(client.run(_profiling).values()) == {False}
-    assert dask.config.get(WORKER_PROFILE) is True  # this process's configuration is untouched
-    cluster, _, _ = local_cluster(ClusterConfig(workers=1, torch_threads=1, worker_profile=True))
-    with cluster, Client(cluster) as profiled:
-        assert set(profiled.run(_profiling).values()) == {True}
-
-
-def _quiet_heartbeat(dask_worker) -> bool:
-    import logging
-
-    from pipeline.local_worker import WORKER_LOGGER, HeartbeatToClosedScheduler
-
-    return sum(isinstance(f, HeartbeatToClosedScheduler) for f in logging.getLogger(WORKER_LOGGER).filters) == 1
-
-
-def test_local_workers_drop_heartbeat_tracebacks_of_a_closing_scheduler(client) -> None:
-    """Each local worker filters its logger from the start (its preload): a heartbeat that finds
-    the scheduler gone (an OSError, as when emunet closes its cluster) leaves no record; other
-    heartbeat errors and every other record of the worker are kept."""
-    import logging
-    import sys
-
-    from distributed.comm.core import CommClosedError
-
-    from pipeline.local_worker import HeartbeatToClosedScheduler
-
-    assert set(client.run(_quiet_heartbeat).values()) == {True}
-
-    def record(exc: BaseException, func: str) -> logging.LogRecord:
-        try:
-            raise exc
-        except BaseException:
-            made = logging.LogRecord("distributed.worker", logging.ERROR, __file__, 1, "Failed", (), sys.exc_info())
-            made.funcName = func
-            return made
-
-    quiet = HeartbeatToClosedScheduler()
-    assert not quiet.filter(record(CommClosedError("in <TCP ...>: Stream is closed"), "heartbeat"))
-    assert not quiet.filter(record(ConnectionRefusedError(), "heartbeat"))
-    assert quiet.filter(record(KeyError("status"), "heartbeat"))  # not a lost connection: kept
-    assert quiet.filter(record(CommClosedError(), "execute"))  # another method's record: kept
-
-
-def test_cluster_config_rejects_both_targets() -> None:
-    with pytest.raises(ValueError, match="either workers"):
-        ClusterConfig(workers=2, scheduler="tcp://127.0.0.1:1")
-
-
 def test_several_compute_threads_share_the_stage() -> None:
     """Two compute threads overlap (one's CPU work, the other's kernels); nothing is lost."""
     running = {"now": 0, "max": 0}

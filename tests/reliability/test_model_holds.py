@@ -1,7 +1,7 @@
 """The pieces behind the cluster faults, without a cluster: the scheduler-side table of model
-holds (`pipeline.worker.hold_model`/`release_model`), a plugin's teardown while a group uses
-its model, and what distributed logs when the scheduler goes away (`pipeline.cluster`).
-The same behaviour with real processes: `test_cluster_faults.py`."""
+holds (`pipeline.worker.hold_model`/`release_model`) and a plugin's teardown while a group
+uses its model. The same behaviour with real processes: `test_cluster_faults.py`; what
+distributed logs when the scheduler goes away: `tests/pipeline/test_cluster.py`."""
 
 from __future__ import annotations
 
@@ -101,60 +101,3 @@ def test_a_teardown_waits_for_the_task_using_the_model(checkpoint) -> None:
         plugin.load()
         assert plugin.predictor is not None
     assert plugin.predictor is None
-
-
-def test_connection_loss_tracebacks_are_kept_quiet() -> None:
-    """What distributed logs when the scheduler goes away: a failed batched send keeps its line
-    without the traceback, a cancelled reconnect is dropped, anything else is untouched."""
-    import asyncio
-    import logging
-    import sys
-
-    from distributed.comm.core import CommClosedError
-
-    from pipeline.cluster import _QuietConnectionLoss
-
-    def record(exc: BaseException) -> logging.LogRecord:
-        try:
-            raise exc
-        except BaseException:
-            return logging.LogRecord("distributed.batched", logging.INFO, __file__, 1, "Batched Comm Closed", (), sys.exc_info())
-
-    quiet = _QuietConnectionLoss()
-    closed = record(CommClosedError())
-    assert quiet.filter(closed) and closed.exc_info is None and "Traceback" not in logging.Formatter().format(closed)
-    assert not quiet.filter(record(asyncio.CancelledError()))
-    other = record(ValueError("a bug"))
-    assert quiet.filter(other) and other.exc_info is not None
-
-
-def test_a_ctrl_c_inside_a_client_call_leaves_no_traceback() -> None:
-    """distributed's ``sync`` schedules a ``cancel`` callback on Ctrl-C; when the interrupt
-    lands before its coroutine started, that callback fails with a NameError that tornado logs
-    with a traceback. Exactly that record is dropped; other NameErrors are kept."""
-    import logging
-    import sys
-    import types
-
-    import distributed.utils
-
-    from pipeline.cluster import _InterruptedSyncCall
-
-    nested = [c for c in distributed.utils.sync.__code__.co_consts if isinstance(c, types.CodeType)]
-    assert "cancel" in {c.co_name for c in nested}  # the callback the filter recognises still exists
-
-    def record(filename: str) -> logging.LogRecord:
-        scope: dict = {}
-        exec(compile("def cancel():\n    return future\n", filename, "exec"), scope)  # noqa: S102
-        try:
-            scope["cancel"]()
-        except NameError:
-            return logging.LogRecord("tornado.application", logging.ERROR, __file__, 1, "Exception in callback", (),
-                                     sys.exc_info())  # fmt: skip
-        raise AssertionError("expected a NameError")
-
-    quiet = _InterruptedSyncCall()
-    assert not quiet.filter(record(distributed.utils.__file__))
-    assert quiet.filter(record("/somewhere/else.py"))
-    plain = logging.LogRecord("tornado.application", logging.ERROR, __file__, 1, "no exception", (), None)
-    assert quiet.filter(plain)
