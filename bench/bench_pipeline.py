@@ -13,11 +13,15 @@ Same model (random weights, fixed seed), same synthetic volume, same machine:
 5. planning    plan + output metadata + ledger + all task descriptions for a 1 TB virtual
                volume (nothing but metadata written): seconds and client memory;
 6. halo        fraction of computed voxels discarded at the default tile and block, and the
-               tile that minimises it within a memory budget.
+               tile that minimises it within a memory budget;
+7. geometry    the model's measured time per kept voxel for square blocks of several sizes,
+               each covered by one tile, alternated: does a larger block (less halo, fewer
+               FLOPs per kept voxel) pay on this device?
 
     .venv/bin/python bench/bench_pipeline.py                   # all, tiny model, 32×1024×1024
     .venv/bin/python bench/bench_pipeline.py --only halo,planning
     .venv/bin/python bench/bench_pipeline.py --preset cpu --shape 8 1024 1024
+    .venv/bin/python bench/bench_pipeline.py --only geometry --preset cpu   # the shipped model's width
 
 Each section prints one JSON line; a summary follows. Keep runs under ~10 minutes.
 Sections 2 and 3 (dask, monai: other systems run side by side) live in `bench/pipeline_baselines.py`.
@@ -42,7 +46,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SECTIONS = ("halo", "planning", "efficiency", "memory", "dask", "monai")
+SECTIONS = ("halo", "planning", "efficiency", "memory", "dask", "monai", "geometry")
 
 
 # -- setup ----------------------------------------------------------------------------------
@@ -153,6 +157,56 @@ def bench_halo(args: argparse.Namespace) -> dict[str, Any]:
             "largest_tile_with_block_multiple_of_step": {"block_yx": list(big_block), **halo_overhead(config, big_block, biggest, pc)},
         }
     return out
+
+
+# -- 7. block geometry, measured ------------------------------------------------------------
+def geometry_sweep(config, edges, *, device: str = "cpu", threads: int = 1, rounds: int = 2, planes: int = 1,
+                   batch_size: int = 1) -> dict[str, Any]:  # fmt: skip
+    """Seconds per kept Mvox of the bare predictor (`TilePredictor.predict_stack`, random
+    weights) on a square block of each edge covered by one tile, sizes alternated per round
+    (best kept); FLOPs per kept voxel from the layer shapes. Shared with `bench/gpu_pipeline.py`."""
+    import numpy as np
+    import torch
+
+    from unetcore.flops import forward_flops
+    from unetcore.model import UNet
+    from unetcore.normalization import Normalization
+    from unetcore.predict import PredictConfig, TilePredictor, plan_tiles
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = UNet(config).eval()
+    flop_model = UNet(config).to("meta")
+    rng = np.random.default_rng(0)
+    rows: dict[int, dict[str, Any]] = {}
+    for _ in range(rounds):
+        for edge in edges:
+            pc = PredictConfig(batch_size=batch_size, device=device, max_out_tile=edge + 400)
+            tiles = plan_tiles(config, (edge, edge), None, pc)
+            image = rng.integers(0, 256, (planes, edge, edge), dtype=np.uint8)
+            predictor = TilePredictor(model, Normalization(), pc)
+            predictor.predict_stack(image[:1, : min(edge, 256), : min(edge, 256)])  # warm-up (cuDNN autotuning)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            predictor.predict_stack(image)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+            kept = planes * edge * edge
+            row = rows.setdefault(edge, {
+                "tile": list(tiles.in_tile), "tiles_per_plane": math.prod(tiles.counts),
+                "input_per_kept_voxel": round(math.prod(tiles.counts) * math.prod(tiles.in_tile) / edge**2, 3),
+                "mflop_per_kept_voxel": round(math.prod(tiles.counts) * forward_flops(flop_model, tiles.in_tile) / edge**2 / 1e6, 4),
+                "seconds_per_kept_mvox": [],
+            })  # fmt: skip
+            row["seconds_per_kept_mvox"].append(round(seconds / kept * 1e6, 3))
+    base = min(rows[edges[0]]["seconds_per_kept_mvox"])
+    base_flops = rows[edges[0]]["mflop_per_kept_voxel"]
+    for row in rows.values():
+        row["speed_vs_first"] = round(base / min(row["seconds_per_kept_mvox"]), 3)  # > 1: faster per kept voxel
+        row["flops_predict"] = round(base_flops / row["mflop_per_kept_voxel"], 3)  # the speed-up FLOPs alone would give
+    return {"device": device, "threads": threads, "planes": planes, "rounds": rounds, "edges": {str(e): r for e, r in rows.items()}}
 
 
 # -- 5. planning a 1 TB virtual volume ------------------------------------------------------
@@ -302,7 +356,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--torch-threads", type=int, default=1, help="per worker")
     p.add_argument("--monai-slices", type=int, default=4, help="slices of the volume for the MONAI section")
     p.add_argument("--repeats", type=int, default=1, help="emunet/dask alternations in the dask section")
+    p.add_argument("--emunet-geometry", choices=("defaults", "same"), default="defaults",
+                   help="dask section: emunet's own default blocks and tiles, or the --block/--tile dask runs on")
     p.add_argument("--budget", type=int, default=2 << 30, help="activation memory budget (bytes) for the halo section")
+    p.add_argument("--edges", type=int, nargs="+", default=(512, 1024, 1536, 2048), help="block edges of the geometry section")
+    p.add_argument("--planes", type=int, default=2, help="planes per block in the geometry section")
     p.add_argument("--workdir", type=Path, default=None)
     return p.parse_args(argv)
 
@@ -335,6 +393,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "memory": None,  # measured with efficiency (same runs)
         "dask": lambda: baselines().bench_dask(args, workdir, checkpoint),
         "monai": lambda: baselines().bench_monai(args, workdir, checkpoint),
+        "geometry": lambda: geometry_sweep(
+            load(checkpoint).config, list(args.edges), threads=args.torch_threads, rounds=max(args.repeats, 2),
+            planes=args.planes, batch_size=args.batch_size,
+        ),
     }
     for name in only:
         if name not in runners:
@@ -363,6 +425,8 @@ def _summary(r: dict[str, Any]) -> dict[str, Any]:
         s |= {"speed_ratio_emunet_over_monai": r["monai"]["speed_ratio_emunet_over_monai"], "monai_seam_max": r["monai"]["monai_tiled_vs_whole_max_abs"]}
     if "planning" in r:
         s |= {"plan_1tb_seconds": r["planning"]["seconds_with_all_task_descriptions"], "plan_1tb_peak_mb": r["planning"]["python_peak_alloc_mb"]}
+    if "geometry" in r:
+        s |= {"geometry_speed_vs_first": {e: row["speed_vs_first"] for e, row in r["geometry"]["edges"].items()}}
     if "halo" in r:
         s |= {"halo_discarded_default": r["halo"][r["meta"]["preset"]]["default"]["discarded_fraction"]}
     s["load_average"] = [r["meta"]["load_average_start"], r["meta"]["load_average_end"]]

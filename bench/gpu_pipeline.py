@@ -10,6 +10,8 @@ Runs in under 6 minutes on one H100/H200 and prints one JSON line (also written 
   start, model load, cuDNN autotuning) and once warm on the same cluster;
 * `dask.array.map_overlap(depth=halo, boundary="reflect", trim=True)` with the same resident
   model on the same worker, for the speed-up of the pipelined block tasks;
+* the geometry sweep (`bench/bench_pipeline.py`'s): the model's time per kept voxel on
+  blocks of ``--edges``, one tile each, to check that larger blocks pay on this GPU;
 * the FLOP-bound limit: the model's convolution FLOPs per kept output voxel (counted from the
   layer shapes with forward hooks on the meta device) against ``--peak-tflops`` (989 = H100
   SXM dense bf16), and each measured rate as a fraction of it.
@@ -41,7 +43,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", type=int, nargs=3, default=(64, 2048, 2048), metavar=("Z", "Y", "X"))
     p.add_argument("--block", type=int, nargs=3, default=(8, 1024, 1024), metavar=("Z", "Y", "X"))
-    p.add_argument("--tile", type=int, nargs=2, default=(1228, 1228), metavar=("Y", "X"), help="legal input tile")
+    p.add_argument("--tile", type=int, nargs=2, default=None, metavar=("Y", "X"),
+                   help="legal input tile (default: the pipeline's for GPU workers, one tile per block plane)")
+    p.add_argument("--edges", type=int, nargs="+", default=(512, 1024, 2048),
+                   help="block edges timed one tile each by the geometry sweep (bench_pipeline.geometry_sweep)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--preset", default="paper")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
@@ -57,7 +62,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.smoke:
         args.shape, args.block, args.tile, args.preset = (4, 128, 128), (2, 64, 64), None, "tiny"
-        args.bare_seconds, args.batch_size = 2.0, 2
+        args.bare_seconds, args.batch_size, args.edges = 2.0, 2, (64, 128)
     return args
 
 
@@ -101,13 +106,27 @@ def write_volume(path: Path, shape: tuple[int, int, int], chunks: tuple[int, int
     zarr.create_array(str(path), shape=shape, chunks=chunks, dtype="uint8", overwrite=True)[:] = image
 
 
+def predict_config(config, args: argparse.Namespace):
+    """The predictor's settings a GPU worker gets: the given tile, or the cap that covers a
+    block's plane with one tile (`pipeline.prepare.tile_cap`, as `segment` sends it)."""
+    from pipeline.plan import make_plan
+    from pipeline.prepare import tile_cap
+    from unetcore.predict import PredictConfig
+
+    if args.tile:
+        return PredictConfig(tile_shape=tuple(args.tile), batch_size=args.batch_size)
+    cap = tile_cap(make_plan("in", "out", tuple(args.block), config, block_shape=tuple(args.block)), config,
+                   "cpu" if args.smoke else "cuda")  # fmt: skip
+    return PredictConfig(batch_size=args.batch_size, **({"max_out_tile": cap} if cap else {}))
+
+
 def tiles_of(config, args: argparse.Namespace, shape: tuple[int, int, int]) -> tuple[int, tuple[int, ...]]:
     """Tiles the pipeline computes for the volume, and their input shape."""
     from pipeline.plan import make_plan
-    from unetcore.predict import PredictConfig, plan_tiles
+    from unetcore.predict import plan_tiles
 
     plan = make_plan("in", "out", shape, config, block_shape=tuple(args.block))
-    pc = PredictConfig(tile_shape=tuple(args.tile) if args.tile else None, batch_size=args.batch_size)
+    pc = predict_config(config, args)
     total, in_tile = 0, None
     for b in plan.block_ids():
         w = plan.block(b).write_roi.shape
@@ -156,10 +175,10 @@ def predictor_block_seconds(config, args: argparse.Namespace, device) -> float:
     from pipeline.plan import model_context
     from unetcore.model import UNet
     from unetcore.normalization import Normalization
-    from unetcore.predict import PredictConfig, TilePredictor
+    from unetcore.predict import TilePredictor
 
     torch.manual_seed(0)
-    pc = PredictConfig(tile_shape=tuple(args.tile) if args.tile else None, batch_size=args.batch_size, device=device.type)
+    pc = replace(predict_config(config, args), device=device.type)
     predictor = TilePredictor(UNet(config), Normalization(), pc)
     (_, (ly, hy), (lx, hx)) = model_context(config)
     bz, by, bx = args.block
@@ -202,6 +221,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     flop_bound = args.peak_tflops * 1e12 / flops_per_voxel  # voxels/s at peak
 
     t_tile = bare(config, args, in_tile, device)
+    from bench.bench_pipeline import geometry_sweep  # is one tile per larger block faster per kept voxel here?
+
+    sweep = geometry_sweep(config, list(args.edges), device=device.type, rounds=2, planes=args.block[0], batch_size=args.batch_size)
     t_block = predictor_block_seconds(config, args, device)
     predictor_vps = math.prod(args.block) / t_block
     if device.type == "cuda":
@@ -284,6 +306,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "speedup_vs_dask": round(t_dask / warm.seconds, 3) if t_dask else None,
         "stage_seconds": warm.stage_seconds,
         "variants": variants,
+        "geometry": sweep,
         "worker_peak_rss_mb": [round(v / 2**20) for v in warm.worker_peak_rss.values()],
         "ok": warm.ok and first.ok,
         "failed": [f.to_dict() for f in warm.failed[:3]],

@@ -1,7 +1,9 @@
 """Sections 2 and 3 of `bench/bench_pipeline.py`: the same model run by other systems, side by side.
 
 2. dask: `dask.array.map_overlap` with the worker's resident model, at ``depth=halo`` and at
-   the exact depth that makes its output equal emunet's;
+   the exact depth that makes its output equal emunet's, on the input's chunks (``--block``);
+   emunet with its own default blocks and tiles (``--emunet-geometry defaults``) or with the
+   same blocks (``same``);
 3. monai: MONAI `sliding_window_inference` with a same-padded twin of the model.
 
 Run through `bench_pipeline.py --only dask,monai`; the helpers (volume, checkpoint, configs)
@@ -12,6 +14,7 @@ the workers need not import this file.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import math
 import os
@@ -87,9 +90,12 @@ def bench_dask(args: argparse.Namespace, workdir: Path, checkpoint: Path) -> dic
     with cluster, Client(cluster) as client:
         client.register_plugin(ModelPlugin(spec))  # the same resident model for both
         times: dict[str, list[float]] = {"emunet": [], "dask_depth_halo": [], "dask_depth_exact": []}
+        ours_config = segment_config(args, overwrite=True)
+        if args.emunet_geometry == "defaults":  # emunet chooses its blocks and tiles; dask runs on the input's chunks
+            ours_config = dataclasses.replace(ours_config, block_shape=None, tile_shape=None)
         for _ in range(args.repeats):  # all three in every round: these cores drift between rounds
             t0 = time.perf_counter()
-            r = segment(src, workdir / "out-emunet.zarr", checkpoint, segment_config(args, overwrite=True), client=client)
+            r = segment(src, workdir / "out-emunet.zarr", checkpoint, ours_config, client=client)
             times["emunet"].append(time.perf_counter() - t0)
             times["dask_depth_halo"].append(run_dask(client, src, workdir / "out-dask.zarr", spec.name, halo, args.block))
             times["dask_depth_exact"].append(
@@ -100,7 +106,11 @@ def bench_dask(args: argparse.Namespace, workdir: Path, checkpoint: Path) -> dic
     theirs_exact = zarr.open_array(str(workdir / "out-dask-exact.zarr"), mode="r")[:]
     voxels = math.prod(big)
     best = {k: min(v) for k, v in times.items()}
+    stored = zarr.open_group(str(workdir / "out-emunet.zarr"), mode="r")
     return {
+        "emunet_geometry": {"mode": args.emunet_geometry, "block": stored.attrs["emunet"]["plan"]["block_shape"],
+                            "tile": stored.attrs["emunet"]["predict"]["tile"]},  # fmt: skip
+        "dask_chunks": list(args.block),
         "halo": halo,
         "exact_context": [list(c) for c in model_context(ckpt.config)[1:]],
         "emunet_seconds": [round(t, 3) for t in times["emunet"]],

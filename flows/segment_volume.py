@@ -61,10 +61,10 @@ class SegmentVolumeParams(BaseModel):
     output_url: str = Field(description="Output OME-Zarr group: probability, optional mask, coordinates, ledger.")
     checkpoint: str = Field(description="Model checkpoint (.safetensors) readable by the flow and every Dask worker.")
     block_shape: tuple[int, int, int] | None = Field(
-        None, description="Voxels per block (z, y, x); None = (8, 512, 512) for 2D models, chunk-aligned."
+        None, description="Voxels per block (z, y, x); None = (8, 1024, 1024) in chunks of (8, 512, 512) for 2D models, aligned."
     )
-    tile_shape: tuple[int, ...] | None = Field(None, description="Model input tile (a legal size); None = the largest ≤ 572.")
-    batch_size: int = Field(4, ge=1, description="Tiles per forward pass.")
+    tile_shape: tuple[int, ...] | None = Field(None, description="Model input tile (a legal size); None = one per block plane, up to 1024² kept voxels.")
+    batch_size: int = Field(4, ge=1, description="Tiles per forward pass, at most (fewer of large tiles on a CPU).")
     dtype: Literal[OUTPUT_DTYPES] = Field(  # type: ignore[valid-type]
         "uint8", description="Stored probability: uint8 = round(p·255), float16 or float32."
     )
@@ -173,13 +173,14 @@ def plan_blocks(params: SegmentVolumeParams, sha256: str, model_config: dict[str
     from pipeline.ledger import Ledger
     from pipeline.output import store_exists
     from pipeline.plan import plan_for_volume
+    from pipeline.prepare import planned_layout
     from pipeline.volume import open_volume
     from unetcore.config import UNetConfig
 
     config = params.segment_config()
     volume = open_volume(params.input_url, level=config.input_level)
-    plan = plan_for_volume(volume, params.output_url, UNetConfig.from_dict(model_config), block_shape=config.block_shape, checkpoint_sha256=sha256,
-                           tta=config.tta)  # fmt: skip
+    plan = plan_for_volume(volume, params.output_url, UNetConfig.from_dict(model_config), checkpoint_sha256=sha256, tta=config.tta,
+                           **planned_layout(config, params.output_url))  # fmt: skip
     done = 0
     if config.resume and store_exists(params.output_url):
         done = int(Ledger(plan.output_url, plan.num_blocks).done_mask().sum())

@@ -18,6 +18,7 @@ from typing import Any
 
 from unetcore.config import UNetConfig
 from unetcore.memory import TileMemoryError, check_tile, largest_fitting_tile, suggestion
+from unetcore.predict import pass_batch
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +67,11 @@ def fit_tile(
     device, budget = tightest["device"], int(tightest["budget"])
     bpe = 2 if (amp and device.startswith("cuda")) else 4  # bf16 autocast halves activations
     where = f"worker {address} ({device})"
+    # A CPU pass holds fewer of a large tile (unetcore.predict.pass_batch); a shrunk tile is
+    # sized for the full batch, which bounds whatever its passes then hold.
+    per_pass = pass_batch("cpu", tile, batch) if device == "cpu" else batch
     try:
-        check_tile(config, tile, batch=batch, budget=budget, where=where, bytes_per_element=bpe, threads=threads)
+        check_tile(config, tile, batch=per_pass, budget=budget, where=where, bytes_per_element=bpe, threads=threads)
         return tile
     except TileMemoryError:
         if chosen:

@@ -205,6 +205,8 @@ def segment(
                "tta": config.tta, "compile": config.compile}  # fmt: skip
     if ready.grey_source != "dtype":
         predict["grey_range"] = tuple(ready.grey_range)
+    if ready.max_out_tile is not None:  # one tile per block plane (pipeline.prepare.tile_cap)
+        predict["max_out_tile"] = ready.max_out_tile
     spec = ModelSpec(str(checkpoint), sha256, predict=predict, torch_threads=config.torch_threads)
     payload = {"plan": plan.to_dict(), "run": uuid.uuid4().hex, "sparse": config.sparse}
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 
 from pipeline.prepare import prepare
 from pipeline.segment import SegmentConfig
@@ -84,3 +85,28 @@ def test_an_edited_checkpoint_is_refused_before_the_output_is_looked_at(inputs, 
     with pytest.raises(CheckpointError, match="corrupt or was modified"):
         prepare(src, tmp_path / "out.zarr", edited, SegmentConfig(workers=1))
     assert not (tmp_path / "out.zarr").exists()
+
+
+# -- the default geometry -------------------------------------------------------------------
+@pytest.fixture()
+def wide(tmp_path) -> tuple[Path, Path]:
+    ckpt = save_tiny_checkpoint(tmp_path / "model.safetensors", seed=3)
+    image = zarr.create_array(str(tmp_path / "wide.zarr"), shape=(2, 600, 1400), chunks=(1, 300, 350), dtype="uint8")
+    image[...] = np.random.default_rng(0).integers(0, 255, image.shape, dtype=np.uint8)
+    return ckpt, tmp_path / "wide.zarr"
+
+
+def test_one_tile_covers_a_default_blocks_plane(wide, tmp_path) -> None:
+    from unetcore.predict import PredictConfig, pass_batch, plan_tiles
+
+    ckpt, src = wide
+    ready = prepare(src, tmp_path / "out.zarr", ckpt, SegmentConfig(workers=1, device="cpu"))
+    assert (ready.plan.block_shape, ready.plan.chunk_shape) == ((2, 1024, 1024), (2, 512, 512))
+    tiles = plan_tiles(ready.model_config, ready.plan.block_shape[1:], None, PredictConfig(max_out_tile=ready.max_out_tile))
+    assert tiles.in_tile == ready.tile and tiles.counts == (1, 1)  # what the workers' predictor chooses
+    assert plan_tiles(ready.model_config, ready.plan.block_shape[1:], None, PredictConfig()).counts == (2, 2)  # without the cap
+    assert ready.batch == pass_batch("cpu", ready.tile, 4) == 1  # one large tile per pass on a CPU
+    chosen = prepare(src, tmp_path / "out.zarr", ckpt, SegmentConfig(workers=1, tile_shape=(220, 220)))
+    assert chosen.tile == (220, 220) and chosen.max_out_tile is None and chosen.batch == 4  # a chosen tile is the user's
+    big = prepare(src, tmp_path / "out.zarr", ckpt, SegmentConfig(workers=1, block_shape=(2, 2048, 2048)))
+    assert plan_tiles(big.model_config, (2048, 2048), None, PredictConfig(max_out_tile=big.max_out_tile)).counts == (2, 2)

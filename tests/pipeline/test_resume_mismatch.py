@@ -125,6 +125,14 @@ def test_device_class_and_precision_are_compared_once_the_workers_answer(volume,
     assert_untouched(out, before)
 
 
+def test_a_resume_without_a_block_shape_keeps_the_outputs_own(volume, scheduler, out) -> None:
+    """The output's blocks, not today's default for these workers (8 × 512 × 512 here)."""
+    plain = SegmentConfig(scheduler=scheduler, progress=False, torch_threads=1, resume=True)
+    result = segment(volume, out, DEMO_MODEL, plain)
+    assert result.ok and (result.computed, result.skipped) == (2, 6)
+    assert zarr.open_group(str(out), mode="r").attrs["emunet"]["plan"]["block_shape"] == list(BLOCK)
+
+
 def test_the_layout_is_never_overridden(volume, scheduler, out) -> None:
     before = state(out)
     with pytest.raises(PlanMismatchError, match="output dtype: stored 'uint8', now 'float32'") as err:

@@ -139,6 +139,31 @@ def test_the_tile_plan_is_computed_once_per_shape() -> None:
     assert plan_tiles(config, (40, 48), None, predict) != first
 
 
+def test_a_cpu_pass_holds_fewer_large_tiles() -> None:
+    """On a CPU a forward pass holds at most CPU_PASS_PIXELS input pixels (never less than one
+    tile); on a GPU the batch size is kept. The result does not depend on it."""
+    from unetcore.predict import CPU_PASS_PIXELS, pass_batch
+
+    assert pass_batch("cpu", (732, 732), 4) == 4 and pass_batch("cpu", (1244, 1244), 4) == 1
+    assert pass_batch("cpu", (3000, 3000), 4) == 1 and pass_batch("cuda", (1244, 1244), 4) == 4
+    assert pass_batch("cpu", (100, 100), 2) == 2 and 4 * 732**2 <= CPU_PASS_PIXELS
+    model = MODELS["upconv"]
+    tile = tuple(geometry.nearest_legal(model.config, size, axis)[1] for axis, size in enumerate((1000, 900)))
+    assert CPU_PASS_PIXELS // 3 < tile[0] * tile[1] <= CPU_PASS_PIXELS // 2
+    stack = np.random.default_rng(5).integers(0, 256, (3, 40, 40)).astype(np.uint8)
+    passes: list[int] = []
+    hook = model.register_forward_hook(lambda _m, args, _o: passes.append(len(args[0])))
+    try:
+        big = TilePredictor(model, Normalization(), PredictConfig(batch_size=4, tile_shape=tile)).predict_stack(stack)
+        assert passes == [2, 1], passes  # three ~1000 × 900 tiles: two per pass
+        passes.clear()
+        small = TilePredictor(model, Normalization(), PredictConfig(batch_size=1, tile_shape=tile)).predict_stack(stack)
+        assert passes == [1, 1, 1]
+    finally:
+        hook.remove()
+    np.testing.assert_allclose(big, small, atol=1e-6)
+
+
 # -- the device path's preparation (on CUDA: raw grey values go over, then these run there) --
 @settings(max_examples=30, deadline=None)
 @given(
