@@ -2,10 +2,11 @@
 
 One run measures, side by side, on the same machine, model and volume:
 
-* **bare, one process**: the model alone (forward + softmax, no I/O, no pipeline) on every
-  tile the volume needs at the predictor's own tile for a whole slice (output capped at 572
-  per axis), in one process with all cores as torch threads, with the glibc heap settings
-  the workers use (`pipeline.worker.keep_large_buffers`);
+* **bare, one process**: the model alone (forward + softmax, no I/O, no pipeline) on the
+  tiles `segment` computes for the volume with its defaults (default blocks, one tile per
+  block plane, as many tiles per pass as a CPU pass holds), in one process with all cores as
+  torch threads, with the glibc heap settings the workers use
+  (`pipeline.worker.keep_large_buffers`);
 * **bare, one process per worker**: the same tiles split over ``--workers`` processes
   running at the same time, one torch thread each (what a CPU cluster of single-threaded
   workers can do at best);
@@ -43,14 +44,25 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def best_tile(checkpoint: Path, yx: tuple[int, int], batch: int) -> tuple[tuple[int, ...], tuple[int, ...], int]:
-    """(input tile, output step, tiles per slice) of the predictor's own choice for a whole slice."""
+def pipeline_tiles(checkpoint: Path, shape: tuple[int, int, int], batch: int) -> tuple[tuple[int, ...], tuple[int, ...], int, int]:
+    """(input tile, output step, tiles, tiles per pass) that `segment` runs for the volume with
+    its defaults on CPU workers: the default blocks, one tile per block plane
+    (`pipeline.prepare.tile_cap`), `unetcore.predict.pass_batch` tiles per pass."""
+    from pipeline.plan import make_plan
+    from pipeline.prepare import tile_cap
     from unetcore.checkpoint import load_checkpoint
-    from unetcore.predict import PredictConfig, plan_tiles
+    from unetcore.predict import PredictConfig, pass_batch, plan_tiles
 
-    ckpt = load_checkpoint(checkpoint)
-    plan = plan_tiles(ckpt.config, yx, None, PredictConfig(batch_size=batch))
-    return plan.in_tile, plan.step, math.prod(plan.counts)
+    config = load_checkpoint(checkpoint).config
+    plan = make_plan("in", "out", shape, config)
+    predict = PredictConfig(batch_size=batch, max_out_tile=tile_cap(plan, config))
+    tiles, first = 0, None
+    for block_id in plan.block_ids():
+        write = plan.block(block_id).write_roi.shape
+        tp = plan_tiles(config, tuple(write[1:]), None, predict)
+        tiles += write[0] * math.prod(tp.counts)
+        first = first or tp
+    return first.in_tile, first.step, tiles, pass_batch("cpu", first.in_tile, batch)
 
 
 def _bare_worker(checkpoint: str, in_tile: tuple[int, ...], tiles: int, batch: int, threads: int, start, out) -> None:
@@ -143,14 +155,13 @@ def main() -> None:
     voxels = math.prod(shape)
     cores = os.cpu_count() or 1
     config = SegmentConfig(workers=args.workers, progress=False, overwrite=True)
-    in_tile, step, per_slice = best_tile(args.checkpoint, shape[1:], config.batch_size)
-    tiles = per_slice * shape[0]
+    in_tile, step, tiles, per_pass = pipeline_tiles(args.checkpoint, shape, config.batch_size)
     print(f"{_dt.date.today()} {platform.machine()}, {cores} CPU cores, Python {platform.python_version()}, "
           f"load {os.getloadavg()[0]:.2f}; model {args.checkpoint.name}; volume {shape} uint8 (synthetic EM)")
-    print(f"bare: tile {in_tile} → step {step}, {per_slice} tiles per slice, {tiles} tiles, batch {config.batch_size}")
+    print(f"bare: tile {in_tile} → step {step}, {tiles} tiles, {per_pass} per pass")
 
-    one = bare(args.checkpoint, in_tile, tiles, config.batch_size, 1, cores)
-    many = bare(args.checkpoint, in_tile, tiles, config.batch_size, args.workers, 1)
+    one = bare(args.checkpoint, in_tile, tiles, per_pass, 1, cores)
+    many = bare(args.checkpoint, in_tile, tiles, per_pass, args.workers, 1)
     rows = {"bare, 1 process × %d threads" % cores: voxels / one,
             "bare, %d processes × 1 thread" % args.workers: voxels / many}
     best = max(rows.values())

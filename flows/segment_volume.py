@@ -61,7 +61,7 @@ class SegmentVolumeParams(BaseModel):
     output_url: str = Field(description="Output OME-Zarr group: probability, optional mask, coordinates, ledger.")
     checkpoint: str = Field(description="Model checkpoint (.safetensors) readable by the flow and every Dask worker.")
     block_shape: tuple[int, int, int] | None = Field(
-        None, description="Voxels per block (z, y, x); None = (8, 1024, 1024) in chunks of (8, 512, 512) for 2D models, aligned."
+        None, description="Voxels per block (z, y, x); None = (4, 1024, 1024) in chunks of (4, 512, 512) for 2D models, aligned."
     )
     tile_shape: tuple[int, ...] | None = Field(None, description="Model input tile (a legal size); None = one per block plane, up to 1024² kept voxels.")
     batch_size: int = Field(4, ge=1, description="Tiles per forward pass, at most (fewer of large tiles on a CPU).")

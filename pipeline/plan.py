@@ -37,8 +37,8 @@ from unetcore.config import UNetConfig
 
 PLAN_FORMAT = 1
 DEFAULT_SAME_CONTEXT = 32  # per side, for padding="same" models (no exact context exists)
-DEFAULT_BLOCK_2D = (8, 1024, 1024)  # `default_block_shape` of a 2D model, before alignment
-DEFAULT_CHUNK_2D = (8, 512, 512)  # its output chunks (`default_chunk_shape`): a viewer reads 2 MB, not 8
+DEFAULT_BLOCK_2D = (4, 1024, 1024)  # `default_block_shape` of a 2D model, before alignment
+DEFAULT_CHUNK_2D = (4, 512, 512)  # its output chunks (`default_chunk_shape`): a viewer reads 1 MB, not 4
 DEFAULT_BLOCK_3D = (128, 128, 128)
 
 
@@ -124,7 +124,7 @@ def _aligned(volume_shape: Sequence[int], target: Sequence[int], lattice: Sequen
 
 
 def default_chunk_shape(volume_shape: Sequence[int], config: UNetConfig) -> tuple[int, int, int]:
-    """The output chunks of a default block: (8, 512, 512) for 2D models, aligned and clipped;
+    """The output chunks of a default block: (4, 512, 512) for 2D models, aligned and clipped;
     a 3D model's default block is one chunk."""
     if config.spatial_dims != 2:
         return default_block_shape(volume_shape, config)
@@ -137,12 +137,14 @@ def default_block_shape(
     *,
     unit: Sequence[int] | None = None,
 ) -> tuple[int, int, int]:
-    """A reasonable block: (8, 1024, 1024) for 2D models, 128³ for 3D, aligned and clipped.
+    """A reasonable block: (4, 1024, 1024) for 2D models, 128³ for 3D, aligned and clipped.
 
     Each axis is a multiple of lcm(lattice, ``unit``) (``unit`` = the chunk or shard shape),
     and not much larger than the volume. With one tile per plane (`pipeline.prepare.tile_cap`)
     a 1024² plane costs the model 1.18× fewer FLOPs per kept voxel than 512² planes, and
     `segment` with the shipped model ran 1.26× faster on 2 CPU cores (docs/benchmarks.md).
+    Four planes, not more: a 2D model computes each plane alone, so the block's depth only
+    sets how evenly a short stack spreads over the workers (40 planes: 10 blocks, not 5).
     """
     target = DEFAULT_BLOCK_2D if config.spatial_dims == 2 else DEFAULT_BLOCK_3D
     return _aligned(volume_shape, target, model_lattice(config), tuple(unit) if unit is not None else (1, 1, 1))  # type: ignore[return-value]

@@ -123,8 +123,18 @@ def _peak_rss() -> int:
 
 
 # -- on the client --------------------------------------------------------------------------
-def _groups(ids: Iterator[int], size: int) -> Iterator[tuple[int, ...]]:
-    while group := tuple(itertools.islice(ids, size)):
+def _groups(ids: Iterator[int], size: int, total: int) -> Iterator[tuple[int, ...]]:
+    """Consecutive ids in groups of at most `size`: the `total` expected split into groups whose
+    sizes differ by one at most (10 at size 3: 3, 3, 2, 2, not 3, 3, 3, 1), so that the last
+    tasks of a short run leave no slot idle."""
+    count = max(1, -(-total // size))
+    base, extra = divmod(total, count)
+    for i in range(count):
+        group = tuple(itertools.islice(ids, base + (i < extra)))
+        if not group:
+            break
+        yield group
+    while group := tuple(itertools.islice(ids, size)):  # more ids than expected: still at most `size`
         yield group
 
 
@@ -351,7 +361,7 @@ def _stream(
     depth = config.stage_depth(tuple(plan.block_shape))
     jobs = (
         GroupJob(ids, payload, spec.name, segment_ops, policy, depth, config.compute_threads)
-        for ids in _groups(todo, result.blocks_per_task)
+        for ids in _groups(todo, result.blocks_per_task, total)
     )
     t0 = time.perf_counter()
     try:

@@ -36,7 +36,7 @@ def auto_blocks_per_task(block_shape: tuple[int, ...]) -> int:
 
     A task costs the scheduler and the worker a few ms whatever its size, and its blocks
     overlap read, compute and write only within it, so small blocks go in larger groups:
-    8 blocks of 8 × 512 × 512 or of the default 8 × 1024 × 1024, 64 blocks of 1 × 64 × 64
+    8 blocks of 8 × 512 × 512 or of the default 4 × 1024 × 1024, 64 blocks of 1 × 64 × 64
     (`bench/bench_scale.py`)."""
     voxels = max(math.prod(int(n) for n in block_shape), 1)
     return max(MIN_BLOCKS_PER_TASK, min(MAX_BLOCKS_PER_TASK, -(-TASK_VOXELS // voxels)))
@@ -46,7 +46,7 @@ def auto_blocks_per_task(block_shape: tuple[int, ...]) -> int:
 class SegmentConfig:
     """Everything `segment` can be told; each field may come from ``EMUNET_SEGMENT_<NAME>``."""
 
-    block_shape: tuple[int, int, int] | None = None  # voxels per block; None = (8, 1024, 1024) in chunks of (8, 512, 512), aligned
+    block_shape: tuple[int, int, int] | None = None  # voxels per block; None = (4, 1024, 1024) in chunks of (4, 512, 512), aligned
     tile_shape: tuple[int, ...] | None = None  # model input tile (legal); None = one per block plane up to 1024² kept (`tile_cap`)
     batch_size: int = 4  # tiles per forward pass, at most (fewer of large tiles on a CPU: unetcore.predict.pass_batch)
     dtype: str = "uint8"  # stored probability: uint8 (p·255), float16 or float32

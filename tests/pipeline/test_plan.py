@@ -77,23 +77,23 @@ def test_shards_must_hold_whole_chunks_and_blocks_whole_shards() -> None:
 
 
 def test_default_block_shape_is_aligned_and_clipped() -> None:
-    assert default_block_shape((100, 5000, 5000), PAPER) == (8, 1024, 1024)
+    assert default_block_shape((100, 5000, 5000), PAPER) == (4, 1024, 1024)
     assert default_block_shape((3, 100, 37), TINY) == (3, 104, 40)
     assert default_block_shape((100, 1000, 1000), preset("aniso3d"))[1] % 16 == 0
     plan = make_plan("a", "b", (30, 512, 512), PAPER)
-    assert plan.block_shape == (8, 512, 512) and plan.chunk_shape == plan.block_shape
+    assert plan.block_shape == (4, 512, 512) and plan.chunk_shape == plan.block_shape
 
 
 def test_default_blocks_are_written_in_smaller_chunks() -> None:
-    """A default block is 2 × 2 chunks of (8, 512, 512) in y, x; a block the user chose is
+    """A default block is 2 × 2 chunks of (4, 512, 512) in y, x; a block the user chose is
     one chunk unless chunks are given; a 3D model's default block is one chunk."""
     plan = make_plan("a", "b", (30, 3000, 2000), PAPER)
-    assert (plan.block_shape, plan.chunk_shape) == ((8, 1024, 1024), (8, 512, 512))
+    assert (plan.block_shape, plan.chunk_shape) == ((4, 1024, 1024), (4, 512, 512))
     clipped = make_plan("a", "b", (3, 600, 37), TINY)
     assert (clipped.block_shape, clipped.chunk_shape) == ((3, 1024, 40), (3, 512, 40))
     assert make_plan("a", "b", (30, 3000, 2000), PAPER, block_shape=(8, 256, 256)).chunk_shape == (8, 256, 256)
     given = make_plan("a", "b", (30, 3000, 2000), PAPER, chunk_shape=(4, 256, 256))
-    assert (given.block_shape, given.chunk_shape) == ((8, 1024, 1024), (4, 256, 256))
+    assert (given.block_shape, given.chunk_shape) == ((4, 1024, 1024), (4, 256, 256))
     cube = make_plan("a", "b", (300, 300, 300), preset("aniso3d"))
     assert cube.block_shape == cube.chunk_shape
 

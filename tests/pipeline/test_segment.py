@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.ledger import Ledger
 from pipeline.output import OutputExistsError
@@ -192,3 +194,17 @@ def test_bad_tile_and_bad_weights_are_refused_before_any_output(volume, checkpoi
     with pytest.raises(CheckpointError, match="mismatch"):
         run(volume, out, bad, scheduler)
     assert not out.exists(), "nothing may be written before the run is refused"
+
+
+@settings(max_examples=200, deadline=None)
+@given(total=st.integers(0, 300), size=st.integers(1, 70), extra=st.integers(0, 5))
+def test_groups_are_consecutive_and_even(total, size, extra) -> None:
+    """Every id once, in order, at most `size` per group; the expected `total` in
+    ceil(total / size) groups whose sizes differ by one at most (ids beyond it still grouped)."""
+    from pipeline.segment import _groups
+
+    groups = list(_groups(iter(range(total + extra)), size, total))
+    assert [i for g in groups for i in g] == list(range(total + extra))
+    assert all(1 <= len(g) <= size for g in groups)
+    head = groups[: -(-total // size)] if total else []
+    assert sum(map(len, head)) == total and (not head or max(map(len, head)) - min(map(len, head)) <= 1)
