@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", type=int, nargs=3, default=(64, 2048, 2048), metavar=("Z", "Y", "X"))
-    p.add_argument("--block", type=int, nargs=3, default=(8, 1024, 1024), metavar=("Z", "Y", "X"))
+    p.add_argument("--block", type=int, nargs=3, default=(4, 1024, 1024), metavar=("Z", "Y", "X"), help="the pipeline's default")
     p.add_argument("--tile", type=int, nargs=2, default=None, metavar=("Y", "X"),
                    help="legal input tile (default: the pipeline's for GPU workers, one tile per block plane)")
     p.add_argument("--edges", type=int, nargs="+", default=(512, 1024, 2048),
@@ -107,17 +107,16 @@ def write_volume(path: Path, shape: tuple[int, int, int], chunks: tuple[int, int
 
 
 def predict_config(config, args: argparse.Namespace):
-    """The predictor's settings a GPU worker gets: the given tile, or the cap that covers a
-    block's plane with one tile (`pipeline.prepare.tile_cap`, as `segment` sends it)."""
+    """The predictor's settings a worker gets: the given tile, or the cap that covers a block's
+    plane with one tile (`pipeline.prepare.tile_cap`, as `segment` sends it)."""
     from pipeline.plan import make_plan
     from pipeline.prepare import tile_cap
     from unetcore.predict import PredictConfig
 
     if args.tile:
         return PredictConfig(tile_shape=tuple(args.tile), batch_size=args.batch_size)
-    cap = tile_cap(make_plan("in", "out", tuple(args.block), config, block_shape=tuple(args.block)), config,
-                   "cpu" if args.smoke else "cuda")  # fmt: skip
-    return PredictConfig(batch_size=args.batch_size, **({"max_out_tile": cap} if cap else {}))
+    cap = tile_cap(make_plan("in", "out", tuple(args.block), config, block_shape=tuple(args.block)), config)
+    return PredictConfig(batch_size=args.batch_size, max_out_tile=cap)
 
 
 def tiles_of(config, args: argparse.Namespace, shape: tuple[int, int, int]) -> tuple[int, tuple[int, ...]]:
