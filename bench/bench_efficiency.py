@@ -47,11 +47,12 @@ sys.path.insert(0, str(ROOT))
 def pipeline_tiles(checkpoint: Path, shape: tuple[int, int, int], batch: int) -> tuple[tuple[int, ...], tuple[int, ...], int, int]:
     """(input tile, output step, tiles, tiles per pass) that `segment` runs for the volume with
     its defaults on CPU workers: the default blocks, one tile per block plane
-    (`pipeline.prepare.tile_cap`), `unetcore.predict.pass_batch` tiles per pass."""
+    (`pipeline.prepare.tile_cap`), `unetcore.memory.pass_batch` tiles per pass."""
     from pipeline.plan import make_plan
     from pipeline.prepare import tile_cap
     from unetcore.checkpoint import load_checkpoint
-    from unetcore.predict import PredictConfig, pass_batch, plan_tiles
+    from unetcore.memory import pass_batch
+    from unetcore.predict import PredictConfig, plan_tiles
 
     config = load_checkpoint(checkpoint).config
     plan = make_plan("in", "out", shape, config)

@@ -17,8 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from unetcore.config import UNetConfig
-from unetcore.memory import TileMemoryError, check_tile, largest_fitting_tile, suggestion
-from unetcore.predict import pass_batch
+from unetcore.memory import TileMemoryError, check_tile, largest_fitting_tile, pass_batch, suggestion
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ def fit_tile(
     device, budget = tightest["device"], int(tightest["budget"])
     bpe = 2 if (amp and device.startswith("cuda")) else 4  # bf16 autocast halves activations
     where = f"worker {address} ({device})"
-    # A CPU pass holds fewer of a large tile (unetcore.predict.pass_batch); a shrunk tile is
+    # A CPU pass holds fewer of a large tile (unetcore.memory.pass_batch); a shrunk tile is
     # sized for the full batch, which bounds whatever its passes then hold.
     per_pass = pass_batch("cpu", tile, batch) if device == "cpu" else batch
     try:

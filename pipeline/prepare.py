@@ -125,7 +125,8 @@ def _tile_and_batch(
 ) -> tuple[tuple[int, ...], int]:
     """A legal tile for the checkpoint's model (illegal tiles raise) and the largest batch a
     forward pass holds: what a block fills, at most `pass_batch`'s on known CPU workers."""
-    from unetcore.predict import PredictConfig, pass_batch, plan_tiles
+    from unetcore.memory import pass_batch
+    from unetcore.predict import PredictConfig, plan_tiles
 
     dims = ckpt.config.spatial_dims
     if config.tile_shape is not None and len(config.tile_shape) != dims:
@@ -151,7 +152,7 @@ def tile_cap(plan: Any, model_config: Any) -> int:
 
     One tile per 1024² plane needs 1.18× fewer FLOPs per kept voxel than four per plane, and
     `segment` with the shipped model ran 1.26× faster on 2 CPU cores with it (one tile per
-    pass there: `unetcore.predict.pass_batch`). Where a worker lacks the memory,
+    pass there: `unetcore.memory.pass_batch`). Where a worker lacks the memory,
     `pipeline.memory.fit_tile` shrinks the tile."""
     dims = model_config.spatial_dims
     return max(min(b, TILE_KEPT) + lo + hi for b, (lo, hi) in zip(plan.block_shape[-dims:], plan.context[-dims:], strict=True))
@@ -212,14 +213,15 @@ def prepare(input_url: str | Path, output_url: str | Path, checkpoint: str | Pat
     plan = plan_for_volume(volume, absolute(output_url), model_config, checkpoint_sha256=sha256, tta=config.tta,
                            **planned_layout(config, absolute(output_url), existing))  # fmt: skip
     max_out_tile = tile_cap(plan, model_config) if config.tile_shape is None else None
-    tile, batch = _tile_and_batch(ckpt, plan, config, max_out_tile, _known_devices(config))
+    devices = _known_devices(config)
+    tile, batch = _tile_and_batch(ckpt, plan, config, max_out_tile, devices)
     grey_range, grey_source = resolve_grey_range(volume, config.grey_range)
     sample = read_sample(volume)  # a few chunks spread over the volume, read once here
     warnings = check_grey(
         volume.dtype, redact_url(volume.url), grey_range, grey_source, GreyStats.of_sample(sample), normalization
     )
     resuming = existing.exists and config.resume
-    settings = predict_settings(tta=config.tta, devices=_known_devices(config), amp=config.amp,
+    settings = predict_settings(tta=config.tta, devices=devices, amp=config.amp,
                                 tile=tile if config.tile_shape is not None else None,  # an explicit tile is never shrunk
                                 compile=config.compile)
     inputs = {"grey_range": list(grey_range), "grey_range_source": grey_source, "sparse": config.sparse,

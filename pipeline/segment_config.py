@@ -12,6 +12,8 @@ from typing import Any
 
 from pipeline.cluster import ClusterConfig
 from pipeline.dtypes import OUTPUT_DTYPES
+
+
 ENV_PREFIX = "EMUNET_SEGMENT_"
 TASK_VOXELS = 8 * 8 * 512 * 512  # output voxels a task aims at (16.8 M): at least 8 blocks in any case
 MIN_BLOCKS_PER_TASK, MAX_BLOCKS_PER_TASK = 8, 64
@@ -48,7 +50,7 @@ class SegmentConfig:
 
     block_shape: tuple[int, int, int] | None = None  # voxels per block; None = (4, 1024, 1024) in chunks of (4, 512, 512), aligned
     tile_shape: tuple[int, ...] | None = None  # model input tile (legal); None = one per block plane up to 1024² kept (`tile_cap`)
-    batch_size: int = 4  # tiles per forward pass, at most (fewer of large tiles on a CPU: unetcore.predict.pass_batch)
+    batch_size: int = 4  # tiles per forward pass, at most (fewer of large tiles on a CPU: unetcore.memory.pass_batch)
     dtype: str = "uint8"  # stored probability: uint8 (p·255), float16 or float32
     mask: bool = False  # also store mask = p ≥ 0.5
     device: str = "auto"  # on each worker: "auto" = its GPU if any, else the CPU

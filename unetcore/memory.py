@@ -76,6 +76,21 @@ def _param_count(config: UNetConfig) -> int:
     return total + conv(config.channels(0), config.num_classes, 1)  # 1×1 head
 
 
+# On a CPU a forward pass of more input pixels than this runs slower per pixel: its
+# activations leave the caches. The shipped model's width on 2 cores (bench_pipeline.py
+# --only geometry): one 1244² tile per pass 1.21× faster per kept voxel than four 732²
+# tiles, four 1244² tiles per pass 0.91×, one 2268² tile 0.95×.
+CPU_PASS_PIXELS = 2_200_000  # about 4 × 742²
+
+
+def pass_batch(device_type: str, in_tile: tuple[int, ...], batch_size: int) -> int:
+    """Tiles per forward pass: `batch_size`, on a CPU at most `CPU_PASS_PIXELS` input pixels
+    (never fewer than one tile)."""
+    if device_type != "cpu":
+        return batch_size
+    return max(1, min(batch_size, CPU_PASS_PIXELS // max(math.prod(in_tile), 1)))
+
+
 def inference_bytes(
     config: UNetConfig, tile: Sequence[int], *, batch: int = 1, bytes_per_element: int = 4, threads: int = 1
 ) -> int:
@@ -232,6 +247,7 @@ def oom_error(cause: str, config: UNetConfig, tile: Sequence[int], *, batch: int
 
 
 __all__ = [
+    "CPU_PASS_PIXELS",
     "SAFETY",
     "TileMemoryError",
     "check_tile",
@@ -243,4 +259,5 @@ __all__ = [
     "suggestion",
     "training_bytes",
     "oom_error",
+    "pass_batch",
 ]

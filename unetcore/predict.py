@@ -38,7 +38,7 @@ class PredictConfig:
 
     tile_shape: tuple[int, ...] | None = None  # input tile; None = the smallest legal one whose output covers the image, ≤ max_out_tile
     max_out_tile: int = 572  # with tile_shape None: the largest *output* tile per axis (its input is ~184 more for the paper's depth)
-    batch_size: int = 4  # tiles per forward pass, at most (`pass_batch`: fewer of large tiles on a CPU)
+    batch_size: int = 4  # tiles per forward pass, at most (`unetcore.memory.pass_batch`: fewer of large tiles on a CPU)
     device: str = "auto"  # "auto" (CUDA if present), "cpu", "cuda", "cuda:1", …
     amp: bool = True  # bf16 autocast on CUDA (ignored on the CPU)
     channels_last: bool = True  # channels-last memory format on CUDA (2D)
@@ -133,21 +133,6 @@ def _plan_tiles(
             f"period {lattice}, got tile {in_tile} → output {out}; use a larger tile"
         )
     return TilePlan(tuple(shape), tuple(in_tile), tuple(out), tuple(halo), step)
-
-
-# On a CPU a forward pass of more input pixels than this runs slower per pixel: its
-# activations leave the caches. The shipped model's width on 2 cores (bench_pipeline.py
-# --only geometry): one 1244² tile per pass 1.21× faster per kept voxel than four 732²
-# tiles, four 1244² tiles per pass 0.91×, one 2268² tile 0.95×.
-CPU_PASS_PIXELS = 2_200_000  # about 4 × 742²
-
-
-def pass_batch(device_type: str, in_tile: tuple[int, ...], batch_size: int) -> int:
-    """Tiles per forward pass: `batch_size`, on a CPU at most `CPU_PASS_PIXELS` input pixels
-    (never fewer than one tile)."""
-    if device_type != "cpu":
-        return batch_size
-    return max(1, min(batch_size, CPU_PASS_PIXELS // max(math.prod(in_tile), 1)))
 
 
 def _is_compile_error(exc: BaseException) -> bool:
@@ -289,7 +274,7 @@ class TilePredictor:
         padded = [self._prepare(a, pads) for a in arrays]
         outputs = [torch.zeros(out_shape, dtype=torch.float32, device=self.device) for _ in arrays]
         jobs = [(i, o) for i in range(len(arrays)) for o in plan.origins()]
-        per_pass = pass_batch(self.device.type, plan.in_tile, self.config.batch_size)
+        per_pass = memory.pass_batch(self.device.type, plan.in_tile, self.config.batch_size)
         for start in range(0, len(jobs), per_pass):
             batch = jobs[start : start + per_pass]
             tiles = torch.stack(
@@ -350,9 +335,9 @@ class TilePredictor:
     def _forward(self, tiles: torch.Tensor | np.ndarray, class_index: int) -> torch.Tensor:
         """Class probabilities of a batch of tiles (on the predictor's device; stays there)."""
         x = torch.as_tensor(tiles)[:, None].to(self.device, non_blocking=True)
-        n, full = len(x), pass_batch(self.device.type, tuple(x.shape[2:]), self.config.batch_size)
-        if self.config.compile and n < full:  # one shape for the compiled graph
-            x = torch.cat([x, x[-1:].expand(full - n, *x.shape[1:])])
+        n = len(x)
+        if self.config.compile and n < (full := memory.pass_batch(self.device.type, tuple(x.shape[2:]), self.config.batch_size)):
+            x = torch.cat([x, x[-1:].expand(full - n, *x.shape[1:])])  # one shape for the compiled graph
         if self.device.type == "cuda" and self.config.channels_last and self.dims == 2:
             x = x.contiguous(memory_format=torch.channels_last)
         use_amp = self.config.amp and self.device.type == "cuda"

@@ -97,7 +97,8 @@ def wide(tmp_path) -> tuple[Path, Path]:
 
 
 def test_one_tile_covers_a_default_blocks_plane(wide, tmp_path) -> None:
-    from unetcore.predict import PredictConfig, pass_batch, plan_tiles
+    from unetcore.memory import pass_batch
+    from unetcore.predict import PredictConfig, plan_tiles
 
     ckpt, src = wide
     ready = prepare(src, tmp_path / "out.zarr", ckpt, SegmentConfig(workers=1, device="cpu"))

@@ -142,7 +142,7 @@ def test_the_tile_plan_is_computed_once_per_shape() -> None:
 def test_a_cpu_pass_holds_fewer_large_tiles() -> None:
     """On a CPU a forward pass holds at most CPU_PASS_PIXELS input pixels (never less than one
     tile); on a GPU the batch size is kept. The result does not depend on it."""
-    from unetcore.predict import CPU_PASS_PIXELS, pass_batch
+    from unetcore.memory import CPU_PASS_PIXELS, pass_batch
 
     assert pass_batch("cpu", (732, 732), 4) == 4 and pass_batch("cpu", (1244, 1244), 4) == 1
     assert pass_batch("cpu", (3000, 3000), 4) == 1 and pass_batch("cuda", (1244, 1244), 4) == 4
