@@ -310,7 +310,10 @@ def connect_client(address: str, timeout_s: float) -> Client:
 
     The handshake runs in a helper thread with a deadline: a server that accepts the
     connection but never answers in Dask's protocol (an HTTP server, a wrong service) made
-    `Client` wait for many minutes.
+    `Client` wait for many minutes. The client is not made the process's default: a
+    handshake abandoned here would otherwise stay the default, and the next dask
+    computation in this process (xarray's ``.compute()`` in the same notebook or flow
+    worker) would wait on it for ever. emunet passes its clients explicitly.
     """
     import threading
 
@@ -319,7 +322,7 @@ def connect_client(address: str, timeout_s: float) -> Client:
 
     def make() -> None:
         try:
-            made["client"] = Client(address, timeout=timeout_s)
+            made["client"] = Client(address, timeout=timeout_s, set_as_default=False)
         except BaseException as exc:  # reported below
             made["error"] = exc
 
@@ -345,6 +348,6 @@ def connect(config: ClusterConfig = ClusterConfig()) -> Iterator[Cluster]:
             yield Cluster(client, "scheduler", slots, config.torch_threads)
         return
     cluster, kind, threads = local_cluster(config)
-    with cluster, _closing(Client(cluster)) as client:
+    with cluster, _closing(Client(cluster, set_as_default=False)) as client:
         slots = wait_for_slots(client, config.timeout_s)
         yield Cluster(client, kind, slots, threads)

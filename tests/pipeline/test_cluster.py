@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from distributed import Client
 
-from pipeline.cluster import ClusterConfig, local_cluster
+from pipeline.cluster import ClusterConfig, connect, connect_client, local_cluster
 
 
 def _profiling(dask_worker) -> bool:
@@ -127,3 +127,41 @@ def test_a_ctrl_c_inside_a_client_call_leaves_no_traceback() -> None:
     assert quiet.filter(record("/somewhere/else.py"))
     plain = logging.LogRecord("tornado.application", logging.ERROR, __file__, 1, "no exception", (), None)
     assert quiet.filter(plain)
+
+
+def test_a_failed_handshake_leaves_this_process_s_dask_default_alone() -> None:
+    """An HTTP server where a scheduler was expected: the refused client must not stay the
+    process's default, or the next ``.compute()`` here (xarray in the same notebook) hangs."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import dask
+    import dask.array as da
+    from distributed.client import _get_global_client
+
+    class Hello(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(ConnectionError, match="HTTP server"):
+            connect_client(f"tcp://127.0.0.1:{server.server_port}", 1.0)
+    finally:
+        server.shutdown()
+    assert _get_global_client() is None and dask.config.get("scheduler", None) is None
+    assert int(da.ones(4, chunks=2).sum().compute()) == 4  # the local scheduler, as before
+
+
+def test_emunet_s_clients_are_explicit_not_the_process_default(local_scheduler) -> None:
+    """A user's own default client (or none) is what their dask code keeps using while
+    emunet holds a client of its own."""
+    from distributed.client import _get_global_client
+
+    with connect(ClusterConfig(scheduler=local_scheduler)) as cluster:
+        assert cluster.client.status == "running" and _get_global_client() is None
