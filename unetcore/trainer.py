@@ -282,7 +282,10 @@ class Trainer:
         if self.val_data is None:
             return {}
         self.model.eval()
-        predictor = TilePredictor(self.model, self.normalization, PredictConfig(device=str(self.device), batch_size=2))
+        # The predictor converts the model it is given; on a CPU training stays contiguous
+        # (a channels-last backward pass measured 0.9× there), so validation does not convert.
+        layout = PredictConfig(device=str(self.device), batch_size=2, channels_last=self.device.type == "cuda")
+        predictor = TilePredictor(self.model, self.normalization, layout)
         probs = predictor.predict_many(list(self.val_data.images))
         cells = [lab > 0 for lab in self.val_data.labels]
         pred = [p > 0.5 for p in probs]

@@ -126,6 +126,26 @@ def test_3d_model_tiles_exactly() -> None:
     np.testing.assert_allclose(tiled, whole, atol=2e-5)
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_channels_last_is_the_default_layout_and_agrees_with_contiguous(dims: int) -> None:
+    """Channels-last (oneDNN's fast layout on a CPU) converts the model and changes only the
+    summation order: within float32 rounding of the contiguous layout, tiled = whole kept."""
+    torch.manual_seed(3)
+    config = preset("tiny").replace(base_channels=4)
+    if dims == 3:
+        config = preset("aniso3d").replace(depth=2, base_channels=2, pool_factors=((1, 2, 2), (2, 2, 2)))
+    layout = torch.channels_last if dims == 2 else torch.channels_last_3d
+    image = np.random.default_rng(dims).integers(0, 256, (7, 45, 51)[3 - dims :]).astype(np.uint8)
+    plain_model, fast_model = UNet(config).eval(), UNet(config).eval()
+    fast_model.load_state_dict(plain_model.state_dict())
+    plain = TilePredictor(plain_model, Normalization(), PredictConfig(channels_last=False, max_out_tile=4096))
+    fast = TilePredictor(fast_model, Normalization(), PredictConfig(max_out_tile=4096))
+    weight = next(p for p in fast.model.parameters() if p.ndim == dims + 2 and p.shape[1] > 1)
+    assert weight.is_contiguous(memory_format=layout) and not weight.is_contiguous()
+    assert next(p for p in plain.model.parameters() if p.ndim == dims + 2).is_contiguous()
+    np.testing.assert_allclose(fast.predict(image), plain.predict(image), atol=2e-4)  # random weights: large logits
+
+
 def test_the_tile_plan_is_computed_once_per_shape() -> None:
     """Every block of a volume has one shape: the exact step search runs once, not per block."""
     from unetcore.config import preset

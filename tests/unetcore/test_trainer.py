@@ -128,6 +128,15 @@ def test_baseline_validation_lets_the_initial_weights_win(tmp_path, data) -> Non
     assert best["best"] == pytest.approx(min(scores)) and best["step"] == scores.index(min(scores))
 
 
+def test_validation_on_a_cpu_leaves_the_trained_weights_contiguous(tmp_path, data) -> None:
+    """The predictor converts the model it gets to channels-last; a CPU trainer's validation
+    must not (its backward pass is slower in that layout), so training after it is unchanged."""
+    trainer = _trainer(tmp_path, data, 1)
+    trainer.val_data = TrainData(data.images[:1], data.labels[:1])
+    trainer.validate()
+    assert all(p.is_contiguous() for p in trainer.model.parameters())
+
+
 def test_unknown_select_metric_is_named(tmp_path, data) -> None:
     val = TrainData(data.images[:1], data.labels[:1])
     config = TrainConfig(steps=1, tile=100, val_every=1, device="cpu", select_metric="rand_error")
