@@ -126,7 +126,8 @@ def submit_bounded(
             if client.status != "running":
                 raise _lost(client, stats, len(pending))
             try:
-                wait([future for future, _ in pending.values()], timeout=WAIT_S, return_when="FIRST_COMPLETED")
+                with client.as_current():  # `wait` asks for the default client; emunet's clients are not
+                    wait([future for future, _ in pending.values()], timeout=WAIT_S, return_when="FIRST_COMPLETED")
             except Exception:  # a timeout, or a cancelled future (looked at below)
                 pass
             continue

@@ -326,6 +326,28 @@ def test_finished_tasks_are_collected_and_replaced_together(client) -> None:
     assert stats.updates <= 12, stats  # one per task would be 24
 
 
+def _sleeps(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_the_client_sleeps_while_tasks_run(cluster, monkeypatch) -> None:
+    """While no task finishes the loop waits (`distributed.wait`, up to WAIT_S), even with a
+    client that is not the process's default (emunet's never are): a wait that failed at once
+    made the client spin a core beside the workers, 0.6 of the bare model's rate on 2 cores."""
+    import pipeline.submit as submit_module
+    from distributed import Client
+
+    calls = []
+    real_wait = submit_module.wait
+    monkeypatch.setattr(submit_module, "wait", lambda *a, **k: calls.append(1) or real_wait(*a, **k))
+    with Client(cluster, set_as_default=False) as own:
+        stats = submit_bounded(own, _sleeps, [1.5, 1.5], max_in_flight=2, on_result=lambda *a: None,
+                               on_error=lambda item, exc: pytest.fail(str(exc)))  # fmt: skip
+    assert stats.finished == 2
+    assert len(calls) <= 8, f"expected a few waits of up to {submit_module.WAIT_S} s, got {len(calls)}"
+
+
 def test_model_loaded_once_per_worker(client, spec, volume, tmp_path) -> None:
     path, _ = volume
     plan = {"input": path, "output": _output(tmp_path), "slab": 2}
