@@ -76,7 +76,7 @@ class SegmentConfig:
     sparse: bool = False  # input chunks missing from the store read as the fill value (else the block fails)
     grey_range: tuple[float, float] | None = None  # input values mapped to [0, 1]; None = stored or dtype range
     tta: bool = False  # mean over the 8 flips/rotations of the (y, x) plane (unetcore.tta): 8× the model time
-    compile: bool = False  # torch.compile the model on each worker: faster blocks, results within ~1e-4, a compile at start
+    compile: bool = False  # torch.compile the model on each worker: for GPUs (on a CPU no faster than eager channels-last), results within ~1e-4, a compile at start
 
     def __post_init__(self) -> None:
         if self.dtype not in OUTPUT_DTYPES:

@@ -45,7 +45,7 @@ class PredictConfig:
     same_context: int = 32  # context per side for padding="same" models (no exact halo)
     tta: bool = False  # mean over the 8 flips/rotations of the (y, x) plane (unetcore.tta); 8× the time
     grey_range: tuple[float, float] | None = None  # input values mapped to [0, 1]; None = the dtype's range
-    compile: bool = False  # torch.compile the model (inductor): ~1.2× per slice on a CPU (bench/bench_compile.py), results within ~1e-4, a first-call compile of ~10–60 s
+    compile: bool = False  # torch.compile the model (inductor): for GPUs (unmeasured); on a CPU no faster than the eager channels-last model (0.83–1.01×) (bench/bench_compile.py); results within ~1e-4, a first-call compile of ~10–60 s
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

@@ -19,7 +19,7 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 4,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     tta: Annotated[bool, typer.Option(help="Average over the 8 flips/rotations.")] = False,
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model first (~10–60 s): on a CPU about 1.2× faster per slice for the shipped ISBI model; probabilities within ~1e-4.")] = False,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model first (~10–60 s): meant for GPUs; on a CPU it measured no faster than the default eager channels-last model (0.83–1.01×) (bench/bench_compile.py); probabilities within ~1e-4.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output TIFF that emunet wrote.")] = False,
     grey_range: Annotated[Optional[tuple[float, float]], typer.Option(metavar="LO HI", help="Input values mapped to the model's [0, 1] (default: the dtype's range: uint8 0 255, uint16 0 65535, float 0 1).")] = None,
 ) -> None:

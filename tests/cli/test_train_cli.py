@@ -110,9 +110,11 @@ def test_fine_tuning_the_isbi_model_on_fibsem_improves_it_there(app, runner, sha
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_builds_its_recipe(config: Path) -> None:
     """A config in `configs/` that no longer matches the recipe's fields (a renamed or
-    removed option) would fail only when someone runs it, an hour into a study."""
+    removed option), an illegal tile or a data path gone wrong would fail only when someone
+    runs it, an hour into a study."""
     from emunet.cli.train import load_config_file
     from flows.unet_training import TrainSpec
+    from unetcore import geometry
 
     cfg = load_config_file(config)
     model = dict(cfg.get("model") or {})
@@ -123,3 +125,9 @@ def test_every_shipped_config_builds_its_recipe(config: Path) -> None:
     model_config, train_config, weights = spec.configs()
     assert train_config.steps > 0 and weights.w0 > 0
     assert model_config.padding == "valid"  # every shipped recipe is the paper's valid U-Net
+    assert geometry.is_legal(model_config, train_config.tile), f"tile {train_config.tile} is not legal for the model"
+    data = cfg["data"]
+    for key in ("images", "labels"):  # the real data beside the repository (the demo's is made by `emunet synthetic`)
+        if "shared/data/" in data[key] and (ROOT.parent / "shared" / "data").is_dir():
+            assert Path(resolve_config_path(data[key], config.parent, key, config)).is_file()
+
