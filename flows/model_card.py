@@ -87,7 +87,8 @@ def render_model_card(spec: Any, result: dict[str, Any]) -> str:
         f"seed {train.get('seed')}; weights {json.dumps(meta.get('weights'))} |",
         f"| schedule | {meta.get('total_steps')} steps"
         + (f" (chosen up front for a {train.get('max_seconds'):g} s budget)" if train.get("max_seconds") else "")
-        + f"; validated every {train.get('val_every')} steps; best by `{train.get('select_metric')}` |",
+        + f"; validated every {train.get('val_every')} steps; best by `{train.get('select_metric')}`"
+        + (f" of the weights' moving average (decay {train['ema_decay']:g})" if train.get("ema_decay") else "") + " |",
         f"| training | {result.get('steps')} steps in {minutes} min {seconds} s "
         f"({result.get('seconds_per_step', 0.0):.3f} s/step) on {_hardware(result.get('device', 'cpu'))} |",
         f"| checkpoint | `{best_path.name}`: step {meta.get('step')}, file SHA-256 `{file_sha256(best_path)[:16]}…` |",

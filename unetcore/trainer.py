@@ -6,7 +6,8 @@ and writes to `out_dir`:
 
 * ``last.safetensors`` – weights + momentum buffers + step: `Trainer.fit(resume=True)`
   continues from it, bit for bit (randomness is derived from (seed, step));
-* ``best.safetensors`` – the weights with the best validation score so far;
+* ``best.safetensors`` – the weights with the best validation score so far (with
+  `ema_decay`, the moving average of the weights: `unetcore.ema`);
 * ``metrics.jsonl`` – one JSON object per logged step and per validation.
 """
 
@@ -26,6 +27,7 @@ import torch
 from unetcore import geometry, memory
 from unetcore.augment import AugmentConfig, sample_tile
 from unetcore.checkpoint import load_checkpoint, save_checkpoint
+from unetcore.ema import WeightAverage
 from unetcore.loss import weighted_cross_entropy
 from unetcore.model import UNet
 from unetcore.normalization import Normalization
@@ -56,6 +58,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA
     num_workers: int = 0  # threads that sample and augment the next tiles ahead of the model
     max_seconds: float | None = None  # time budget: chooses `steps` once, up front, from a timed probe
+    ema_decay: float | None = None  # validate, select and keep a moving average of the weights (e.g. 0.999); None: the raw weights (the paper)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
@@ -64,9 +67,9 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"expected {name} as a whole number, got {value!r}")
-        for name in ("lr", "momentum", "weight_decay", "grad_clip", "max_seconds"):
+        for name in ("lr", "momentum", "weight_decay", "grad_clip", "max_seconds", "ema_decay"):
             value = getattr(self, name)
-            if value is None and name in ("grad_clip", "max_seconds"):
+            if value is None and name in ("grad_clip", "max_seconds", "ema_decay"):
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"expected {name} as a finite number, got {value!r}")
@@ -74,6 +77,8 @@ class TrainConfig:
             raise ValueError(f"expected steps ≥ 1 and batch_size ≥ 1, got {self.steps}, {self.batch_size}")
         if self.lr <= 0 or not 0 <= self.momentum < 1:
             raise ValueError(f"expected lr > 0 and momentum in [0, 1), got {self.lr}, {self.momentum}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"expected ema_decay in (0, 1), e.g. 0.999 (or None: no averaging), got {self.ema_decay}")
         if self.lr_schedule not in ("cosine", "constant", "step"):
             raise ValueError(f"expected lr_schedule cosine, constant or step, got {self.lr_schedule!r}")
 
@@ -152,6 +157,7 @@ class Trainer:
         self.optimizer = torch.optim.SGD(
             model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
         )
+        self.ema = WeightAverage(self.model, config.ema_decay) if config.ema_decay else None
         self.step = 0
         self.total_steps = config.steps  # or what fits `max_seconds`, chosen once (`choose_steps`)
         self.best: float | None = None
@@ -179,6 +185,7 @@ class Trainer:
             buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
             if buf is not None:
                 extra[f"optim.momentum.{i}"] = buf
+        extra.update(self.ema.state() if self.ema is not None else {})
         return save_checkpoint(self.out_dir / "last.safetensors", self.model, self.normalization, self._meta("last"), extra=extra)
 
     def load_last(self) -> None:
@@ -190,6 +197,8 @@ class Trainer:
             buf = ckpt.extra.get(f"optim.momentum.{i}")
             if buf is not None:
                 self.optimizer.state[p]["momentum_buffer"] = buf.to(self.device)
+        if self.ema is not None and not self.ema.load(ckpt.extra):  # a run without averaging so far
+            self.ema = WeightAverage(self.model, self.ema.decay)
         self.step = int(ckpt.metadata["step"])
         if self.config.max_seconds is not None:  # keep the schedule the budget chose
             self.total_steps = min(self.config.steps, int(ckpt.metadata.get("total_steps", self.config.steps)))
@@ -274,18 +283,25 @@ class Trainer:
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
         self.step += 1
         return loss.detach()
 
+    @property
+    def kept_model(self) -> UNet:
+        """The weights that are validated and kept as best: the moving average, if any."""
+        return self.model if self.ema is None else self.ema.model
+
     def validate(self) -> dict[str, float]:
-        """Predict the validation images; pixel error at 0.5, foreground IoU, `metric_fn`."""
+        """Predict the validation images (`kept_model`); pixel error at 0.5, foreground IoU, `metric_fn`."""
         if self.val_data is None:
             return {}
-        self.model.eval()
+        self.kept_model.eval()
         # The predictor converts the model it is given; on a CPU training stays contiguous
         # (a channels-last backward pass measured 0.9× there), so validation does not convert.
         layout = PredictConfig(device=str(self.device), batch_size=2, channels_last=self.device.type == "cuda")
-        predictor = TilePredictor(self.model, self.normalization, layout)
+        predictor = TilePredictor(self.kept_model, self.normalization, layout)
         probs = predictor.predict_many(list(self.val_data.images))
         cells = [lab > 0 for lab in self.val_data.labels]
         pred = [p > 0.5 for p in probs]
@@ -312,7 +328,7 @@ class Trainer:
             )
         if self.best is None or key < self.best:
             self.best = float(key)
-            save_checkpoint(self.out_dir / "best.safetensors", self.model, self.normalization,
+            save_checkpoint(self.out_dir / "best.safetensors", self.kept_model, self.normalization,
                             dict(self._meta("best"), validation=scores))  # fmt: skip
         log.write(json.dumps({"step": self.step, "validation": scores}) + "\n")
         log.flush()
@@ -419,7 +435,7 @@ class Trainer:
                 self._pool.shutdown(cancel_futures=True)
                 self._pool, self._ahead = None, {}
         if self.val_data is None:
-            save_checkpoint(self.out_dir / "best.safetensors", self.model, self.normalization, self._meta("final"))
+            save_checkpoint(self.out_dir / "best.safetensors", self.kept_model, self.normalization, self._meta("final"))
         elapsed = time.perf_counter() - start
         return {"validation": scores, "steps": self.step, "seconds": elapsed,
                 "seconds_per_step": elapsed / max(self.step - start_step, 1), "best": self.best,

@@ -32,6 +32,21 @@ def test_config_paths_are_relative_to_the_config_file_and_out_to_the_cwd(app, ru
     assert not (configs / "run").exists()
 
 
+
+def test_a_config_s_weight_average_reaches_the_kept_checkpoint_and_its_card(app, runner, tmp_path: Path, monkeypatch) -> None:
+    made = runner.invoke(app, ["synthetic", str(tmp_path / "img.tif"), str(tmp_path / "lab.tif"), "--shape", "3", "96", "96"])
+    assert made.exit_code == 0, made.output
+    (tmp_path / "ema.yaml").write_text("data: {images: img.tif, labels: lab.tif, train_slices: '0:2', val_slices: '2:3'}\n"
+                                       "train: {ema_decay: 0.9, val_every: 2}\n")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", "--config", "ema.yaml", "--out", "run", *TRAIN])
+    assert result.exit_code == 0, result.output
+    from unetcore.checkpoint import load_checkpoint
+
+    best, last = (load_checkpoint(tmp_path / "run" / f"{kind}.safetensors") for kind in ("best", "last"))
+    assert best.metadata["train_config"]["ema_decay"] == 0.9 and "ema.updates" in last.extra
+    assert "moving average (decay 0.9)" in (tmp_path / "run" / "model-card.md").read_text()
+
 def test_a_missing_data_file_names_the_resolved_path_and_writes_nothing(app, runner, tmp_path: Path, monkeypatch) -> None:
     configs = tmp_path / "configs"
     configs.mkdir()

@@ -12,22 +12,9 @@ from unetcore.augment import AugmentConfig
 from unetcore.checkpoint import load_checkpoint
 from unetcore.config import preset
 from unetcore.model import UNet
-from unetcore.synthetic import synthetic_em_2d
 from unetcore.trainer import TrainConfig, TrainData, Trainer
-from unetcore.weightmap import border_weight_map
 
 CONFIG = preset("tiny").replace(base_channels=4)
-
-
-@pytest.fixture(scope="module")
-def data() -> TrainData:
-    images, labels, weights = [], [], []
-    for seed in range(3):
-        em = synthetic_em_2d((96, 96), seed=seed)
-        images.append(em.image)
-        labels.append((em.labels > 0).astype(np.int64))
-        weights.append(border_weight_map(em.labels, instances=True))
-    return TrainData(images, labels, weights)
 
 
 def _trainer(tmp_path, data, steps, **kw) -> Trainer:
