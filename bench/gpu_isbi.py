@@ -78,6 +78,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100_000, help="step cap (the time budget usually ends first)")
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--val-every", type=int, default=500, help="validate (ISBI metrics) every N steps; best by V_rand")
+    parser.add_argument("--ema-decay", type=float, default=0.999,
+                        help="validate and keep the weights' moving average (0: the raw weights); docs/models/isbi2012.md")
     parser.add_argument("--no-throughput", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="tiny run on the CPU to check the script")
     args = parser.parse_args()
@@ -110,7 +112,8 @@ def main() -> None:
     seconds = 20.0 if args.smoke else args.seconds
     tcfg = TrainConfig(steps=args.steps, tile=tile, lr=args.lr, warmup_steps=args.warmup if not args.smoke else 5,
                        val_every=5 if args.smoke else args.val_every, checkpoint_every=10**9, log_every=50, seed=0,
-                       num_workers=args.workers, max_seconds=seconds, select_metric="rand_error", augment=AugmentConfig())
+                       num_workers=args.workers, max_seconds=seconds, select_metric="rand_error", augment=AugmentConfig(),
+                       ema_decay=args.ema_decay or None)
     torch.manual_seed(0)
     model = UNet(config)
     run_dir = Path("runs") / args.tag
@@ -128,6 +131,7 @@ def main() -> None:
 
     best = load_checkpoint(run_dir / "best.safetensors", device="cuda" if torch.cuda.is_available() else "cpu")
     result["train"]["best_step"] = best.metadata.get("step")
+    result["train"]["ema_decay"] = tcfg.ema_decay  # best.safetensors holds the weights' moving average when set
     (out_dir / f"{args.tag}_best.safetensors").write_bytes((run_dir / "best.safetensors").read_bytes())
     trainer.model.load_state_dict(best.model.state_dict())
     trainer.model.eval()

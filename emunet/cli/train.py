@@ -102,6 +102,7 @@ def train(
     train_slices: Annotated[Optional[str], typer.Option(help="Training slices, e.g. 0:16 (default: all not in --val-slices).")] = None,
     val_slices: Annotated[Optional[str], typer.Option(help="Validation slices, e.g. 16:20 (default: none).")] = None,
     val_every: Annotated[Optional[int], typer.Option(help="Validate every N steps.")] = None,
+    ema_decay: Annotated[Optional[float], typer.Option(help="Validate, select and keep a moving average of the weights with this decay (e.g. 0.999; docs/unetcore.md); default: the raw weights.")] = None,
     select_metric: Annotated[Optional[str], typer.Option(help="Validation key for best.safetensors (lower is better): pixel_error, or an ISBI metric (rand_error, info_error, rand_error_2012, warping_error), which turns on --isbi-metrics.")] = None,
     isbi_metrics: Annotated[bool, typer.Option(help="Validate with the ISBI 2012 metrics (slower).")] = False,
     instances: Annotated[bool, typer.Option(help="Labels are instance ids (each id is one cell).")] = False,
@@ -144,7 +145,7 @@ def train(
                 model_cfg[key] = value
         train_cfg = dict(cfg.get("train", {}))
         for key, value in (("steps", steps), ("tile", tile), ("lr", lr), ("batch_size", batch_size), ("seed", seed),
-                           ("val_every", val_every), ("select_metric", select_metric)):
+                           ("val_every", val_every), ("select_metric", select_metric), ("ema_decay", ema_decay)):
             if value is not None:
                 train_cfg[key] = value
         if (scheduler or workers) and not flow:

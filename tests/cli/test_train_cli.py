@@ -33,13 +33,13 @@ def test_config_paths_are_relative_to_the_config_file_and_out_to_the_cwd(app, ru
 
 
 
-def test_a_config_s_weight_average_reaches_the_kept_checkpoint_and_its_card(app, runner, tmp_path: Path, monkeypatch) -> None:
+def test_the_weight_average_of_a_flag_or_config_reaches_the_kept_checkpoint_and_its_card(app, runner, tmp_path: Path, monkeypatch) -> None:
     made = runner.invoke(app, ["synthetic", str(tmp_path / "img.tif"), str(tmp_path / "lab.tif"), "--shape", "3", "96", "96"])
     assert made.exit_code == 0, made.output
     (tmp_path / "ema.yaml").write_text("data: {images: img.tif, labels: lab.tif, train_slices: '0:2', val_slices: '2:3'}\n"
-                                       "train: {ema_decay: 0.9, val_every: 2}\n")
+                                       "train: {ema_decay: 0.5, val_every: 2}\n")
     monkeypatch.chdir(tmp_path)
-    result = runner.invoke(app, ["train", "--config", "ema.yaml", "--out", "run", *TRAIN])
+    result = runner.invoke(app, ["train", "--config", "ema.yaml", "--ema-decay", "0.9", "--out", "run", *TRAIN])  # the flag wins
     assert result.exit_code == 0, result.output
     from unetcore.checkpoint import load_checkpoint
 
