@@ -24,6 +24,18 @@ def _trainer(tmp_path, data, steps, **kw) -> Trainer:
     return Trainer(UNet(CONFIG), data, config, tmp_path, progress=False)
 
 
+def _fitted(tmp_path, data, steps, **kw) -> Trainer:
+    """`_trainer` run to its end."""
+    trainer = _trainer(tmp_path, data, steps, **kw)
+    trainer.fit()
+    return trainer
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Bit-identical parameters."""
+    return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
 def test_loss_goes_down(tmp_path, data) -> None:
     trainer = _trainer(tmp_path, data, 40, augment=AugmentConfig.off())
     first = np.mean([trainer.train_step() for _ in range(8)])
@@ -34,15 +46,12 @@ def test_loss_goes_down(tmp_path, data) -> None:
 
 
 def test_resume_is_bit_identical(tmp_path, data) -> None:
-    straight = _trainer(tmp_path / "a", data, 10)
-    straight.fit()
-    first_half = _trainer(tmp_path / "b", data, 5)
-    first_half.fit()
+    straight = _fitted(tmp_path / "a", data, 10)
+    _fitted(tmp_path / "b", data, 5)  # the first half, then resumed
     resumed = _trainer(tmp_path / "b", data, 10)
     resumed.fit(resume=True)
     assert resumed.step == 10
-    for p, q in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
-        assert torch.equal(p, q)
+    assert same_weights(straight.model, resumed.model)
 
 
 def test_outputs_written(tmp_path, data) -> None:
@@ -77,12 +86,9 @@ def test_learning_rate_schedule() -> None:
 
 
 def test_prefetch_workers_give_the_same_run(tmp_path, data) -> None:
-    plain = _trainer(tmp_path / "a", data, 6)
-    plain.fit()
-    threaded = _trainer(tmp_path / "b", data, 6, num_workers=2)
-    threaded.fit()
-    for p, q in zip(plain.model.parameters(), threaded.model.parameters(), strict=True):
-        assert torch.equal(p, q)
+    plain = _fitted(tmp_path / "a", data, 6)
+    threaded = _fitted(tmp_path / "b", data, 6, num_workers=2)
+    assert same_weights(plain.model, threaded.model)
 
 
 def test_time_budget_chooses_the_steps_up_front(tmp_path, data) -> None:
@@ -94,10 +100,8 @@ def test_time_budget_chooses_the_steps_up_front(tmp_path, data) -> None:
     schedule = json.loads((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[0])
     assert schedule["schedule"]["steps"] == chosen
     assert load_checkpoint(tmp_path / "a" / "last.safetensors").metadata["total_steps"] == chosen
-    direct = _trainer(tmp_path / "b", data, chosen)
-    direct.fit()
-    for p, q in zip(budgeted.model.parameters(), direct.model.parameters(), strict=True):
-        assert torch.equal(p, q)
+    direct = _fitted(tmp_path / "b", data, chosen)
+    assert same_weights(budgeted.model, direct.model)
 
 
 def test_baseline_validation_lets_the_initial_weights_win(tmp_path, data) -> None:
