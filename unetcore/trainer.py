@@ -78,7 +78,7 @@ class TrainConfig:
         if self.lr <= 0 or not 0 <= self.momentum < 1:
             raise ValueError(f"expected lr > 0 and momentum in [0, 1), got {self.lr}, {self.momentum}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise ValueError(f"expected ema_decay in (0, 1), e.g. 0.999 (or None: no averaging), got {self.ema_decay}")
+            raise ValueError(f"expected ema_decay in (0, 1), e.g. 0.999 (leave it unset for the raw weights), got {self.ema_decay}")
         if self.lr_schedule not in ("cosine", "constant", "step"):
             raise ValueError(f"expected lr_schedule cosine, constant or step, got {self.lr_schedule!r}")
 
@@ -185,7 +185,8 @@ class Trainer:
             buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
             if buf is not None:
                 extra[f"optim.momentum.{i}"] = buf
-        extra.update(self.ema.state() if self.ema is not None else {})
+        if self.ema is not None:
+            extra.update(self.ema.state())
         return save_checkpoint(self.out_dir / "last.safetensors", self.model, self.normalization, self._meta("last"), extra=extra)
 
     def load_last(self) -> None:
