@@ -202,6 +202,11 @@ class BlockGrid:
         write = Roi(index * self.block_shape, self.block_shape).intersect(self.total_roi)
         return Block(int(block_id), write, write.grow(self.context_lo, self.context_hi))
 
+    def clipped_block(self, block_id: int) -> Block:
+        """`block` with its read ROI clipped to the volume (the clip edge policy)."""
+        b = self.block(block_id)
+        return Block(b.id, b.write_roi, b.read_roi.intersect(self.total_roi))
+
     def block_ids(self, roi: Roi | None = None) -> Iterator[int]:
         """Block ids in C order; with ``roi``, only blocks whose write ROI meets it."""
         if roi is None:

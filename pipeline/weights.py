@@ -102,8 +102,7 @@ class WeightPlan:
 
     def block(self, block_id: int) -> Block:
         """Write ROI, and read ROI = write grown by the halo, clipped to the volume."""
-        b = self.grid.block(block_id)
-        return Block(b.id, b.write_roi, b.read_roi.intersect(self.grid.total_roi))
+        return self.grid.clipped_block(block_id)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

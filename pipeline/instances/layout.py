@@ -160,8 +160,7 @@ class InstanceJob:
 
     def block(self, block_id: int) -> Block:
         """Write ROI (cut at the volume) and read ROI (grown by the context, clipped)."""
-        b = self.grid.block(block_id)
-        return Block(b.id, b.write_roi, b.read_roi.intersect(self.grid.total_roi))
+        return self.grid.clipped_block(block_id)
 
     @property
     def id_stride(self) -> int:
