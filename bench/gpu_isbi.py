@@ -68,13 +68,14 @@ def throughput(batches: list[int], tile: int, peak_tflops: float, repeats: int) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, required=True, help="folder with train-volume.tif, train-labels.tif")
-    parser.add_argument("--seconds", type=float, default=270.0)
+    parser.add_argument("--seconds", type=float, default=270.0, help="training budget (--smoke: at most 20)")
     parser.add_argument("--lr", type=float, default=0.003)
     parser.add_argument("--workers", type=int, default=12)
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100/H200 SXM: 989)")
     parser.add_argument("--preset", default="paper", help="model preset (paper, cpu, …)")
     parser.add_argument("--tile", type=int, default=572, help="legal input tile")
     parser.add_argument("--tag", default="gpu_isbi", help="name of the output files")
+    parser.add_argument("--run-dir", type=Path, help="the training run's folder (default: runs/TAG)")
     parser.add_argument("--steps", type=int, default=100_000, help="step cap (the time budget usually ends first)")
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--val-every", type=int, default=500, help="validate (ISBI metrics) every N steps; best by V_rand")
@@ -102,21 +103,21 @@ def main() -> None:
 
     images = tifffile.imread(args.data / "train-volume.tif")
     labels = tifffile.imread(args.data / "train-labels.tif")
-    train_idx, val_idx = list(range(16)), list(range(16, 20))
+    train_idx, val_idx = list(range(16)), [16] if args.smoke else list(range(16, 20))
     wcfg = WeightMapConfig()
     train = TrainData([images[i] for i in train_idx], [(labels[i] > 0).astype(np.int64) for i in train_idx],
                       [border_weight_map(labels[i], wcfg) for i in train_idx])
     val = TrainData([images[i] for i in val_idx], [(labels[i] > 0).astype(np.int64) for i in val_idx])
     config = preset("tiny") if args.smoke else preset(args.preset)
     tile = 188 if args.smoke else args.tile
-    seconds = 20.0 if args.smoke else args.seconds
+    seconds = min(args.seconds, 20.0) if args.smoke else args.seconds
     tcfg = TrainConfig(steps=args.steps, tile=tile, lr=args.lr, warmup_steps=args.warmup if not args.smoke else 5,
                        val_every=5 if args.smoke else args.val_every, checkpoint_every=10**9, log_every=50, seed=0,
                        num_workers=args.workers, max_seconds=seconds, select_metric="rand_error", augment=AugmentConfig(),
                        ema_decay=args.ema_decay or None)
     torch.manual_seed(0)
     model = UNet(config)
-    run_dir = Path("runs") / args.tag
+    run_dir = args.run_dir or Path("runs") / args.tag
     from flows.unet_training import isbi_metric_fn
 
     # Validated with the swept ISBI metrics during training; best.safetensors = lowest V_rand error.

@@ -50,8 +50,9 @@ def run_dask(client, src: Path, out: Path, plugin: str, depth: int, block, dtype
     arr = da.from_zarr(str(src)).rechunk(tuple(block))
     fn = functools.partial(_dask_block, plugin=plugin, context=depth, dtype=dtype)
     result = arr.map_overlap(fn, depth={0: 0, 1: depth, 2: depth}, boundary="reflect", trim=True, dtype=dtype)
+    store = da.to_zarr(result, str(out), overwrite=True, compute=False)
     t0 = time.perf_counter()
-    da.to_zarr(result, str(out), overwrite=True)
+    client.compute(store).result()  # on this client's workers: emunet's clients are never the default one
     return time.perf_counter() - t0
 
 
