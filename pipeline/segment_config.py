@@ -54,7 +54,7 @@ class SegmentConfig:
     dtype: str = "uint8"  # stored probability: uint8 (p·255), float16 or float32
     mask: bool = False  # also store mask = p ≥ 0.5
     device: str = "auto"  # on each worker: "auto" = its GPU if any, else the CPU
-    amp: bool = True  # bf16 autocast on CUDA
+    amp: bool = True  # bf16 autocast on CUDA; False: float32 tensors (cuDNN may still run convolutions in TF32, PyTorch's default on Ampere and later)
     workers: int | None = None  # local workers; None = one per GPU (2 on a CPU machine)
     scheduler: str | None = None  # address of a running Dask scheduler (overrides workers)
     max_in_flight: int | None = None  # futures alive at once; None = 3 × GPU slots

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ class PredictConfig:
     max_out_tile: int = 572  # with tile_shape None: the largest *output* tile per axis (its input is ~184 more for the paper's depth)
     batch_size: int = 4  # tiles per forward pass, at most (`unetcore.memory.pass_batch`: fewer of large tiles on a CPU)
     device: str = "auto"  # "auto" (CUDA if present), "cpu", "cuda", "cuda:1", …
-    amp: bool = True  # bf16 autocast on CUDA (ignored on the CPU)
+    amp: bool = True  # bf16 autocast on CUDA (ignored on the CPU); False: float32 tensors, though cuDNN may run convolutions in TF32 (PyTorch's default on Ampere and later)
     channels_last: bool = True  # channels-last memory format (3D: channels_last_3d), converting the model in place: ~1.2× per tile on a CPU (oneDNN; bench/bench_model.py), tensor-core layout on CUDA
     same_context: int = 32  # context per side for padding="same" models (no exact halo)
     tta: bool = False  # mean over the 8 flips/rotations of the (y, x) plane (unetcore.tta); 8× the time
@@ -177,6 +178,10 @@ class TilePredictor:
         # Compiled for fixed shapes: every batch is padded to batch_size (`_forward`), so a
         # run compiles once per tile shape, not once per batch size as well.
         self._net = torch.compile(self.model, dynamic=False) if config.compile else self.model
+        # torch.compile builds and looks up its graphs without thread safety, and a worker's
+        # compute threads share one predictor: compiled calls take turns (on a GPU a call only
+        # queues kernels, so little is lost).
+        self._net_lock = threading.Lock() if config.compile else None
 
     # -- public API -----------------------------------------------------------------------
     def predict(self, image: np.ndarray, *, class_index: int = 1) -> np.ndarray:
@@ -192,13 +197,35 @@ class TilePredictor:
         return np.stack(self.predict_many(list(stack), class_index=class_index))
 
     def predict_many(self, images: list[np.ndarray], *, class_index: int = 1) -> list[np.ndarray]:
-        """Several images of one size; their tiles share batches."""
+        """Several images of one size; their tiles share batches (on CUDA, within groups that
+        fit the device: `images_per_region`)."""
         for image in images:
             self._check(image)
         if len({img.shape for img in images}) > 1:
             return [self.predict_many([img], class_index=class_index)[0] for img in images]
         zero = (0,) * self.dims
-        return self.predict_region(images, zero, zero, class_index=class_index)
+        group = self.images_per_region(images[0]) if images else 1
+        out: list[np.ndarray] = []
+        for start in range(0, len(images), group):
+            out += self.predict_region(images[start : start + group], zero, zero, class_index=class_index)
+        return out
+
+    def images_per_region(self, image: np.ndarray, budget: int | None = None) -> int:
+        """How many images like ``image`` one region pass may hold at once.
+
+        A pass keeps each image's raw values, its normalised and mirrored float32 copy and
+        its float32 result on the device until the pass ends. On a CPU that is host memory
+        beside images the caller holds already: no limit. On CUDA (or with an explicit
+        ``budget`` in bytes) as many as fit a quarter of the free device memory, at least
+        one; the rest of it is the tiles' activations (`unetcore.memory`)."""
+        if budget is None:
+            if self.device.type != "cuda":
+                return sys.maxsize
+            budget = memory.device_budget(str(self.device))
+        plan = plan_tiles(self.model.config, image.shape, self.config.tile_shape, self.config)
+        padded = math.prod(s + lo + hi for s, (lo, hi) in zip(image.shape, plan.padding(), strict=True))
+        per_image = image.nbytes + 4 * padded + 4 * image.size
+        return max(1, budget // 4 // per_image)
 
     # -- internals ------------------------------------------------------------------------
     def _check(self, image: np.ndarray) -> None:
@@ -302,7 +329,9 @@ class TilePredictor:
             return torch.from_numpy(np.ascontiguousarray(normalised))
         raw = self._stage(array).to(self.device, non_blocking=True)
         self._staging.copied = torch.cuda.Event()
-        self._staging.copied.record()  # the staging buffer is free again once this copy is done
+        # The staging buffer is free again once this copy is done. The copy runs on the
+        # stream of the predictor's device (cuda:N), not of the thread's current device.
+        self._staging.copied.record(torch.cuda.current_stream(self.device))
         return mirror_pad(self.normalization.apply_tensor(raw, array.dtype, grey), pads)
 
     def _stage(self, array: np.ndarray) -> torch.Tensor:
@@ -345,7 +374,7 @@ class TilePredictor:
         oom = None
         try:
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = self._net(x)[:n]
+                logits = self._run(x)[:n]
         except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
             if not memory.is_oom(exc):
                 if self.config.compile and _is_compile_error(exc):
@@ -359,12 +388,19 @@ class TilePredictor:
         if oom is not None:  # out here the failed pass's frames and tensors are released
             del x
             if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+                with torch.cuda.device(self.device):  # this device's cache, not the current device's
+                    torch.cuda.empty_cache()
             raise memory.oom_error(oom, self.model.config, tuple(tiles.shape[1:]), batch=len(tiles), device=str(self.device))
         probs = torch.softmax(logits.float(), dim=1)[:, class_index]
         if self.model.config.padding == "same":
             probs = probs[(slice(None),) + tuple(slice(c, -c or None) for c in self._same_context())]
         return probs
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        if self._net_lock is None:
+            return self._net(x)
+        with self._net_lock:
+            return self._net(x)
 
     def _same_context(self) -> tuple[int, ...]:
         return (self.config.same_context,) * self.dims

@@ -67,3 +67,18 @@ def test_a_uint8_output_is_quantised_on_the_gpu_as_the_host_would(tmp_path: Path
         stored[dtype] = np.asarray(open_output(str(tmp_path / f"{dtype}.zarr")).array("probability")[...])
     diff = np.abs(stored["uint8"].astype(int) - to_output_dtype(stored["float32"], "uint8").astype(int))
     assert stored["uint8"].dtype == np.uint8 and diff.max() <= 1 and (diff == 0).mean() >= 0.99
+
+
+def test_a_stack_in_groups_on_the_last_cuda_device_equals_one_pass(tiny_model, monkeypatch) -> None:
+    """`predict_stack` on the last CUDA device (with several GPUs, cuda:N: the pinned staging
+    buffer must wait for copies on that device's stream, not the current device's), once in
+    one pass and once one image per pass (no memory to spare): the same probabilities."""
+    from unetcore import memory
+
+    stack = (np.random.default_rng(4).random((6, 130, 150)) * 255).astype(np.uint8)
+    gpu = TilePredictor(tiny_model, Normalization(), PredictConfig(device=f"cuda:{torch.cuda.device_count() - 1}",
+                                                                   batch_size=3))  # fmt: skip
+    one_pass = gpu.predict_stack(stack)
+    monkeypatch.setattr(memory, "device_budget", lambda *args, **kwargs: 0)
+    assert gpu.images_per_region(stack[0]) == 1
+    np.testing.assert_allclose(gpu.predict_stack(stack), one_pass, atol=BF16_TOLERANCE / 10, rtol=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -100,6 +101,24 @@ def test_stack_batches_slices_and_tta() -> None:
     np.testing.assert_allclose(out[1], predictor.predict(stack[1]), atol=2e-5)
     tta = TilePredictor(model, Normalization(), PredictConfig(tta=True)).predict(stack[0])
     assert tta.shape == stack[0].shape and not np.allclose(tta, out[0])
+
+
+def test_a_stack_is_predicted_in_groups_that_fit_the_device() -> None:
+    """`images_per_region`: a quarter of the budget over each image's raw bytes, float32
+    mirrored copy and float32 result; at least one. Grouped passes give the same result."""
+    predictor = TilePredictor(MODELS["upconv"], Normalization(), PredictConfig(device="cpu", tile_shape=(124, 124)))
+    stack = np.random.default_rng(2).integers(0, 256, (5, 61, 47)).astype(np.uint8)
+    plan = plan_tiles(predictor.model.config, (61, 47), (124, 124), predictor.config)
+    padded = np.prod([s + lo + hi for s, (lo, hi) in zip((61, 47), plan.padding())])
+    per_image = 61 * 47 * (1 + 4) + 4 * padded
+    assert predictor.images_per_region(stack[0], budget=4 * 2 * per_image) == 2
+    assert predictor.images_per_region(stack[0], budget=4 * 2 * per_image - 1) == 1
+    assert predictor.images_per_region(stack[0], budget=0) == 1
+    assert predictor.images_per_region(stack[0]) >= len(stack)  # a CPU: no limit
+    whole = predictor.predict_stack(stack)
+    predictor.images_per_region = lambda image, budget=None: 2  # type: ignore[method-assign]
+    np.testing.assert_allclose(predictor.predict_stack(stack), whole, atol=1e-6, rtol=0)
+    assert predictor.predict_many([]) == []
 
 
 def test_bad_input() -> None:
@@ -236,7 +255,12 @@ def test_a_compiled_predictor_agrees_with_the_eager_one() -> None:
     config = PredictConfig(device="cpu", batch_size=2, tile_shape=(124, 124))
     eager = TilePredictor(model, Normalization(), config).predict_stack(stack)
     compiled = TilePredictor(model, Normalization(), PredictConfig(**{**config.__dict__, "compile": True}))
-    np.testing.assert_allclose(compiled.predict_stack(stack), eager, atol=1e-4, rtol=0)
+    # Two threads at once, as a worker's compute threads share its predictor: the first call
+    # compiles while the other waits its turn.
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: compiled.predict_stack(stack), range(2)))
+    for result in results:
+        np.testing.assert_allclose(result, eager, atol=1e-4, rtol=0)
 
 
 def test_a_compile_failure_says_to_run_without_it(monkeypatch) -> None:
