@@ -217,6 +217,25 @@ def isbi_metric_fn(probs: list, labels: list) -> dict[str, float]:
     return isbi_scores(np.stack(probs), np.stack(labels))
 
 
+RUN_FILES = ("last.safetensors", "best.safetensors", "metrics.jsonl")  # what a run leaves in its out_dir
+
+
+def check_out_dir(spec: TrainSpec) -> None:
+    """Refuse an ``out_dir`` that is, holds or lies inside what training reads (the images,
+    labels, weight maps, the ``init`` checkpoint), and, without ``resume``, one that holds an
+    earlier run: training writes its checkpoints and log there and would replace them."""
+    from pipeline.ownership import OutputExistsError, check_not_an_input
+
+    check_not_an_input(spec.out_dir, (spec.images, spec.labels, spec.weights, spec.init), what="--out")
+    out = Path(spec.out_dir)
+    earlier = [name for name in RUN_FILES if (out / name).exists()]
+    if earlier and not spec.resume:
+        raise OutputExistsError(
+            f"expected --out to be a new or empty folder, got {out}, which holds an earlier run ({', '.join(earlier)}); "
+            "pass --resume to continue it, or choose another --out (a run's checkpoints are never replaced)"
+        )
+
+
 def run_training(spec: TrainSpec | dict[str, Any], log: Log | None = None) -> dict[str, Any]:
     """Train with `unetcore.trainer.Trainer`; the fit result plus where the checkpoints are."""
     import torch
@@ -225,6 +244,7 @@ def run_training(spec: TrainSpec | dict[str, Any], log: Log | None = None) -> di
     from unetcore.trainer import Trainer
 
     spec = TrainSpec.model_validate(spec)
+    check_out_dir(spec)
     log = log or logging.getLogger("emunet.train").info
     ready = prepare(spec, log)
     from flows.model_card import write_model_card

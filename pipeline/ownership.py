@@ -11,7 +11,7 @@ command writes OUT it checks three things, for local paths, ``file://`` and fssp
 
 "emunet wrote it" is read from the store's own metadata: a Zarr group whose root
 attributes carry an ``emunet`` (or ``emunet_import``) object, holding nothing else at its
-top level than Zarr nodes and metadata. A directory of the user's files, a Zarr store of
+top level than Zarr metadata and the Zarr nodes emunet writes (`EMUNET_MEMBERS`). A directory of the user's files, a Zarr store of
 someone else's, a regular file, or an emunet store into which the user put files of their
 own is left alone, and the message says what is there. The error for an existing output
 suggests ``--overwrite`` only when the flag would be accepted.
@@ -25,12 +25,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.n5 import split_n5
 from pipeline.volume import fsspec_filesystem, is_remote, local_path, redact_url, split_url
 from unetcore.io import split_hdf5
 
 EMUNET_KEYS = ("emunet", "emunet_import")  # root attributes that mark a store emunet wrote
 ZARR_METADATA = frozenset({"zarr.json", ".zgroup", ".zattrs", ".zarray", ".zmetadata", ".emunet-claim"})
 SHOWN = 5  # foreign entries named in a message
+# The Zarr nodes emunet writes at a store's top level: the probability array (its name is in
+# the root metadata), mask, ledger, pyramid, OME-Zarr labels, instance fragments/labels and
+# their ledger, weight maps, the coordinate arrays, and multiscale levels "0", "1", ….
+EMUNET_MEMBERS = frozenset({"probability", "mask", "ledger", "pyramid", "labels", "fragments", "instances", "weights",
+                            "x", "y", "z"})  # fmt: skip
 
 
 class OutputExistsError(FileExistsError):
@@ -90,6 +96,8 @@ def check_not_an_input(output_url: str, reads: Iterable[str | os.PathLike[str] |
         store, _ = split_url(str(read))
         if not is_remote(store):
             store = str(split_hdf5(store)[0])  # file.h5:/dataset → file.h5
+            if ".n5:" in store or ".n5/" in store:
+                store = str(split_n5(store)[0])  # container.n5:dataset → container.n5
         src = _key(store)
         if _within(out, src):
             relation = "is" if out == src else "lies inside"
@@ -127,19 +135,27 @@ def _root_attrs(fs: Any, path: str) -> dict[str, Any] | None:
     return None
 
 
-def _foreign_entries(fs: Any, path: str) -> list[str]:
-    """Top-level names in the store that are neither Zarr metadata nor Zarr nodes."""
+def _foreign_entries(fs: Any, path: str, members: frozenset[str] | None = None) -> list[str]:
+    """Top-level names in the store that are neither Zarr metadata nor Zarr nodes (with
+    ``members``: nor Zarr nodes of those names or multiscale levels; others are the user's)."""
     foreign = []
     for entry in fs.ls(path, detail=True):
         name = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
         if name in ZARR_METADATA:
             continue
-        if entry.get("type") == "directory":
+        if entry.get("type") == "directory" and (members is None or name in members or name.isdigit()):
             child = f"{path.rstrip('/')}/{name}"
             if any(fs.exists(f"{child}/{m}") for m in ("zarr.json", ".zarray", ".zgroup")):
                 continue
         foreign.append(name)
     return sorted(foreign)
+
+
+def _members(attrs: Mapping[str, Any]) -> frozenset[str]:
+    """The top-level nodes an emunet store may hold: `EMUNET_MEMBERS` and its output's array name."""
+    output = (attrs.get("emunet") or {}).get("output") if isinstance(attrs.get("emunet"), dict) else None
+    name = output.get("name") if isinstance(output, dict) else None
+    return EMUNET_MEMBERS | ({name} if isinstance(name, str) and name else set())
 
 
 def inspect(url: str, storage_options: Mapping[str, Any] | None = None) -> Existing:
@@ -150,7 +166,8 @@ def inspect(url: str, storage_options: Mapping[str, Any] | None = None) -> Exist
     if not fs.isdir(path):
         return Existing("file", False, "a file")
     attrs = _root_attrs(fs, path)
-    foreign = _foreign_entries(fs, path)
+    ours = attrs is not None and any(isinstance(attrs.get(k), dict) for k in EMUNET_KEYS)
+    foreign = _foreign_entries(fs, path, _members(attrs) if ours and attrs is not None else None)
     listed = ", ".join(foreign[:SHOWN]) + (f" and {len(foreign) - SHOWN} more" if len(foreign) > SHOWN else "")
     if attrs is None:
         if not foreign:
@@ -202,7 +219,11 @@ def check_output(
 
 
 def remove_ours(output_url: str, storage_options: Mapping[str, Any] | None = None) -> None:
-    """Delete an output after `check_output(overwrite=True)` accepted it."""
+    """Delete an output after `check_output(overwrite=True)` accepted it, unless a live run
+    still writes it (`pipeline.runlock.OutputBusyError`: two runs would mix their blocks)."""
+    from pipeline.runlock import check_free
+
+    check_free(str(output_url), storage_options)
     fs, path = fsspec_filesystem(str(output_url), storage_options)
     if fs.exists(path):
         fs.rm(path, recursive=True)

@@ -231,12 +231,13 @@ def prepare(input_url: str | Path, output_url: str | Path, checkpoint: str | Pat
         plan=plan, tile=tile, max_out_tile=max_out_tile, batch=batch, grey_range=grey_range, grey_source=grey_source,
         warnings=warnings, resuming=resuming, inputs=inputs, config=config, settings=settings,
     )  # fmt: skip
-    if resuming:
-        from pipeline.runlock import check_free
+    from pipeline.runlock import check_free
 
+    if resuming:
         ready.check_resume()  # the output's plan and the settings known here; writes nothing
         ready.check_input_unchanged()  # the same input: its fingerprint
-        check_free(plan.output_url)  # no other live run is writing it
+    if existing.exists:
+        check_free(plan.output_url)  # no other live run is writing what we would continue or replace
     return ready
 
 

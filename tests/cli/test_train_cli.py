@@ -47,6 +47,25 @@ def test_the_weight_average_of_a_flag_or_config_reaches_the_kept_checkpoint_and_
     assert best.metadata["train_config"]["ema_decay"] == 0.9 and "ema.updates" in last.extra
     assert "moving average (decay 0.9)" in (tmp_path / "run" / "model-card.md").read_text()
 
+def test_a_run_never_writes_over_its_inputs_or_an_earlier_run(app, runner, tmp_path: Path, monkeypatch) -> None:
+    """--out holding the --init checkpoint (or the data) is refused; so is an --out with an
+    earlier run's checkpoints and log, unless --resume continues it."""
+    monkeypatch.chdir(tmp_path)
+    assert runner.invoke(app, ["synthetic", "img.tif", "lab.tif", "--shape", "3", "96", "96"]).exit_code == 0
+    data = ["--images", "img.tif", "--labels", "lab.tif"]
+    assert runner.invoke(app, ["train", *data, "--out", "first", *TRAIN]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "first").iterdir()}
+    for args, says in [
+        (["--init", "first/best.safetensors", "--out", "first"], "which contains the input first/best.safetensors"),
+        (["--out", "first"], "holds an earlier run (last.safetensors, best.safetensors, metrics.jsonl); pass --resume"),
+        (["--out", "."], "which contains the input img.tif"),
+    ]:
+        result = runner.invoke(app, ["train", *data, *args, *TRAIN])
+        assert result.exit_code == 2 and says in " ".join(result.output.split()), result.output
+    assert {p.name: p.read_bytes() for p in (tmp_path / "first").iterdir()} == before  # nothing changed
+    assert runner.invoke(app, ["train", *data, "--out", "first", "--resume", *TRAIN]).exit_code == 0
+
+
 def test_a_missing_data_file_names_the_resolved_path_and_writes_nothing(app, runner, tmp_path: Path, monkeypatch) -> None:
     configs = tmp_path / "configs"
     configs.mkdir()

@@ -46,6 +46,9 @@ def test_locations_related_to_an_input_are_refused(tmp_path, scheme) -> None:
         check_output(url(tmp_path / "models"), reads=(str(ckpt),), overwrite=True)
     with pytest.raises(OutputIsInputError, match="is the input"):
         check_output(str(tmp_path / "v.h5"), reads=(f"{tmp_path / 'v.h5'}:/stack",))
+    for dataset in (f"{tmp_path / 'c.n5'}:raw", f"{tmp_path / 'c.n5'}/raw"):  # an N5 dataset: its container
+        with pytest.raises(OutputIsInputError, match="lies inside the input"):
+            check_output(str(tmp_path / "c.n5" / "raw" / "out.zarr"), reads=(dataset,))
     check_output(url(tmp_path / "d" / "out.zarr"), reads=(url(inp),))  # a sibling is fine
 
 
@@ -76,6 +79,32 @@ def test_what_is_there_decides_the_message_and_the_flag(tmp_path) -> None:
     with pytest.raises(NotOursError, match="also holds other files .*notes.txt"):
         check_output(str(ours), overwrite=True)
     assert (ours / "notes.txt").exists() and (user / "thesis.tex").exists() and afile.exists()
+
+
+def test_zarr_nodes_the_user_added_to_an_emunet_output_keep_it_from_being_replaced(tmp_path) -> None:
+    """Only the nodes emunet writes (its output array, whatever its name, mask, ledger, labels,
+    multiscale levels, …) count as ours; an array or group the user added with zarr does not."""
+    meta = {**OURS, "attributes": {"emunet": {"version": "0", "output": {"name": "membranes"}}}}
+    ours = _store(tmp_path / "seg.zarr", meta, "membranes", "mask", "ledger", "labels", "fragments", "x", "0", "1")
+    assert check_output(str(ours), overwrite=True).ours
+    _store(ours / "my_annotations", FOREIGN)  # a group of the user's, made with zarr
+    with pytest.raises(NotOursError, match="also holds other files .*my_annotations"):
+        check_output(str(ours), overwrite=True)
+    assert (ours / "my_annotations" / "zarr.json").exists()
+
+
+def test_an_output_a_live_run_still_writes_is_not_replaced(tmp_path) -> None:
+    """`--overwrite` while another run writes the output would mix two runs' blocks."""
+    from pipeline.runlock import OutputBusyError, RunLock
+
+    ours = _store(tmp_path / "seg.zarr", OURS, "probability", "ledger")
+    with RunLock(str(ours)):
+        assert check_output(str(ours), overwrite=True).ours
+        with pytest.raises(OutputBusyError, match="expected no other run writing .*wait for it to end"):
+            remove_ours(str(ours))
+        assert (ours / "probability").exists()
+    remove_ours(str(ours))  # the run ended: now it may go
+    assert not ours.exists()
 
 
 def test_s3_prefixes_follow_the_same_rule(s3) -> None:

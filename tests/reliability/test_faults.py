@@ -253,8 +253,8 @@ def test_killing_the_flow_process_then_resuming(local_scheduler, volume_copy, ch
 
 
 def test_a_second_run_into_a_running_output_is_refused(cli, runner, volume_copy, checkpoint, clean, client, tmp_path) -> None:
-    """While one run writes OUT, a second (no --resume/--overwrite) is refused with a clear
-    message and leaves the first run's output intact."""
+    """While one run writes OUT, a second (no --resume/--overwrite, or --overwrite) is refused
+    with a clear message and leaves the first run's output intact."""
     from pipeline.segment import segment
 
     out = tmp_path / "out.zarr"
@@ -263,12 +263,15 @@ def test_a_second_run_into_a_running_output_is_refused(cli, runner, volume_copy,
     run.start()
     try:
         wait_for(lambda: done_count(out) >= 1, 120, "a block done")
-        second = runner.invoke(cli, ["segment", str(volume_copy), str(out), "--model", str(checkpoint),
-                                     "--block", *map(str, BLOCK), "--workers", "1", "--no-flow"])  # fmt: skip
+        base = ["segment", str(volume_copy), str(out), "--model", str(checkpoint), "--block", *map(str, BLOCK),
+                "--workers", "1", "--no-flow"]  # fmt: skip
+        replace = runner.invoke(cli, [*base, "--overwrite"])  # would mix two runs' blocks in one output
+        second = runner.invoke(cli, base)
     finally:
         run.join(120)
     assert second.exit_code == 2
     assert "expected no output" in second.output.lower() and "--resume" in second.output
+    assert replace.exit_code == 2 and "expected no other run writing" in " ".join(replace.output.split()), replace.output
     assert box["r"].ok and np.array_equal(probability(out), clean)
 
 
