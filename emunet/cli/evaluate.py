@@ -69,10 +69,29 @@ def load_array(spec: str, what: str) -> Any:
                     f"name one as {store}:{(inner + '/') if inner else ''}NAME"
                 )
             node = node["probability"]  # an emunet output: its probability map
+            _warn_if_unfinished(str(path), what)
         return np.asarray(node[...])
     raise ValueError(
         f"expected {what} as a .tif/.tiff file or a Zarr array (path.zarr or store.zarr:path/in/group), got {spec!r}"
     )
+
+
+def _warn_if_unfinished(store: str, what: str) -> None:
+    """An emunet output whose ledger says blocks are missing: its map holds zeros there."""
+    from pipeline.ledger import Ledger
+
+    try:
+        summary = Ledger.open(store).summary()
+    except (ValueError, KeyError, FileNotFoundError):  # not a segment output with a plan: nothing to say
+        return
+    if not summary.complete:
+        warnings.warn(
+            f"{what} {store} is an unfinished emunet output ({summary.done} of {summary.total} blocks done; the others "
+            "read as 0 = membrane), so these scores are not the model's; finish it with `emunet segment … --resume` "
+            f"(`emunet status {store}` shows what is missing)",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 def _jsonable(obj: Any) -> Any:
@@ -148,10 +167,10 @@ def register(app: typer.Typer) -> None:
                 return
             from pipeline.metrics.evaluate import evaluate_stack
 
-            pred_arr = load_array(pred, "PRED")
-            gt_arr = load_array(gt, "GT")
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", UserWarning)
+                pred_arr = load_array(pred, "PRED")
+                gt_arr = load_array(gt, "GT")
                 result = evaluate_stack(pred_arr, gt_arr, curves=curves)
             for w in caught:
                 console.print(f"[bold yellow]warning[/]: {w.message}", highlight=False, soft_wrap=True)

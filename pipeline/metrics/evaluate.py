@@ -158,6 +158,13 @@ def evaluate_stack(
             UserWarning,
             stacklevel=2,
         )
+    elif cells.all():
+        warnings.warn(
+            "the ground truth has no membrane (no label 0): the Rand and information scores of one cell per slice are "
+            "perfect for any proposal; check that GT is the label image (0 = membrane, > 0 = cell), not the EM image",
+            UserWarning,
+            stacklevel=2,
+        )
     binary = is_binary(prop)
     n_workers = workers if workers is not None else (os.cpu_count() or 1)
     if n_workers < 1:

@@ -94,3 +94,32 @@ def test_values_outside_unit_interval_are_rejected(files):
     res = runner.invoke(app, ["evaluate", str(files / "bad.tif"), str(files / "gt2d.tif")])
     assert res.exit_code == 2
     assert "expected pred values in [0, 1]" in " ".join(res.output.split())
+
+
+def test_an_unfinished_segment_output_is_scored_with_a_warning(tmp_path) -> None:
+    """Blocks that never ran read as 0 (membrane): the scores are then not the model's, and
+    the command says so (finished: no warning)."""
+    import torch
+
+    from pipeline.blocks import run_plan_locally
+    from pipeline.ledger import Ledger
+    from pipeline.plan import make_plan
+    from tests.pipeline.conftest import write_zarr
+    from unetcore.config import preset
+    from unetcore.model import UNet
+    from unetcore.normalization import Normalization
+    from unetcore.predict import PredictConfig, TilePredictor
+
+    gt = np.pad(_gt(), ((0, 0), (0, 0), (0, 2)), constant_values=255)  # (2, 24, 32): blocks on the model's lattice
+    write_zarr(tmp_path / "in.zarr", gt, (1, 24, 32))
+    tifffile.imwrite(tmp_path / "gt.tif", gt)
+    torch.manual_seed(0)
+    model = UNet(preset("tiny").replace(base_channels=2)).eval()
+    plan = make_plan(str(tmp_path / "in.zarr"), str(tmp_path / "seg.zarr"), gt.shape, model.config, block_shape=(1, 24, 32))
+    run_plan_locally(plan, predictor=TilePredictor(model, Normalization(), PredictConfig(device="cpu")))
+    finished = runner.invoke(app, ["evaluate", str(tmp_path / "seg.zarr"), str(tmp_path / "gt.tif")])
+    assert finished.exit_code == 0 and "warning" not in finished.output, finished.output
+    Ledger.open(str(tmp_path / "seg.zarr")).unmark_done(1)
+    unfinished = runner.invoke(app, ["evaluate", str(tmp_path / "seg.zarr"), str(tmp_path / "gt.tif")])
+    text = " ".join(unfinished.output.split())
+    assert unfinished.exit_code == 0 and "unfinished emunet output (1 of 2 blocks done" in text and "--resume" in text

@@ -209,6 +209,10 @@ def test_evaluate_warns_about_an_all_zero_ground_truth_and_takes_rounding_noise(
     result = runner.invoke(cli, ["evaluate", str(tmp_path / "prob.tif"), str(tmp_path / "zero.tif")])
     assert result.exit_code == 0, result.output
     assert "warning" in _flat(result.output) and "all membrane" in _flat(result.output)
+    # The other side: the EM image itself given as GT (no 0 anywhere) scored perfectly, unwarned.
+    tifffile.imwrite(tmp_path / "em.tif", np.maximum(image, 1).astype("uint8"), photometric="minisblack")
+    result = runner.invoke(cli, ["evaluate", str(tmp_path / "prob.tif"), str(tmp_path / "em.tif")])
+    assert result.exit_code == 0 and "ground truth has no membrane" in _flat(result.output), result.output
     prob[0, 0, 0] = 1.01
     tifffile.imwrite(tmp_path / "prob.tif", prob, photometric="minisblack")
     result = runner.invoke(cli, ["evaluate", str(tmp_path / "prob.tif"), str(tmp_path / "zero.tif")])
