@@ -11,9 +11,10 @@ command writes OUT it checks three things, for local paths, ``file://`` and fssp
 
 "emunet wrote it" is read from the store's own metadata: a Zarr group whose root
 attributes carry an ``emunet`` (or ``emunet_import``) object, holding nothing else at its
-top level than Zarr metadata and the Zarr nodes emunet writes (`EMUNET_MEMBERS`). A directory of the user's files, a Zarr store of
-someone else's, a regular file, or an emunet store into which the user put files of their
-own is left alone, and the message says what is there. The error for an existing output
+top level than Zarr metadata and the Zarr nodes emunet writes (`EMUNET_MEMBERS`). A
+directory of the user's files, a Zarr store of someone else's, a regular file, or an emunet
+store into which the user put files or Zarr nodes of their own is left alone, and the
+message says what is there. The error for an existing output
 suggests ``--overwrite`` only when the flag would be accepted.
 """
 
@@ -153,7 +154,8 @@ def _foreign_entries(fs: Any, path: str, members: frozenset[str] | None = None) 
 
 def _members(attrs: Mapping[str, Any]) -> frozenset[str]:
     """The top-level nodes an emunet store may hold: `EMUNET_MEMBERS` and its output's array name."""
-    output = (attrs.get("emunet") or {}).get("output") if isinstance(attrs.get("emunet"), dict) else None
+    meta = attrs.get("emunet")  # an `emunet_import` store has none
+    output = meta.get("output") if isinstance(meta, dict) else None
     name = output.get("name") if isinstance(output, dict) else None
     return EMUNET_MEMBERS | ({name} if isinstance(name, str) and name else set())
 
@@ -167,13 +169,13 @@ def inspect(url: str, storage_options: Mapping[str, Any] | None = None) -> Exist
         return Existing("file", False, "a file")
     attrs = _root_attrs(fs, path)
     ours = attrs is not None and any(isinstance(attrs.get(k), dict) for k in EMUNET_KEYS)
-    foreign = _foreign_entries(fs, path, _members(attrs) if ours and attrs is not None else None)
+    foreign = _foreign_entries(fs, path, _members(attrs) if ours else None)
     listed = ", ".join(foreign[:SHOWN]) + (f" and {len(foreign) - SHOWN} more" if len(foreign) > SHOWN else "")
     if attrs is None:
         if not foreign:
             return Existing("store", False, "an empty directory" if not fs.ls(path) else "a Zarr store without group metadata")
         return Existing("store", False, f"a directory that is not an emunet output (it holds {listed})")
-    if not any(isinstance(attrs.get(k), dict) for k in EMUNET_KEYS):
+    if not ours:
         return Existing("store", False, "a Zarr store that emunet did not write (no emunet metadata)")
     if foreign:
         return Existing("store", False, f"an emunet output that also holds other files ({listed})")
