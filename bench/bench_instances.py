@@ -146,7 +146,7 @@ def labels_per_threshold(url: str, config, client) -> dict[float, np.ndarray]:
         cfg = InstanceConfig(**{**config.to_dict(), "thresholds": config.thresholds, "labels_threshold": t,
                                 "block_shape": config.block_shape})
         run_instances(url, cfg, client=client, resume=k > 0)
-        out[t] = np.asarray(zarr.open_group(url, mode="r")["labels"][...])
+        out[t] = np.asarray(zarr.open_group(url, mode="r")["neuron_ids"][...])
     return out
 
 
@@ -290,7 +290,7 @@ def main() -> None:
 
         # 4. volume metrics, V vs 8·V
         def scores(c, seg_url, gt_url):
-            return volume_scores(LabelSource(seg_url, "labels"), LabelSource(gt_url), block_shape=(32, 128, 128), client=c)
+            return volume_scores(LabelSource(seg_url, "neuron_ids"), LabelSource(gt_url), block_shape=(32, 128, 128), client=c)
 
         gt_v, gt_big = write_labels(root / "gt.zarr", cells, chunks), write_labels(root / "gtb.zarr", cells_big, chunks)
         sv, tv, mpeak_v = on_fresh_cluster(args.workers, lambda c: scores(c, url, gt_v))

@@ -76,7 +76,7 @@ def main() -> None:
             url = probability_store(Path(tmp) / f"t{t}.zarr", stored)
             config = InstanceConfig(block_shape=(1, *stored.shape[1:]), thresholds=(t,), labels_threshold=t)
             run_instances(url, config)
-            labels = np.asarray(zarr.open_group(url, mode="r")["labels"][...])
+            labels = np.asarray(zarr.open_group(url, mode="r")["neuron_ids"][...])
             result["labels"][f"{t:g}"] = rounded(isbi_labels(labels, gt))
     best = min(result["labels"].items(), key=lambda kv: kv[1]["rand_error"])
     result["best_threshold"] = float(best[0])

@@ -1,4 +1,4 @@
-"""`segment_instances`: a segment output's probability → neuron instances (``labels``), one flow.
+"""`segment_instances`: a segment output's probability → neuron instances (``neuron_ids``), one flow.
 
 Prefect sees three stages; the per-block and per-tree-node loops live in Dask
 (`pipeline.instances`), never in Prefect::
@@ -8,7 +8,7 @@ Prefect sees three stages; the per-block and per-tree-node loops live in Dask
      resume policy)   tree, relabel)       per slice, if ground truth is given)
                                 │
        artifacts: instances-summary (markdown), instances-segments (table: the thresholds,
-       segments counted at the one in `labels`), instances-sizes (table: segment size
+       segments counted at the one in `neuron_ids`), instances-sizes (table: segment size
        histogram), instances-metrics (table)
 
 A retried ``run-instances`` resumes from the ledger (``ledger/instances``) instead of
@@ -33,9 +33,9 @@ class SegmentInstancesParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     output_url: str = Field(description="An `emunet segment` output (OME-Zarr group with `probability`).")
-    ground_truth_url: str | None = Field(None, description="Optional Zarr label volume (0 = ignored) to score `labels`.")
+    ground_truth_url: str | None = Field(None, description="Optional Zarr label volume (0 = ignored) to score `neuron_ids`.")
     thresholds: tuple[float, ...] = Field((0.6, 0.7, 0.75, 0.8), description="Merge thresholds (edge score < t), one pass.")
-    labels_threshold: float | None = Field(None, description="Which threshold fills `labels` (default: the middle one).")
+    labels_threshold: float | None = Field(None, description="Which threshold fills `neuron_ids` (default: the middle one).")
     mode: Literal["auto", "2d", "3d"] = Field("auto", description="Fragments per 2D slice, in 3D, or auto by anisotropy.")
     method: Literal["watershed", "components"] = Field("watershed", description="Seeded watershed, or components of p > seed_threshold.")
     seed_threshold: float = Field(0.5, gt=0, lt=1, description="Cell mask p > this; seeds from its distance transform.")
@@ -81,12 +81,13 @@ def run(params: SegmentInstancesParams) -> dict[str, Any]:
 
 @task(name="evaluate-labels", cache_policy=NO_CACHE, retry_condition_fn=retry_on_transient, retry_delay_seconds=[2, 10])
 def evaluate(params: SegmentInstancesParams) -> dict[str, Any]:
-    """3D and per-slice ISBI scores of ``labels`` against the ground truth (blockwise)."""
+    """3D and per-slice ISBI scores of ``neuron_ids`` against the ground truth (blockwise)."""
+    from pipeline.instances.layout import NEURON_IDS
     from pipeline.instances.volume_metrics import LabelSource, isbi_labels, volume_scores
     from pipeline.volume import split_url
 
     store, path = split_url(params.ground_truth_url or "")
-    seg, gt = LabelSource(params.output_url, "labels"), LabelSource(store, path)
+    seg, gt = LabelSource(params.output_url, NEURON_IDS), LabelSource(store, path)
     return {**volume_scores(seg, gt), "isbi": isbi_labels(seg, gt)}
 
 
@@ -96,11 +97,11 @@ def _markdown(params: SegmentInstancesParams, summary: dict[str, Any], metrics: 
         "",
         f"{summary['num_blocks']} block(s) of {summary['block_shape']}, mode {summary['mode']}, "
         f"tree of {summary['tree_levels']} level(s); {summary['fragments']} fragments, {summary['edges']} edges.",
-        f"`labels` holds the segmentation at threshold **{summary['labels_threshold']}**.",
+        f"`neuron_ids` holds the segmentation at threshold **{summary['labels_threshold']}**.",
         "",
         "```python",
         "import xarray as xr",
-        f"labels = xr.open_zarr({params.output_url!r}, consolidated=False)['labels']",
+        f"labels = xr.open_zarr({params.output_url!r}, consolidated=False)['neuron_ids']",
         "```",
     ]
     if metrics:
@@ -111,7 +112,7 @@ def _markdown(params: SegmentInstancesParams, summary: dict[str, Any], metrics: 
 
 @flow(name="segment-instances", log_prints=True)
 def segment_instances(params: SegmentInstancesParams) -> dict[str, Any]:
-    """Neuron instances of a segment output: fragments, region graph, agglomeration, labels."""
+    """Neuron instances of a segment output: fragments, region graph, agglomeration, neuron_ids."""
     check_inputs(params)
     summary = run(params)
     metrics = evaluate(params) if params.ground_truth_url else None

@@ -146,7 +146,7 @@ def validate_inputs(params: SegmentVolumeParams) -> dict[str, Any]:
             )
     check_output(
         params.output_url, reads=(params.input_url, params.checkpoint, params.ground_truth_url),
-        overwrite=params.overwrite, resume=params.resume,
+        overwrite=params.overwrite, resume=params.resume, kind="segment",
     )  # fmt: skip
     model = header["model_config"]
     return {

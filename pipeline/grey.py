@@ -98,17 +98,22 @@ def resolve_grey_range(volume: Any, given: tuple[float, float] | None) -> tuple[
     return default_grey_range(volume.dtype), "dtype"
 
 
-def _suggestion(dtype: np.dtype, stats: GreyStats) -> str:
-    """A grey range that fits what the sample shows."""
+def _fitting_range(dtype: np.dtype, stats: GreyStats) -> tuple[float, float, str]:
+    """A grey range that fits what the sample shows: (lo, hi, a note such as "12-bit data")."""
     dtype = np.dtype(dtype)
     if dtype.kind in "ui":
         for bits in (8, 10, 12, 14, 16):
             if stats.max < 2**bits and 2**bits - 1 <= np.iinfo(dtype).max:
-                return f"--grey-range 0 {2**bits - 1}" + (f" ({bits}-bit data)" if bits < dtype.itemsize * 8 else "")
+                return 0, 2**bits - 1, f"{bits}-bit data" if bits < dtype.itemsize * 8 else ""
     lo, hi = math.floor(stats.min), math.ceil(stats.max)
     if 0 <= lo and hi <= 255 and stats.max > 1:
         lo, hi = 0, 255
-    return f"--grey-range {lo:g} {hi:g}"
+    return lo, hi, ""
+
+
+def _suggestion(dtype: np.dtype, stats: GreyStats) -> str:
+    lo, hi, note = _fitting_range(dtype, stats)
+    return f"--grey-range {lo:g} {hi:g}" + (f" ({note})" if note else "")
 
 
 def check_grey(
@@ -133,11 +138,15 @@ def check_grey(
     std = stats.std / (hi - lo)
     m, s = normalization.mean, normalization.std
     if abs(mean - m) > FAR_MEAN * s or std * FAR_STD < s or std > FAR_STD * s:
+        fit_lo, fit_hi, _ = _fitting_range(dtype, stats)
+        advice = (f"if the data uses less than the full range, pass {_suggestion(dtype, stats)}"
+                  if (fit_lo, fit_hi) != (lo, hi) else
+                  "that range already fits the data, so the image itself differs (blank, saturated, or another "
+                  "modality?): check the input")
         return [
             f"the grey values of {where}, mapped by the {source} grey range [{lo:g}, {hi:g}], have mean {mean:.3f} and "
             f"std {std:.3f}, far from the model's training data (mean {m:.3f}, std {s:.3f}): the result may be "
-            f"poor. The sample spans [{stats.min:g}, {stats.max:g}]; if the data uses less than the full range, pass "
-            f"{_suggestion(dtype, stats)}"
+            f"poor. The sample spans [{stats.min:g}, {stats.max:g}]; {advice}"
         ]
     return []
 

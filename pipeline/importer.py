@@ -16,15 +16,19 @@ pages at a time (memory-mapped when the file allows): never the whole volume in 
 Atomic: everything is written under a temporary sibling name and renamed to DST at the end,
 so a half-written import never looks complete. An existing DST is refused unless
 ``overwrite``. (On object stores the final "rename" is a copy; the temporary prefix is only
-moved once complete.)
+moved once complete.) The temporary folder of an import that was killed
+(``.DST.partial-<host>-<pid>-<id>``) is removed by the next import into DST once that
+process is gone from this host; one from another host is named in a warning.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import logging
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -220,21 +224,54 @@ def _regions(shape: Sequence[int], step: Sequence[int]) -> Iterator[tuple[slice,
                 yield tuple(slice(o, min(o + s, n)) for o, s, n in zip((z, y, x), step, shape, strict=True))
 
 
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _sweep_leftovers(fs: Any, parent: str, name: str, say: Callable[[str], None]) -> None:
+    """Staging folders of earlier imports into the same DST whose process was killed (SIGKILL,
+    power loss: no ``except`` ran). Named ``.NAME.partial-<host>-<pid>-<id>``; removed when
+    their process is gone from this host, named in a warning otherwise (running, or stopped on
+    another machine)."""
+    prefix = f".{name}.partial-"
+    try:
+        entries = fs.ls(parent, detail=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    from pipeline.runlock import pid_alive
+
+    for entry in entries:
+        base = str(entry).rstrip("/").rsplit("/", 1)[-1]
+        if not base.startswith(prefix):
+            continue
+        host, _, rest = base[len(prefix) :].partition("-")
+        pid = rest.partition("-")[0]
+        if host == _host_tag() and pid.isdigit() and not pid_alive(int(pid)):
+            fs.rm(str(entry), recursive=True)
+            say(f"removed {base}: the staging folder of an import into {name} that was killed (process {pid})")
+        else:
+            say(f"found {base} beside {name}: the staging folder of another import into it, running or killed on "
+                "another machine; remove it once no such import runs")
+
+
 @contextmanager
-def _staging(dst: str, src: str, overwrite: bool, storage_options: Mapping[str, Any] | None) -> Iterator[str]:
+def _staging(dst: str, src: str, overwrite: bool, storage_options: Mapping[str, Any] | None,
+             say: Callable[[str], None]) -> Iterator[str]:
     """A temporary sibling of ``dst`` that becomes ``dst`` only if the block succeeds.
 
     An existing ``dst`` is replaced only with ``overwrite`` and only if emunet wrote it
     (`pipeline.ownership`); ``dst`` may never be, contain or lie inside ``src``.
     """
-    from pipeline.ownership import check_output
+    from pipeline.ownership import check_output, link_target
 
     remote = is_remote(dst)
+    check_output(dst, reads=(src,), overwrite=overwrite, storage_options=storage_options, kind="import")
+    dst = link_target(dst)  # a symlinked DST: the import replaces the store where it points
     fs, path = fsspec_filesystem(dst, storage_options)
     path = path.rstrip("/")
-    check_output(dst, reads=(src,), overwrite=overwrite, storage_options=storage_options)
     parent, name = path.rsplit("/", 1)
-    tmp_name = f".{name}.partial-{uuid.uuid4().hex[:8]}"
+    _sweep_leftovers(fs, parent, name, say)
+    tmp_name = f".{name}.partial-{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp_path = f"{parent}/{tmp_name}"
     tmp_url = f"{dst.rstrip('/').rsplit('/', 1)[0]}/{tmp_name}" if remote else tmp_path
     if not remote:
@@ -304,7 +341,7 @@ def import_volume(
         if len(chunk) != 3 or min(chunk) < 1:
             raise ValueError(f"expected 3 positive chunk sizes (z, y, x), got {chunks}")
         chunk = tuple(min(c, s) for c, s in zip(chunk, source.shape, strict=True))
-        with _staging(dst, str(src), overwrite, storage_options) as tmp:
+        with _staging(dst, str(src), overwrite, storage_options, say) as tmp:
             group = open_group(tmp, "w", storage_options)
             array = group.create_array(
                 "0", shape=source.shape, chunks=chunk, dtype=source.dtype, fill_value=0,

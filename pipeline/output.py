@@ -34,7 +34,7 @@ from pipeline.chunkwrite import ChunkWriter, ZarrWriter, writer_for
 from pipeline.dtypes import OUTPUT_DTYPES
 from pipeline.geometry import Roi
 from pipeline.labels import LABELS_GROUP, MASK_LABEL_ARRAY, create_mask_labels
-from pipeline.ownership import OutputExistsError, check_output, remove_ours
+from pipeline.ownership import OutputExistsError, check_output, link_target, remove_ours
 from pipeline.plan import SegmentPlan
 from pipeline.resume import PlanMismatchError, check_input_unchanged, check_resume, record_mismatch
 from pipeline.volume import fsspec_filesystem, is_remote, local_path, redact_url
@@ -286,10 +286,11 @@ def create_output(
     through and records them in the provenance) or ``overwrite`` (replaced only if
     emunet wrote it: `NotOursError` otherwise).
     """
-    url = plan.output_url
+    url = link_target(plan.output_url)  # a symlinked output is written where the link points
     if resume and overwrite:
         raise ValueError("expected at most one of resume and overwrite, got both")
-    existing = check_output(url, reads=(plan.input_url, *reads), overwrite=overwrite, resume=resume, storage_options=storage_options)
+    existing = check_output(url, reads=(plan.input_url, *reads), overwrite=overwrite, resume=resume,
+                            storage_options=storage_options, kind="segment")
     if existing.exists:
         if resume:
             group = open_group(url, "r+", storage_options)

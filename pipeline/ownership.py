@@ -36,7 +36,7 @@ SHOWN = 5  # foreign entries named in a message
 # The Zarr nodes emunet writes at a store's top level: the probability array (its name is in
 # the root metadata), mask, ledger, pyramid, OME-Zarr labels, instance fragments/labels and
 # their ledger, weight maps, the coordinate arrays, and multiscale levels "0", "1", ….
-EMUNET_MEMBERS = frozenset({"probability", "mask", "ledger", "pyramid", "labels", "fragments", "instances", "weights",
+EMUNET_MEMBERS = frozenset({"probability", "mask", "ledger", "pyramid", "labels", "fragments", "neuron_ids", "instances", "weights",
                             "x", "y", "z"})  # fmt: skip
 
 
@@ -59,10 +59,37 @@ class Existing:
     kind: str  # "none", "file", "store"
     ours: bool = False  # a store whose metadata says emunet wrote it, with nothing foreign in it
     detail: str = ""  # what is there, for messages
+    store_kind: str | None = None  # which command's store (`store_kind`), where emunet's metadata says
 
     @property
     def exists(self) -> bool:
         return self.kind != "none"
+
+
+def store_kind(attrs: Mapping[str, Any] | None) -> str | None:
+    """Which emunet command wrote a store, from its root attributes: "segment", "weights",
+    "import", the demo's "demo-…", "emunet" (emunet's, of no known kind), or None (not emunet's)."""
+    if not attrs:
+        return None
+    if isinstance(attrs.get("emunet_import"), dict):
+        return "import"
+    meta = attrs.get("emunet")
+    if not isinstance(meta, dict):
+        return None
+    if isinstance(meta.get("kind"), str):
+        return str(meta["kind"])
+    return "weights" if "weights" in meta else "segment" if "plan" in meta else "emunet"
+
+
+KIND_NAMES = {"segment": "an `emunet segment` output", "weights": "a weight map `emunet weights` wrote",
+              "import": "a volume `emunet import` wrote", "emunet": "an emunet store"}
+
+
+def describe_kind(kind: str | None) -> str:
+    """A store kind in words, for messages."""
+    if kind is not None and kind.startswith("demo-"):
+        return f"the demo's {kind[5:]}"
+    return KIND_NAMES.get(str(kind), "a store emunet did not write")
 
 
 def _key(url: str) -> tuple[str, str]:
@@ -73,6 +100,12 @@ def _key(url: str) -> tuple[str, str]:
         rest = redact_url(url).partition("://")[2]
         return protocol, "/" + rest.strip("/")
     return "file", os.path.realpath(os.path.abspath(local_path(url)))
+
+
+def same_location(a: str, b: str) -> bool:
+    """``a`` and ``b`` name the same place: a path and its ``file://`` URL, a symlink and its
+    target, a relative and an absolute path (URLs compare without credentials)."""
+    return _key(a) == _key(b)
 
 
 def _within(inner: tuple[str, str], outer: tuple[str, str]) -> bool:
@@ -168,7 +201,8 @@ def inspect(url: str, storage_options: Mapping[str, Any] | None = None) -> Exist
     if not fs.isdir(path):
         return Existing("file", False, "a file")
     attrs = _root_attrs(fs, path)
-    ours = attrs is not None and any(isinstance(attrs.get(k), dict) for k in EMUNET_KEYS)
+    kind = store_kind(attrs)
+    ours = kind is not None
     foreign = _foreign_entries(fs, path, _members(attrs) if ours else None)
     listed = ", ".join(foreign[:SHOWN]) + (f" and {len(foreign) - SHOWN} more" if len(foreign) > SHOWN else "")
     if attrs is None:
@@ -178,8 +212,8 @@ def inspect(url: str, storage_options: Mapping[str, Any] | None = None) -> Exist
     if not ours:
         return Existing("store", False, "a Zarr store that emunet did not write (no emunet metadata)")
     if foreign:
-        return Existing("store", False, f"an emunet output that also holds other files ({listed})")
-    return Existing("store", True, "an emunet output")
+        return Existing("store", False, f"an emunet output that also holds other files ({listed})", kind)
+    return Existing("store", True, describe_kind(kind), kind)
 
 
 def check_output(
@@ -189,18 +223,30 @@ def check_output(
     overwrite: bool = False,
     resume: bool = False,
     storage_options: Mapping[str, Any] | None = None,
+    kind: str | None = None,
 ) -> Existing:
     """Check that ``output_url`` may be written (and, with ``overwrite``, replaced).
 
     Returns what is there. Raises `OutputIsInputError`, `OutputExistsError` (something is
     there and neither flag was given) or `NotOursError` (``overwrite`` of something emunet
     did not write). ``resume`` leaves the existing store to the caller's plan check.
+    ``kind`` (`store_kind`): what the command writes; a store of another emunet command
+    (say an import, from a segmentation's swapped arguments) is neither replaced nor resumed.
     """
     check_not_an_input(output_url, reads)
     existing = inspect(output_url, storage_options)
+    where = redact_url(str(output_url))
+    if existing.store_kind is not None and kind is not None and existing.store_kind != kind:
+        other = describe_kind(existing.store_kind)
+        if overwrite:
+            raise NotOursError(
+                f"expected --overwrite to replace {describe_kind(kind)} at {where}, got {other}; --overwrite "
+                "replaces only an output of the same command: choose another output path"
+            )
+        wanted = f"{describe_kind(kind)} to resume at {where}" if resume else f"no output at {where}"
+        raise OutputExistsError(f"expected {wanted}, got {other}; choose another output path")
     if not existing.exists or resume:
         return existing
-    where = redact_url(str(output_url))
     if existing.kind == "store" and existing.detail == "an empty directory":
         if overwrite:
             return existing  # nothing to lose
@@ -226,9 +272,17 @@ def remove_ours(output_url: str, storage_options: Mapping[str, Any] | None = Non
     from pipeline.runlock import check_free
 
     check_free(str(output_url), storage_options)
-    fs, path = fsspec_filesystem(str(output_url), storage_options)
+    fs, path = fsspec_filesystem(link_target(str(output_url)), storage_options)
     if fs.exists(path):
         fs.rm(path, recursive=True)
+
+
+def link_target(url: str) -> str:
+    """A local output that is a symlink (say onto a larger disk) → the path it points to, so
+    that replacing the output replaces the store there and keeps the link; anything else as is."""
+    if is_remote(url) or not os.path.islink(local_path(url).rstrip("/")):
+        return url
+    return os.path.realpath(local_path(url).rstrip("/"))
 
 
 __all__ = [
@@ -238,6 +292,10 @@ __all__ = [
     "OutputIsInputError",
     "check_not_an_input",
     "check_output",
+    "describe_kind",
     "inspect",
+    "link_target",
     "remove_ours",
+    "same_location",
+    "store_kind",
 ]

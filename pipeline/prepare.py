@@ -207,7 +207,7 @@ def prepare(input_url: str | Path, output_url: str | Path, checkpoint: str | Pat
     ckpt = load_checkpoint(checkpoint)
     sha256 = config.checkpoint_sha256 or ckpt.file_sha256
     existing = check_output(absolute(output_url), reads=(absolute(input_url), str(checkpoint)), overwrite=config.overwrite,
-                            resume=config.resume)  # fmt: skip
+                            resume=config.resume, kind="segment")  # fmt: skip
     volume = open_volume(absolute(input_url), level=config.input_level, sparse=config.sparse)
     model_config, normalization = ckpt.config, ckpt.normalization
     plan = plan_for_volume(volume, absolute(output_url), model_config, checkpoint_sha256=sha256, tta=config.tta,
@@ -225,6 +225,7 @@ def prepare(input_url: str | Path, output_url: str | Path, checkpoint: str | Pat
                                 tile=tile if config.tile_shape is not None else None,  # an explicit tile is never shrunk
                                 compile=config.compile)
     inputs = {"grey_range": list(grey_range), "grey_range_source": grey_source, "sparse": config.sparse,
+              "voxel_size_source": volume.voxel_size_source,
               "fingerprint": None if resuming else input_fingerprint(volume, sample)}  # fmt: skip
     ready = Prepared(
         checkpoint=checkpoint, sha256=sha256, model_config=model_config, normalization=normalization, volume=volume,

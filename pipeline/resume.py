@@ -86,11 +86,14 @@ def predict_settings(
 
 def differences(attrs: Mapping[str, Any], plan: Any, options: Any, extra: Mapping[str, Any] | None = None) -> list[Difference]:
     """Each difference between a stored provenance and a new run, in a fixed order."""
+    from pipeline.ownership import same_location
     from pipeline.volume import redact_url
 
     meta = attrs.get("emunet") or {}
     stored, now = meta.get("plan") or {}, plan.to_dict()
     now["input_url"] = redact_url(plan.input_url)
+    if isinstance(stored.get("input_url"), str) and same_location(stored["input_url"], now["input_url"]):
+        now["input_url"] = stored["input_url"]  # the same input spelt another way (symlink, file://)
     diffs = [Difference(k, stored.get(k), now.get(k), k in FIXED_PLAN_KEYS) for k in PLAN_KEYS if stored.get(k) != now.get(k)]
     stored_opts = meta.get("output") or {}
     diffs += [

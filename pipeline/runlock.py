@@ -47,16 +47,21 @@ def _holder(fs: Any, path: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else {}
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    return True
+
+
 def _alive(holder: Mapping[str, Any]) -> bool:
     """Whether the holder may still run: its process on this host, or a fresh heartbeat."""
     if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
-        try:
-            os.kill(holder["pid"], 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # another user's process: it exists
-            return True
-        return True
+        return pid_alive(holder["pid"])
     beat = holder.get("heartbeat")
     return isinstance(beat, (int, float)) and time.time() - beat < STALE_S
 

@@ -262,7 +262,9 @@ def open_volume(
                 f"expected the multiscale level {chosen} array {ds_path!r} in {redact_url(url)}, "
                 "got nothing there (incomplete OME-Zarr image)"
             ) from None
-        source = "ome"
+        imported = _attrs(node).get("emunet_import")
+        # `emunet import` without --voxel-size writes 1 nm as a placeholder and says so
+        source = "default" if isinstance(imported, dict) and imported.get("voxel_size_from") == "default" else "ome"
     else:
         array = node
         parent = _parent_voxel_size(store_url, path, storage_options)

@@ -47,7 +47,7 @@ from scipy.sparse.csgraph import connected_components
 
 from pipeline.geometry import Coordinate, Roi
 from pipeline.output import AXES, DENSE, ome_attrs, ome_dataset, ome_multiscale, open_group, remove_store, write_coordinates, zstd
-from pipeline.ownership import check_output, remove_ours
+from pipeline.ownership import check_output, link_target, remove_ours
 from pipeline.plan import Block, BlockGrid
 from pipeline.volume import LABEL_DTYPES, Volume, join_url, open_volume, redact_url
 from unetcore.weightmap import WeightMapConfig, border_weight_map
@@ -282,9 +282,10 @@ def compute_weight_maps(
     """
     labels = open_volume(labels_url, storage_options=storage_options, dtypes=LABEL_DTYPES)
     plan = make_weight_plan(labels, output_url, config, instances=instances, mode=mode, block_shape=block_shape, sampling=sampling)
-    if check_output(output_url, reads=(labels_url,), overwrite=overwrite, storage_options=storage_options).exists:
+    if check_output(output_url, reads=(labels_url,), overwrite=overwrite, storage_options=storage_options,
+                    kind="weights").exists:
         remove_ours(output_url, storage_options)
-    group = open_group(output_url, "w", storage_options)
+    group = open_group(link_target(output_url), "w", storage_options)  # a symlinked output: where it points
     from pipeline.version import package_version
 
     meta = {

@@ -108,10 +108,15 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def check_tiff_output(
-    path: str | os.PathLike[str], *, overwrite: bool = False, reads: tuple[str | os.PathLike[str] | None, ...] = ()
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    reads: tuple[str | os.PathLike[str] | None, ...] = (),
+    kind: str | None = None,
 ) -> Path:
     """Refuse an output TIFF path that is an input, or that exists (and, with ``overwrite``,
-    is not a TIFF emunet wrote: a user's file is never replaced)."""
+    is not a TIFF emunet wrote: a user's file is never replaced; with ``kind``, nor is a TIFF
+    of another kind, such as the images `emunet synthetic` wrote given as a prediction's output)."""
     path = Path(path)
     if path.suffix.lower() not in TIFF_SUFFIXES:
         raise ValueError(f"expected an output path ending in .tif or .tiff, got {path.name!r}")
@@ -124,11 +129,16 @@ def check_tiff_output(
     if path.is_dir():
         raise FileExistsError(f"expected an output file, got a directory at {path}; choose another output path")
     if path.exists() or path.is_symlink():
-        kind = emunet_tiff_kind(path) if path.is_file() else None
+        found = emunet_tiff_kind(path) if path.is_file() else None
+        if found is not None and kind is not None and found != kind:
+            raise FileExistsError(
+                f"expected {'--overwrite to replace ' if overwrite else ''}a {kind} TIFF at {path}, got a {found} TIFF "
+                "that emunet wrote (--overwrite replaces only an output of the same kind); choose another output path"
+            )
         if not overwrite:
-            hint = "pass --overwrite to replace it" if kind else "emunet did not write it (no emunet metadata): choose another output path"
+            hint = "pass --overwrite to replace it" if found else "emunet did not write it (no emunet metadata): choose another output path"
             raise FileExistsError(f"expected a new output path, got existing {path}; {hint}")
-        if kind is None:
+        if found is None:
             raise FileExistsError(
                 f"expected --overwrite to replace a TIFF emunet wrote, got {path}, which emunet did not write "
                 "(no emunet metadata); choose another output path, or move that file away yourself"
@@ -151,7 +161,7 @@ def write_tiff(
     """
     import tifffile
 
-    path = check_tiff_output(path, overwrite=overwrite, reads=reads)
+    path = check_tiff_output(path, overwrite=overwrite, reads=reads, kind=kind)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
     tifffile.imwrite(tmp, array, photometric="minisblack", metadata={"emunet": {"kind": kind}})

@@ -1,4 +1,4 @@
-"""`emunet agglomerate OUT.zarr`: neuron instances (``labels``) from a segment output's
+"""`emunet agglomerate OUT.zarr`: neuron instances (``neuron_ids``) from a segment output's
 ``probability``, blockwise on Dask; and the segmentation scoring `emunet evaluate` uses for
 label volumes (`score_segmentation`).
 
@@ -59,7 +59,7 @@ def print_summary(summary: Any) -> None:
     table.add_column("Segments", justify="right")
     for t in summary.thresholds:
         table.add_row(repr(t), str(summary.segments.get(t, "-")))
-    table.caption = ("segments are counted in `labels` (other thresholds: --resume --labels-threshold T); "
+    table.caption = ("segments are counted in `neuron_ids` (other thresholds: --resume --labels-threshold T); "
                      f"{summary.num_blocks} block(s) of {summary.block_shape}, mode {summary.mode}, "
                      f"{summary.fragments} fragments, {summary.edges} edges, tree of {summary.tree_levels} level(s)")
     Console().print(table)
@@ -84,9 +84,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command("agglomerate")
     def agglomerate(
-        store: Annotated[str, typer.Argument(metavar="OUT.zarr", help="Output of `emunet segment` (its `probability` is read; `fragments`, `labels` are written).")],
+        store: Annotated[str, typer.Argument(metavar="OUT.zarr", help="Output of `emunet segment` (its `probability` is read; `fragments`, `neuron_ids` are written).")],
         thresholds: Annotated[str, typer.Option(help="Merge thresholds on the edge score (boundary probability), comma-separated; all computed in one pass.")] = "0.6,0.7,0.75,0.8",
-        labels_threshold: Annotated[float | None, typer.Option(help="Which threshold fills `labels` (default: the middle one). With --resume only relabels.")] = None,
+        labels_threshold: Annotated[float | None, typer.Option(help="Which threshold fills `neuron_ids` (default: the middle one). With --resume only relabels.")] = None,
         mode: Annotated[Mode, typer.Option(help="Fragments per 2D slice, in 3D, or auto (2d when z spacing ≥ 3× xy).")] = Mode.auto,
         method: Annotated[Method, typer.Option(help="Seeded watershed fragments, or connected components of p > --seed-threshold.")] = Method.watershed,
         seed_threshold: Annotated[float, typer.Option(help="Cell mask p > this; seeds from its distance transform.")] = 0.5,
@@ -101,7 +101,7 @@ def register(app: typer.Typer) -> None:
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace earlier instance results.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     ) -> None:
-        """Neuron instances: watershed fragments, region graph, agglomeration tree, `labels`."""
+        """Neuron instances: watershed fragments, region graph, agglomeration tree, `neuron_ids`."""
         with user_errors():
             from pipeline.instances import InstanceConfig, run_instances
             from pipeline.instances.runner import instance_client
@@ -126,10 +126,11 @@ def register(app: typer.Typer) -> None:
 
 
 def label_source(spec: str, what: str) -> Any:
-    """A Zarr label array by address (an emunet output store means its ``labels``), or a numpy array."""
+    """A Zarr label array by address (an emunet output store means its ``neuron_ids``), or a numpy array."""
     from pathlib import Path
 
     from emunet.cli.evaluate import _split_zarr, load_array
+    from pipeline.instances.layout import NEURON_IDS
     from pipeline.instances.volume_metrics import LabelSource
 
     store, inner = _split_zarr(spec)
@@ -138,10 +139,11 @@ def label_source(spec: str, what: str) -> Any:
 
         node = zarr.open(store=store, mode="r")
         if isinstance(node, zarr.Group):
-            if "labels" not in node:
-                raise ValueError(f"expected {what} to be a label array or an emunet output with `labels`, got a group "
-                                 f"with {sorted(node.keys())}; name the array as {store}:path/in/group")
-            return LabelSource(store, "labels")
+            for name in (NEURON_IDS, "labels"):  # an emunet output's neuron ids; a group's `labels` array
+                if isinstance(node.get(name), zarr.Array):
+                    return LabelSource(store, name)
+            raise ValueError(f"expected {what} to be a label array or an emunet output with `{NEURON_IDS}`, got a group "
+                             f"with {sorted(node.keys())}; name the array as {store}:path/in/group")
         return LabelSource(store, "")
     if inner is not None:
         return LabelSource(store, inner)
@@ -203,7 +205,7 @@ LABEL_DTYPES = ("uint32", "uint64", "int32", "int64")
 
 
 def is_label_volume(spec: str) -> bool:
-    """True for a Zarr label array (uint32/uint64/int32/int64) or an output store with ``labels``."""
+    """True for a Zarr label array (uint32/uint64/int32/int64) or an output store with ``neuron_ids``."""
     from emunet.cli.evaluate import _split_zarr
 
     store, inner = _split_zarr(spec)

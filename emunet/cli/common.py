@@ -117,3 +117,25 @@ def echo_json(obj: object) -> None:
 
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
     sys.stdout.flush()
+
+
+def print_failures(failed: list[dict]) -> None:
+    """The failed blocks of a segment run (`BlockFailure.to_dict` rows) as a table, with the
+    fix: a retry with --resume, or --sparse where the input lacks chunks (retrying alone
+    would fail the same way)."""
+    if not failed:
+        return
+    from rich.table import Table
+
+    missing = all(str(f["error"]).startswith("MissingChunkError") for f in failed)
+    fix = ("the input lacks chunks: restore them, or rerun with --resume --sparse to read them as the fill value"
+           if missing else "fix the cause, then rerun with --resume to retry them")
+    table = Table(title=f"{len(failed)} failed block(s): {fix}")
+    for name in ("block", "stage", "write offset", "shape", "error"):
+        table.add_column(name)
+    for f in failed[:20]:
+        roi = (f.get("where") or {}).get("write_roi") or {}
+        table.add_row(str(f["block_id"]), f["stage"], str(roi.get("offset", "")), str(roi.get("shape", "")), f["error"][:120])
+    console.print(table)
+    if len(failed[0]["error"]) > 120:
+        console.print(f"block {failed[0]['block_id']}: {failed[0]['error']}", highlight=False, markup=False, soft_wrap=True)

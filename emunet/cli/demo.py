@@ -67,11 +67,11 @@ def write_overlay(path: Path, image, prob, labels, instances=None) -> None:
     if labels is not None:
         axes[2].imshow(labels > 0, cmap="gray")
         axes[2].set_title("ground truth (white = cell)")
-    if instances is not None:  # one random colour per segment of `labels`
+    if instances is not None:  # one random colour per segment of `neuron_ids`
         ids, inverse = np.unique(instances, return_inverse=True)
         colours = np.random.default_rng(0).uniform(0.2, 1.0, (ids.size, 3))
         axes[-1].imshow(colours[inverse.reshape(instances.shape)])
-        axes[-1].set_title(f"instances: {ids.size} segments (labels)")
+        axes[-1].set_title(f"instances: {ids.size} segments (neuron_ids)")
     for ax in axes:
         ax.set_axis_off()
     fig.tight_layout()
@@ -85,7 +85,7 @@ def write_image(url: Path, array: Any, name: str = "image") -> str:
     from pipeline.output import AXES, DENSE, ome_attrs, ome_dataset, ome_multiscale, open_group, zstd
     from pipeline.ownership import check_output, remove_ours
 
-    if check_output(str(url), overwrite=True).exists:
+    if check_output(str(url), overwrite=True, kind=f"demo-{name}").exists:
         remove_ours(str(url))
     group = open_group(str(url), "w")
     group.attrs.update({"emunet": {"kind": f"demo-{name}"}})  # ours from the start
@@ -194,18 +194,19 @@ def _report(summary: dict[str, Any], source: str, model: Path, output_url: str, 
 def _overlay(path: Path, input_url: str, output_url: str, labels: Any) -> None:
     """The overlay of slice 0, read back from the input and output Zarr."""
     from pipeline.geometry import Roi
+    from pipeline.instances.layout import NEURON_IDS
     from pipeline.output import open_output
     from pipeline.volume import open_volume
 
     volume = open_volume(input_url)
     roi = Roi((0, 0, 0), (1, *volume.shape[1:]))
     output = open_output(output_url, mode="r")
-    instances = output.group["labels"][0] if "labels" in output.group else None
+    instances = output.group[NEURON_IDS][0] if NEURON_IDS in output.group else None
     write_overlay(path, volume.read(roi)[0], output.read(roi)[0], labels, instances)
 
 
 def _instances(output_url: str) -> int | str:
-    """Neuron instances (`labels`) of the output, in this process (`emunet agglomerate`)."""
+    """Neuron instances (`neuron_ids`) of the output, in this process (`emunet agglomerate`)."""
     from pipeline.instances import InstanceConfig, run_instances
 
     try:  # the demo's slices are independent images: 2D

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from emunet.cli.common import console, echo_json
+from emunet.cli.common import console, echo_json, print_failures
 
 STARTUP_TIMEOUT_S = 180  # seconds a temporary Prefect server may take to start
 
@@ -162,7 +162,7 @@ def segment_with_flow(
             echo_json(exc.result)
         elif exc.result is not None:
             _print_result(exc.result)
-            _print_failures(exc.result["failed"])
+            print_failures(exc.result["failed"])
         console.print(f"[bold red]failed blocks[/]: {exc}", highlight=False, soft_wrap=True)
         return 1
     except SchedulerLostError:
@@ -213,18 +213,6 @@ def _print_result(result: dict[str, Any]) -> None:
     from emunet.cli.common import print_warnings
 
     print_warnings(data.get("warnings") or [])
-
-
-def _print_failures(failed: list[dict[str, Any]]) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"{len(failed)} failed block(s): rerun with --resume to retry them")
-    for name in ("block", "stage", "write offset", "shape", "error"):
-        table.add_column(name)
-    for f in failed[:20]:
-        roi = f.get("where", {}).get("write_roi") or {}
-        table.add_row(str(f["block_id"]), f["stage"], str(roi.get("offset", "")), str(roi.get("shape", "")), f["error"][:120])
-    console.print(table)
 
 
 def weights_with_flow(labels_url: str, output_url: str, *, flow: bool = True, **options: Any) -> dict[str, Any]:

@@ -31,7 +31,7 @@ def predict(
         from unetcore.io import check_tiff_output, read_array, write_tiff
         from unetcore.predict import PredictConfig, TilePredictor
 
-        check_tiff_output(output, overwrite=overwrite, reads=(input, model))
+        check_tiff_output(output, overwrite=overwrite, reads=(input, model), kind="probability")
         ckpt = load_checkpoint(model)
         image = read_array(input)
         dims = ckpt.config.spatial_dims

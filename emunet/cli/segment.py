@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.dtypes import OUTPUT_DTYPES
-from emunet.cli.common import TILE_HELP, interrupted, console, echo_json, expand_tile, parse_tile, print_warnings, scheduler_lost, user_errors
+from emunet.cli.common import TILE_HELP, interrupted, console, echo_json, expand_tile, parse_tile, print_failures, print_warnings, scheduler_lost, user_errors
 
 
 Dtype = Enum("Dtype", {name: name for name in OUTPUT_DTYPES}, type=str)  # pipeline.dtypes, the one list
@@ -38,7 +38,7 @@ def segment(
     tta: Annotated[bool, typer.Option("--tta", help="Test-time augmentation: the mean over the 8 flips/rotations of the (y, x) plane (8× the model time).")] = False,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model on each worker: meant for GPUs; on a CPU it measured no faster than the default eager channels-last model (0.83–1.01×) (bench/bench_compile.py); probabilities within ~1e-4 of the uncompiled model's; each worker compiles once at the start (~10–60 s).")] = False,
     sparse: Annotated[bool, typer.Option("--sparse", help="Input chunks missing from the store read as the fill value (default: a block that needs one fails, naming it).")] = False,
-    instances: Annotated[bool, typer.Option("--instances", help="Then neuron instances: `labels` (uint64) in OUT.zarr from the probability map, on the same workers (the defaults of `emunet agglomerate`; another threshold later: `emunet agglomerate OUT.zarr --resume --labels-threshold T`).")] = False,
+    instances: Annotated[bool, typer.Option("--instances", help="Then neuron instances: `neuron_ids` (uint64) in OUT.zarr from the probability map, on the same workers (the defaults of `emunet agglomerate`; another threshold later: `emunet agglomerate OUT.zarr --resume --labels-threshold T`).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")] = False,
     ground_truth: Annotated[Optional[str], typer.Option(help="Labels (Zarr or TIFF; 0 = membrane, >0 = cell): ISBI metrics of the result (with --flow).")] = None,
     flow: Annotated[bool, typer.Option("--flow/--no-flow", help="Run as the Prefect flow segment-volume (run log, retries, artifacts); --no-flow calls the pipeline directly.")] = True,
@@ -93,7 +93,8 @@ def segment(
         # Before any server or cluster starts, so that a mistake is one line within seconds:
         # the output (never into an input, never over data not ours), the input, the
         # checkpoint, the tile, the device, the workers, the scheduler's address.
-        check_output(output, reads=(input, str(model), ground_truth), overwrite=config.overwrite, resume=config.resume)
+        check_output(output, reads=(input, str(model), ground_truth), overwrite=config.overwrite, resume=config.resume,
+                     kind="segment")
         if flow:
             prepare(input, output, model, config)
         if config.scheduler is not None:
@@ -132,7 +133,7 @@ def segment(
     else:
         console.print(describe_result(result), highlight=False, markup=False)
         print_warnings(result.warnings)
-        _print_failures(result)
+        print_failures([f.to_dict() for f in result.failed])
         if instances and result.failed:
             console.print("instances: not computed (failed blocks); rerun with --resume --instances", highlight=False)
     if result.failed:
@@ -141,20 +142,6 @@ def segment(
 
 def _say(message: str) -> None:
     console.print(message, highlight=False, markup=False)
-
-
-def _print_failures(result) -> None:
-    if not result.failed:
-        return
-    from rich.table import Table
-
-    table = Table(title=f"{len(result.failed)} failed block(s): rerun with --resume to retry them")
-    for name in ("block", "stage", "write offset", "shape", "error"):
-        table.add_column(name)
-    for f in result.failed[:20]:
-        roi = f.where.get("write_roi") or {}
-        table.add_row(str(f.block_id), f.stage, str(roi.get("offset", "")), str(roi.get("shape", "")), f.error[:120])
-    console.print(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -30,8 +30,8 @@ def synthetic(
             raise ValueError(f"expected a positive shape, got {shape}")
         if images.absolute() == labels.absolute():
             raise ValueError(f"expected two different output paths, got {images} twice")
-        for path in (images, labels):
-            check_tiff_output(path, overwrite=overwrite)
+        for path, kind in ((images, "synthetic-image"), (labels, "synthetic-labels")):
+            check_tiff_output(path, overwrite=overwrite, kind=kind)
         if volume:
             em = synthetic_em_volume((z, y, x), seed=seed)
             image, label = em.image, em.labels

@@ -81,7 +81,7 @@ def register(app: typer.Typer) -> None:
                 from emunet.cli.flow_commands import weights_with_flow
                 from pipeline.ownership import check_output
 
-                check_output(out, reads=(labels,), overwrite=overwrite)  # before the flow starts
+                check_output(out, reads=(labels,), overwrite=overwrite, kind="weights")  # before the flow starts
 
                 done = weights_with_flow(
                     labels, out, flow=flow, w0=w0, sigma=sigma, class_balance=class_balance.value,
@@ -100,7 +100,7 @@ def register(app: typer.Typer) -> None:
             labels, out = Path(labels), Path(out)
             if not labels.is_file():
                 raise FileNotFoundError(f"expected a label TIFF at {labels}, got no such file")
-            check_tiff_output(out, overwrite=overwrite, reads=(labels,))
+            check_tiff_output(out, overwrite=overwrite, reads=(labels,), kind="weights")
             config = WeightMapConfig(w0=w0, sigma=sigma, class_balance=class_balance.value)
             data = read_tiff(labels)
             start = time.perf_counter()

@@ -1,5 +1,5 @@
 """Neuron instances from a cell-probability map, blockwise: fragments, region graph,
-agglomeration tree, relabelled ``labels``, and metrics over label volumes.
+agglomeration tree, relabelled ``neuron_ids``, and metrics over label volumes.
 
 Module names are the vocabulary: `config`, `layout`, `fragments`, `region_graph`,
 `agglomerate`, `relabel`, `runner`, `driver` (the stage end to end), `volume_metrics`.

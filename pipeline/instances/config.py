@@ -3,7 +3,7 @@
 The stage turns a cell-probability map (``probability``: 1 = cell interior, 0 = membrane)
 into neuron instances in four blockwise passes (see `pipeline.instances.driver`)::
 
-    probability ─► fragments ─► region graph ─► agglomeration tree ─► labels
+    probability ─► fragments ─► region graph ─► agglomeration tree ─► neuron_ids
                    (watershed    (edges with     (union-find per        (fragment → segment
                     per block)    contact stats)  threshold, in a tree)  lookup, blockwise)
 
@@ -36,7 +36,7 @@ class InstanceConfig:
     thresholds: tuple[float, ...] = (0.6, 0.7, 0.75, 0.8)  # merge edges with score < t, for each t (ISBI: 0.75 best)
     score: str = "mean"  # edge score: "mean" or "quantile" of 1 − p along the contact
     quantile: float = 0.75  # the quantile stored (and used when score = "quantile")
-    labels_threshold: float | None = None  # which t fills `labels`; None = the middle one
+    labels_threshold: float | None = None  # which t fills `neuron_ids`; None = the middle one
     tree_fanout: int = 2  # children per axis of each agglomeration tree node
     link_z: bool = False  # mode "2d": also merge across slices (off: one segmentation per slice, ssTEM)
 
@@ -80,7 +80,7 @@ class InstanceConfig:
 
     @property
     def labels_index(self) -> int:
-        """Index into `thresholds` of the segmentation written to ``labels``."""
+        """Index into `thresholds` of the segmentation written to ``neuron_ids``."""
         if self.labels_threshold is None:
             return len(self.thresholds) // 2
         return self.thresholds.index(float(self.labels_threshold))

@@ -28,12 +28,16 @@ from pipeline.volume import fsspec_filesystem, is_remote, local_path, redact_url
 from .agglomerate import TreeGeometry, leaf_task, node_task
 from .config import RESUME_KEYS, InstanceConfig
 from .fragments import fragments_task
-from .layout import AXES, FRAGMENTS, GROUP, LABELS, PROBABILITY, InstanceJob, default_block_shape, open_group, probability_info
+from .layout import AXES, FRAGMENTS, GROUP, NEURON_IDS, PROBABILITY, InstanceJob, default_block_shape, open_group, probability_info
 from .region_graph import graph_task
 from .relabel import relabel_task
 from .runner import TaskSpec, run_stage
 
 __all__ = ["InstanceSummary", "InstancesExistError", "prepare", "run_instances"]
+
+
+LONG_NAMES = {FRAGMENTS: "fragments (over-segmentation), uint64 ids unique over the volume",
+              NEURON_IDS: "neuron instance labels (0 = background)"}
 
 
 class InstancesExistError(FileExistsError):
@@ -56,6 +60,7 @@ class InstanceSummary:
     segments: dict[float, int] = field(default_factory=dict)  # at the labels threshold (if relabelled whole here)
     size_histogram: dict[str, int] = field(default_factory=dict)  # segment voxels, log2 bins, of labels
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage (tree: all levels)
+    notes: tuple[str, ...] = ()  # warnings worth a look (an auto mode chosen on a placeholder voxel size)
 
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -107,6 +112,44 @@ def _check_map(job: InstanceJob, client: Any, sample: int = 4) -> None:
         )
 
 
+OWN_MARK = {"stage": "instances"}  # the `emunet` attribute of the arrays the stage writes
+
+
+def _instance_node(node: Any) -> bool:
+    """``node`` is what the instance stage writes: its arrays carry `OWN_MARK` (or, from earlier
+    versions, their long name), its group the config and layout."""
+    attrs = dict(node.attrs.asdict())
+    if hasattr(node, "dtype"):
+        mark = attrs.get("emunet")
+        return (isinstance(mark, dict) and mark.get("stage") == OWN_MARK["stage"]) or attrs.get("long_name") in LONG_NAMES.values()
+    return "config" in attrs and "layout" in attrs
+
+
+def _check_store(url: str, group: Any, storage_options: Mapping[str, Any] | None) -> None:
+    """The store is a finished `emunet segment` output: the stage writes into the store it reads,
+    and emunet writes only into stores it made; blocks not yet segmented would read as membrane."""
+    from pipeline.ownership import describe_kind, store_kind
+
+    kind = store_kind(dict(group.attrs.asdict()))
+    if kind not in ("segment", "emunet"):
+        raise ValueError(
+            f"expected an `emunet segment` output at {redact_url(url)}, got {describe_kind(kind)}; the instance stage "
+            "writes `fragments`, `neuron_ids` and `instances/` into the store it reads, and emunet writes only into "
+            "its own outputs: make the probability map with `emunet segment`"
+        )
+    if kind != "segment":
+        return
+    from pipeline.ledger import Ledger
+
+    summary = Ledger.open(url, storage_options).summary()
+    if not summary.complete:
+        raise ValueError(
+            f"expected a finished segment output, got {summary.done} of {summary.total} blocks done in "
+            f"{redact_url(url)} (the others would read as membrane); finish it with `emunet segment … --resume` "
+            "first (`emunet status` shows what is missing)"
+        )
+
+
 def prepare(url: str, config: InstanceConfig, *, storage_options: Mapping[str, Any] | None = None,
             resume: bool = False, overwrite: bool = False) -> InstanceJob:
     """Validate everything and return the job (nothing written yet)."""
@@ -119,7 +162,14 @@ def prepare(url: str, config: InstanceConfig, *, storage_options: Mapping[str, A
     block = config.block_shape or default_block_shape(info, mode)
     job = InstanceJob(url, info.shape, info.chunks, block, info.voxel_size, mode, config, storage_options, info.shards)
     group = open_group(url, "r", storage_options)
-    present = [name for name in (FRAGMENTS, LABELS, GROUP) if name in group]
+    _check_store(url, group, storage_options)
+    present = [name for name in (FRAGMENTS, NEURON_IDS, GROUP) if name in group]
+    for name in present:
+        if not _instance_node(group[name]):
+            raise InstancesExistError(
+                f"expected `{name}` in {redact_url(url)} to be emunet's instance results, got a Zarr node that the "
+                f"instance stage did not write; move it away first (emunet never replaces data it did not write)"
+            )
     if present and not (resume or overwrite):
         raise InstancesExistError(
             f"expected no instance results in {redact_url(url)}, got {present}; pass resume=True (--resume) "
@@ -139,11 +189,24 @@ def prepare(url: str, config: InstanceConfig, *, storage_options: Mapping[str, A
     return job
 
 
+def _mode_notes(job: InstanceJob) -> tuple[str, ...]:
+    """Auto mode on a voxel size nobody stated (an input imported without --voxel-size: 1 nm
+    as a placeholder) decides 2D against 3D on nothing: say so."""
+    if job.config.mode != "auto":
+        return ()
+    meta = dict(job.group("r").attrs.asdict()).get("emunet") or {}
+    if (meta.get("input") or {}).get("voxel_size_source") != "default":
+        return ()
+    return (f"the voxel size of {redact_url(job.url)} is a placeholder ({', '.join(f'{v:g}' for v in job.voxel_size)} nm: "
+            f"its input stated none), so --mode auto chose {job.mode} on no evidence; pass --mode 2d for serial "
+            "sections (z spacing ≥ 3× xy) or --mode 3d for isotropic data, or import the input with --voxel-size",)
+
+
 def _labels_attrs(job: InstanceJob, threshold: float) -> dict[str, Any]:
     from pipeline.version import package_version
 
     return {
-        "long_name": "neuron instance labels (0 = background)",
+        "long_name": LONG_NAMES[NEURON_IDS],
         "image-label": {"version": "0.4", "source": {"image": f"../{PROBABILITY}"}, "colors": [{"label-value": 0, "rgba": [0, 0, 0, 0]}]},
         "emunet": {
             "version": package_version(), "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -158,18 +221,20 @@ def _create(job: InstanceJob, overwrite: bool) -> None:
 
     group = job.group("r+")
     if overwrite:
-        for name in (FRAGMENTS, LABELS, GROUP):
+        for name in (FRAGMENTS, NEURON_IDS, GROUP):
             if name in group:
                 del group[name]
         fs, root = fsspec_filesystem(job.url, job.storage_options)
         ledger = f"{root.rstrip('/')}/ledger/{GROUP}"
         if fs.exists(ledger):
             fs.rm(ledger, recursive=True)
-    for name, long_name in ((FRAGMENTS, "fragments (over-segmentation), uint64 ids unique over the volume"),
-                            (LABELS, "neuron instance labels (0 = background)")):
+    for name, long_name in LONG_NAMES.items():
         if name not in group:  # each piece on its own: a run stopped half-way is completed
             group.create_array(name, shape=job.shape, chunks=job.chunks, shards=job.shards, dtype="uint64", fill_value=0,
-                               dimension_names=AXES, compressors=zstd(3), attributes={"long_name": long_name})
+                               dimension_names=AXES, compressors=zstd(3), attributes={"long_name": long_name, "emunet": OWN_MARK})
+            if name == NEURON_IDS:  # relabel marks of an earlier array (say an earlier version's `labels`) mean nothing here
+                for k in range(len(job.config.thresholds)):
+                    job.ledger(f"relabel-t{k}", job.num_blocks).reset()
     if GROUP not in group:
         sub = group.create_group(GROUP)
         sub.attrs.update({"config": job.config.to_dict(), "mode": job.mode, "block_shape": list(job.block_shape),
@@ -193,12 +258,15 @@ def _histogram(results: list[dict[str, Any]]) -> dict[str, int]:
 def run_instances(url: str, config: InstanceConfig = InstanceConfig(), *, client: Any = None,
                   storage_options: Mapping[str, Any] | None = None, resume: bool = False,
                   overwrite: bool = False, log: Any = None) -> InstanceSummary:
-    """Fragments → region graph → agglomeration tree → ``labels`` in the store at ``url``.
+    """Fragments → region graph → agglomeration tree → ``neuron_ids`` in the store at ``url``.
 
     ``client``: a `distributed.Client` (tasks run on its workers) or None (this process).
     """
     say = log or (lambda msg: None)
     job = prepare(url, config, storage_options=storage_options, resume=resume, overwrite=overwrite)
+    notes = _mode_notes(job)
+    for note in notes:
+        say(f"warning: {note}")
     if not (resume and FRAGMENTS in job.group("r")):
         _check_map(job, client)
     _create(job, overwrite)
@@ -222,9 +290,9 @@ def run_instances(url: str, config: InstanceConfig = InstanceConfig(), *, client
     lap("tree")
     k = config.labels_index
     threshold = config.thresholds[k]
-    labels = job.group("r+")[LABELS]
+    labels = job.group("r+")[NEURON_IDS]
     if (dict(labels.attrs.asdict()).get("emunet") or {}).get("threshold", threshold) != threshold:
-        for j in range(len(config.thresholds)):  # relabel marks hold only for the threshold `labels` has
+        for j in range(len(config.thresholds)):  # relabel marks hold only for the threshold `neuron_ids` has
             job.ledger(f"relabel-t{j}", n).reset()
     labels.attrs.update(_labels_attrs(job, threshold))  # first: a stopped relabel resumes at the same t
     relabel = run_stage(job, f"relabel-t{k}", [TaskSpec(relabel_task, (b, k), b) for b in range(n)], client)
@@ -237,5 +305,5 @@ def run_instances(url: str, config: InstanceConfig = InstanceConfig(), *, client
         thresholds=config.thresholds, labels_threshold=threshold, fragments=fragments,
         edges=int(sum(r["edges"] for r in graph)), segments=segments,
         size_histogram=histogram,
-        seconds={k: v for k, v in clock.items() if k != "start"},
+        seconds={k: v for k, v in clock.items() if k != "start"}, notes=notes,
     )

@@ -4,7 +4,7 @@ Next to what `emunet segment` wrote (``OUT.zarr/probability``, ``z y x``, ``ledg
 
     OUT.zarr/
     ├── fragments/            (z, y, x) uint64 over-segmentation, chunks = probability's
-    ├── labels/               (z, y, x) uint64 segments at one threshold; OME image-label attrs
+    ├── neuron_ids/           (z, y, x) uint64 segments at one threshold; OME image-label attrs
     ├── instances/            zarr group; attrs = config, mode, block grid, provenance
     │   ├── graph/<block>.npz           edges owned by the block (u, v, count, mean, quantile)
     │   └── tree/t<k>/l<level>/<node>.npz   agglomeration tree, one file per node and threshold
@@ -35,7 +35,7 @@ from .config import InstanceConfig
 
 PROBABILITY = "probability"
 FRAGMENTS = "fragments"
-LABELS = "labels"
+NEURON_IDS = "neuron_ids"  # CREMI's name; `labels` is the NGFF group of label images (the mask's)
 GROUP = "instances"
 AXES = ("z", "y", "x")
 PROB_DTYPES = OUTPUT_DTYPES  # what `emunet segment` writes

@@ -3,11 +3,11 @@
 A block's segment ids come from its fragments' basins sent through the lookup tables on
 its path to the top of the tree (`pipeline.instances.agglomerate`), for one threshold::
 
-    fragments ─► basins ─► lut(level 0: the block) ─► lut(level 1 node) ─► … ─► lut(top) ─► labels
+    fragments ─► basins ─► lut(level 0: the block) ─► lut(level 1 node) ─► … ─► lut(top) ─► neuron_ids
 
 Each table maps only the ids that changed at that level; others pass through. A segment's
 id is the smallest basin id in it (uint64: a seed key, or a fragment id with the top bit
-set), the same whichever block computes it, so ``labels`` agree across block faces. `segment_lookup` gives the fragment → segment table
+set), the same whichever block computes it, so ``neuron_ids`` agree across block faces. `segment_lookup` gives the fragment → segment table
 of any fragment ids (e.g. to pick another threshold later without recomputing anything).
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .agglomerate import TreeGeometry, lookup, path
-from .layout import FRAGMENTS, LABELS, InstanceJob
+from .layout import FRAGMENTS, NEURON_IDS, InstanceJob
 from .region_graph import basins
 
 __all__ = ["relabel_task", "segment_lookup"]
@@ -48,7 +48,7 @@ def segment_lookup(job: InstanceJob, block_id: int, k: int, fragment_ids: np.nda
 
 
 def relabel_task(job: InstanceJob, block_id: int, k: int | None = None) -> dict[str, Any]:
-    """Write ``labels`` of one block (whole chunks) at threshold index ``k`` (default: config's)."""
+    """Write ``neuron_ids`` of one block (whole chunks) at threshold index ``k`` (default: config's)."""
     import fastremap
 
     k = job.config.labels_index if k is None else int(k)
@@ -60,5 +60,5 @@ def relabel_task(job: InstanceJob, block_id: int, k: int | None = None) -> dict[
     segments[ids == 0] = 0  # background (method "components") stays 0
     mapping = {int(a): int(b) for a, b in zip(ids, segments, strict=True) if a != b}
     labels = fastremap.remap(frag, mapping, preserve_missing_labels=True, in_place=False) if mapping else frag
-    group[LABELS][roi.to_slices()] = labels.astype(np.uint64, copy=False)
+    group[NEURON_IDS][roi.to_slices()] = labels.astype(np.uint64, copy=False)
     return {"block": block_id, "segments": segments[segments > 0], "counts": counts[segments > 0]}

@@ -101,7 +101,7 @@ def test_missing_input_and_existing_output_exit_2(app, runner, volume, checkpoin
     # Someone else's Zarr group: no flag is suggested that would touch it.
     assert result.exit_code == 2 and "emunet did not write" in result.output, result.output
     assert "--resume" not in result.output and "--overwrite" not in result.output
-    (tmp_path / "o.zarr" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {"emunet": {}}}')
+    (tmp_path / "o.zarr" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {"emunet": {"plan": {}}}}')
     result = runner.invoke(app, args(volume, tmp_path / "o.zarr", checkpoint))
     assert result.exit_code == 2 and "--resume" in result.output and "--overwrite" in result.output, result.output
 
@@ -125,20 +125,24 @@ def test_unset_options_come_from_the_environment(app, runner, volume, checkpoint
 
 
 def test_instances_follow_the_segmentation_on_both_paths(app, runner, volume, scheduler, tmp_path) -> None:
-    """`--instances`: `labels` (uint64) in the output, the same on the flow and the direct path."""
+    """`--instances`: `neuron_ids` (uint64) in the output, the same on the flow and the direct path;
+    with `--mask` (whose label image takes the NGFF name `labels/`) too."""
     from tests.conftest import ROOT
 
     demo = ROOT / "models" / "demo-synthetic.safetensors"  # a trained model: real cells and membranes
     labels = {}
     for path in ("--flow", "--no-flow"):
         out = tmp_path / f"out{path}.zarr"
-        cmd = ["segment", str(volume), str(out), "--model", str(demo), "--scheduler", scheduler, "--instances", "--json", path]
+        cmd = ["segment", str(volume), str(out), "--model", str(demo), "--scheduler", scheduler, "--instances", "--json", path,
+               *(["--mask"] if path == "--flow" else [])]
         result = runner.invoke(app, cmd)
         assert result.exit_code == 0, result.output
         data = json.loads(result.stdout)
         assert data["ok"] and data["instances"]["fragments"] > 0 and data["instances"]["num_blocks"] >= 1
         group = zarr.open_group(str(out), mode="r")
-        assert group["labels"].dtype == np.uint64 and group["labels"].shape == group["probability"].shape
-        labels[path] = group["labels"][...]
+        assert group["neuron_ids"].dtype == np.uint64 and group["neuron_ids"].shape == group["probability"].shape
+        labels[path] = group["neuron_ids"][...]
+        if path == "--flow":
+            np.testing.assert_array_equal(group["labels/mask/0"][...], group["mask"][...])
         assert len(np.unique(labels[path])) > 2
     np.testing.assert_array_equal(labels["--flow"], labels["--no-flow"])

@@ -92,7 +92,7 @@ def test_existing_output_is_refused_before_any_block_runs(volume, tmp_path) -> N
 
     out = tmp_path / "seg.zarr"
     out.mkdir()
-    (out / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {"emunet": {}}}')
+    (out / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {"emunet": {"plan": {}}}}')
     with pytest.raises(OutputExistsError, match=r"--resume \(resume=True\) to continue it or --overwrite \(overwrite=True\)"):
         segment_volume(params(volume, out, "tcp://127.0.0.1:9"))  # never reached: no scheduler there
     (out / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')  # not ours: no flag offered

@@ -111,6 +111,49 @@ def test_a_failed_import_leaves_nothing_behind(tmp_path: Path, monkeypatch) -> N
     assert list(tmp_path.iterdir()) == []
 
 
+KILLED_IMPORT = """
+import sys, time
+import numpy as np
+import pipeline.importer as importer
+from pipeline.importer import Source
+
+def reading(key):
+    time.sleep(60)  # killed here, with the staging folder written
+    return np.ones(tuple(s.stop - s.start for s in key), np.uint8)
+
+importer.open_source = lambda src: Source("fake", (3, 8, 8), np.dtype("uint8"), reading)
+importer.import_volume("x.tif", sys.argv[1], chunks=(1, 8, 8))
+"""
+
+
+def test_the_next_import_removes_what_a_killed_one_left(tmp_path: Path) -> None:
+    """SIGKILL runs no cleanup: the staging folder stays. The next import into the same DST
+    removes it once its process is gone; one from another host is only named."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_IMPORT, str(tmp_path / "out.zarr")], cwd=ROOT)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".out.zarr.partial-*/zarr.json")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (left,) = tmp_path.glob(".out.zarr.partial-*")
+    other = tmp_path / ".out.zarr.partial-0othrhst-4242-abcdef12"  # another machine's, on a shared disk
+    other.mkdir()
+    notes: list[str] = []
+    tifffile.imwrite(tmp_path / "x.tif", DATA[:2], photometric="minisblack")
+    import_volume(tmp_path / "x.tif", tmp_path / "out.zarr", warn=notes.append)
+    assert not left.exists() and other.exists()
+    assert any(f"removed {left.name}" in n and f"(process {proc.pid})" in n for n in notes), notes
+    assert any(f"found {other.name} beside out.zarr" in n for n in notes), notes
+    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "out.zarr"), mode="r")["0"][...], DATA[:2])
+
+
 def test_half_written_import_is_never_presented_as_complete(tmp_path: Path, monkeypatch) -> None:
     seen = []
 

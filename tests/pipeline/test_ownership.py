@@ -93,6 +93,50 @@ def test_zarr_nodes_the_user_added_to_an_emunet_output_keep_it_from_being_replac
     assert (ours / "my_annotations" / "zarr.json").exists()
 
 
+def test_an_emunet_store_of_another_command_is_neither_replaced_nor_resumed(tmp_path) -> None:
+    """Swapped arguments: `segment raw.zarr imported.zarr --overwrite` would replace the volume
+    `emunet import` wrote with a segmentation; each command replaces only its own kind."""
+    kinds = {"segment": {"plan": {}}, "weights": {"weights": {}}, "demo-image": {"kind": "demo-image"}}
+    stores = {kind: _store(tmp_path / f"{kind}.zarr", {**OURS, "attributes": {"emunet": meta}}, "0") for kind, meta in kinds.items()}
+    stores["import"] = _store(tmp_path / "import.zarr", {**OURS, "attributes": {"emunet_import": {"source": "a.tif"}}}, "0")
+    for found, path in stores.items():
+        assert inspect(str(path)).store_kind == found
+        for kind in ("segment", "weights", "import"):
+            if kind == found:
+                assert check_output(str(path), overwrite=True, kind=kind).ours
+                continue
+            with pytest.raises(NotOursError, match=f"expected --overwrite to replace .*, got .*replaces only an output of the same command"):
+                check_output(str(path), overwrite=True, kind=kind)
+            for flags in ({}, {"resume": True}):
+                with pytest.raises(OutputExistsError, match="choose another output path") as err:
+                    check_output(str(path), kind=kind, **flags)
+                assert "--overwrite" not in str(err.value) and "--resume" not in str(err.value)
+    with pytest.raises(NotOursError, match="got a volume `emunet import` wrote"):
+        check_output(str(stores["import"]), overwrite=True, kind="segment")
+    assert all((p / "0" / "zarr.json").exists() for p in stores.values())
+
+
+def test_a_path_and_its_other_spellings_are_one_location(tmp_path) -> None:
+    from pipeline.ownership import same_location
+
+    real = _store(tmp_path / "in.zarr", FOREIGN)
+    (tmp_path / "link.zarr").symlink_to(real, target_is_directory=True)
+    for other in (f"file://{real}", str(tmp_path / "link.zarr"), str(tmp_path / "d" / ".." / "in.zarr")):
+        assert same_location(str(real), other)
+    assert not same_location(str(real), str(tmp_path / "other.zarr"))
+
+
+def test_overwrite_through_a_symlink_keeps_the_link_and_its_place(tmp_path) -> None:
+    """`out.zarr -> /big/disk/out.zarr`: the store there goes; the link stays, so the new
+    output is written where the user pointed it (`link_target`), not beside the link."""
+    real = _store(tmp_path / "big" / "out.zarr", OURS, "probability", "ledger")
+    link = tmp_path / "out.zarr"
+    link.symlink_to(real, target_is_directory=True)
+    assert check_output(str(link), overwrite=True).ours
+    remove_ours(str(link))
+    assert link.is_symlink() and not real.exists() and link.resolve() == real
+
+
 def test_an_output_a_live_run_still_writes_is_not_replaced(tmp_path) -> None:
     """`--overwrite` while another run writes the output would mix two runs' blocks."""
     from pipeline.runlock import OutputBusyError, RunLock

@@ -133,6 +133,18 @@ def test_a_resume_without_a_block_shape_keeps_the_outputs_own(volume, scheduler,
     assert zarr.open_group(str(out), mode="r").attrs["emunet"]["plan"]["block_shape"] == list(BLOCK)
 
 
+@pytest.mark.parametrize("spelling", ["symlink", "file://"])
+def test_the_same_input_spelt_another_way_resumes(volume, scheduler, out, tmp_path, spelling) -> None:
+    """A symlink to the input, or its file:// URL, is the same input: no mismatch."""
+    if spelling == "symlink":
+        same = tmp_path / "link.zarr"
+        same.symlink_to(volume, target_is_directory=True)
+    else:
+        same = f"file://{volume}"
+    result = segment(same, out, DEMO_MODEL, config(scheduler, resume=True))
+    assert result.ok and (result.computed, result.skipped) == (2, 6)
+
+
 def test_the_layout_is_never_overridden(volume, scheduler, out) -> None:
     before = state(out)
     with pytest.raises(PlanMismatchError, match="output dtype: stored 'uint8', now 'float32'") as err:

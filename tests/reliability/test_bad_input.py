@@ -151,7 +151,7 @@ def output_exists(c: Ctx) -> list[str]:
 
 def our_output_exists(c: Ctx) -> list[str]:
     c.out.mkdir()
-    (c.out / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {"emunet": {"version": "0"}}}')
+    (c.out / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {"emunet": {"version": "0", "plan": {}}}}')
     return seg(c, c.volume)
 
 

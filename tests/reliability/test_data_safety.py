@@ -83,6 +83,38 @@ def _demo_into_user_volume(h: Here) -> list[str]:
     return ["demo", "--out", str(h.user)]
 
 
+def _over_an_import(h: Here) -> list[str]:
+    """Swapped arguments: the volume `emunet import` wrote given as the segmentation's output."""
+    from pipeline.importer import import_volume
+
+    import_volume(_tif(h, "x.tif"), h.tmp / "raw.zarr")
+    return _seg(h, h.tmp / "raw.zarr", "--overwrite")
+
+
+def _predict_over_synthetic_images(h: Here) -> list[str]:
+    from unetcore.io import write_tiff
+
+    images = write_tiff(h.tmp / "em.tif", h.image[:2], kind="synthetic-image")
+    return ["predict", str(_tif(h, "x.tif")), str(images), "--model", str(h.checkpoint), "--overwrite"]
+
+
+def _probability_store(h: Here, name: str, attrs: dict) -> Path:
+    import zarr
+
+    group = zarr.open_group(str(h.tmp / name), mode="w", zarr_format=3)
+    group.create_array("probability", data=h.image[:2], chunks=(1, 24, 24), dimension_names=("z", "y", "x"))
+    group.attrs.update(attrs)
+    return h.tmp / name
+
+
+def _agglomerate_users_neuron_ids(h: Here) -> list[str]:
+    import zarr
+
+    store = _probability_store(h, "seg.zarr", {"emunet": {"voxel_size_nm": [1, 1, 1]}})
+    zarr.open_group(str(store))["neuron_ids"] = np.ones(h.image[:2].shape, np.uint64)  # the user's, unmarked
+    return ["agglomerate", str(store), "--overwrite", "--workers", "0"]
+
+
 @dataclass
 class Case:
     build: Callable[[Here], list[str]]
@@ -118,6 +150,14 @@ CASES = {
         lambda h: ["import", str(_tif(h, "x.tif")), str(h.inp)], ("emunet did not write", "choose another"), flow=False,
         never=("--overwrite",)),
     "demo --out over the user's input.zarr": Case(_demo_into_user_volume, ("input.zarr", "demo did not write"), flow=False),
+    "segment --overwrite of an emunet import": Case(_over_an_import, ("a volume `emunet import` wrote", "same command")),
+    "predict --overwrite of the images emunet synthetic wrote": Case(
+        _predict_over_synthetic_images, ("got a synthetic-image tiff", "same kind"), flow=False),
+    "agglomerate of a store emunet did not write": Case(
+        lambda h: ["agglomerate", str(_probability_store(h, "theirs.zarr", {})), "--workers", "0"],
+        ("expected an `emunet segment` output", "a store emunet did not write"), flow=False),
+    "agglomerate --overwrite of the user's own neuron_ids": Case(
+        _agglomerate_users_neuron_ids, ("`neuron_ids`", "the instance stage did not write"), flow=False),
 }
 
 

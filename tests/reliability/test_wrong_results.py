@@ -124,8 +124,9 @@ def test_a_missing_input_chunk_fails_its_blocks_unless_sparse(cli, runner, tmp_p
     summary = Ledger(str(tmp_path / "o.zarr"), 8).summary()
     assert summary.failed_ids and all("chunk (3, 1, 0)" in f.error and "--sparse" in f.error for f in summary.failed)
     assert set(summary.failed_ids) >= {6}  # the block at z 2:4, y 24:48, x 0:24 reads it
-    code, output = _segment(cli, runner, inp, tmp_path / "s.zarr", checkpoint, local_scheduler, "--sparse")
-    assert code == 0, output
+    assert "the input lacks chunks" in _flat(output) and "--resume --sparse" in _flat(output), output  # not "retry"
+    code, output = _segment(cli, runner, inp, tmp_path / "o.zarr", checkpoint, local_scheduler, "--resume", "--sparse")
+    assert code == 0, output  # the advice works
 
 
 def test_an_enlarged_shape_is_not_predicted_from_zeros(cli, runner, tmp_path, image, checkpoint, local_scheduler) -> None:

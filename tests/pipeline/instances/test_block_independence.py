@@ -45,7 +45,7 @@ def test_blockwise_components_equal_whole_volume_components(tmp_path_factory, bz
     config = InstanceConfig(method="components", mode="3d", seed_threshold=0.55, block_shape=(bz, by, bx),
                             thresholds=(0.5,), context=0)
     summary = run_instances(url, config)
-    labels = np.asarray(zarr.open_group(url)["labels"][...])
+    labels = np.asarray(zarr.open_group(url)["neuron_ids"][...])
     whole = cc3d.connected_components(prob.astype(np.float32) / np.float32(255) > np.float32(0.55), connectivity=6)
     assert whole.max() > 3  # the map has several components (the property is not vacuous)
     assert same_partition(labels, whole)

@@ -33,7 +33,7 @@ def test_agglomerate_then_evaluate_the_labels(app, runner, tmp_path, cells) -> N
     scored = runner.invoke(app, ["evaluate", url, str(gt), "--json"])  # an agglomerate output: scored as labels
     assert scored.exit_code == 0, scored.output
     result = json.loads(scored.stdout)
-    expected = volume_scores(np.asarray(zarr.open_group(url)["labels"][...]), cells)
+    expected = volume_scores(np.asarray(zarr.open_group(url)["neuron_ids"][...]), cells)
     assert result["vi_split"] == pytest.approx(expected["vi_split"], abs=1e-12)
     assert result["adapted_rand_error"] == pytest.approx(expected["adapted_rand_error"], abs=1e-12)
     assert result["adapted_rand_error"] < 0.2 and 0 <= result["isbi"]["rand_error"] < 1

@@ -31,7 +31,7 @@ def test_flow_writes_labels_metrics_and_artifacts(tmp_path, client) -> None:
     state = segment_instances(params, return_state=True)
     assert state.is_completed(), state.message
     result = state.result()
-    labels = np.asarray(zarr.open_group(url, mode="r")["labels"][...])
+    labels = np.asarray(zarr.open_group(url, mode="r")["neuron_ids"][...])
     assert result["summary"]["segments"]["0.4"] == len(np.unique(labels))
     assert result["metrics"]["adapted_rand_error"] < 0.25
 

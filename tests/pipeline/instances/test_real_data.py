@@ -30,7 +30,7 @@ def test_isbi_labels_score_better_than_thresholding_the_same_map(isbi_images, is
     url = write_probability_store(tmp_path / "isbi.zarr", stored, (1, 256, 256), voxel_size=(50.0, 4.0, 4.0))
     summary = run_instances(url, InstanceConfig(block_shape=(1, 256, 256)), client=client)
     assert summary.mode == "2d" and summary.num_blocks == 8
-    labels = np.asarray(zarr.open_group(url, mode="r")["labels"][...])
+    labels = np.asarray(zarr.open_group(url, mode="r")["neuron_ids"][...])
     ours = label_scores(labels, gt)
     thresholded = evaluate_stack(stored, gt)  # the best threshold of the same map, chosen on GT
     assert ours["rand_error"] < thresholded["rand_error"]

@@ -27,9 +27,9 @@ def test_instances_on_s3_equal_local(s3, tmp_path) -> None:
     run_instances(url, config, storage_options=opts)
     local = write_probability_store(tmp_path / "out.zarr", prob, (3, 20, 9))
     run_instances(local, config)
-    on_s3 = xr.open_zarr(url, consolidated=False, storage_options=opts)["labels"]
+    on_s3 = xr.open_zarr(url, consolidated=False, storage_options=opts)["neuron_ids"]
     assert on_s3.dims == ("z", "y", "x")
-    np.testing.assert_array_equal(on_s3.values, zarr.open_group(local, mode="r")["labels"][...])
+    np.testing.assert_array_equal(on_s3.values, zarr.open_group(local, mode="r")["neuron_ids"][...])
     keys = s3["fs"].find(f"{bucket}/out.zarr")
     assert any("/instances/tree/" in k for k in keys) and any("/ledger/instances/relabel-t0/done/" in k for k in keys)
     text = "".join(s3["fs"].cat_file(k).decode() for k in keys if k.endswith("zarr.json"))

@@ -33,7 +33,7 @@ def clustered(tmp_path_factory, cells, client):
 
 
 def labels_of(url: str) -> np.ndarray:
-    return np.asarray(zarr.open_group(url, mode="r")["labels"][...])
+    return np.asarray(zarr.open_group(url, mode="r")["neuron_ids"][...])
 
 
 def test_cluster_labels_equal_in_process_labels_and_beat_thresholding(clustered, cells, tmp_path) -> None:
@@ -61,10 +61,10 @@ def test_cluster_labels_equal_in_process_labels_and_beat_thresholding(clustered,
 def test_labels_open_in_xarray_with_provenance(clustered) -> None:
     url, _, _ = clustered
     ds = xr.open_zarr(url, consolidated=False)
-    lab = ds["labels"]
+    lab = ds["neuron_ids"]
     assert lab.dims == ("z", "y", "x") and lab.dtype == np.uint64 and lab.shape == (19, 45, 38)
-    assert zarr.open_group(url, mode="r")["labels"].chunks == zarr.open_group(url, mode="r")["probability"].chunks
-    attrs = zarr.open_group(url, mode="r")["labels"].attrs.asdict()
+    assert zarr.open_group(url, mode="r")["neuron_ids"].chunks == zarr.open_group(url, mode="r")["probability"].chunks
+    attrs = zarr.open_group(url, mode="r")["neuron_ids"].attrs.asdict()
     assert attrs["image-label"]["source"]["image"] == "../probability"
     assert attrs["emunet"]["threshold"] == 0.4 and attrs["emunet"]["thresholds"] == [0.2, 0.4, 0.6]
 
@@ -90,7 +90,7 @@ def test_interrupted_run_resumes_and_other_threshold_only_relabels(clustered, tm
     for marker in list((root / "ledger/instances/relabel-t1/done").rglob("*"))[:5]:
         if marker.is_file():
             marker.unlink()
-    zarr.open_group(copy)["labels"][...] = 0
+    zarr.open_group(copy)["neuron_ids"][...] = 0
     frag_files = {p: p.stat().st_mtime_ns for p in (root / "fragments").rglob("*") if p.is_file()}
     run_instances(copy, CONFIG, resume=True)
     assert {p: p.stat().st_mtime_ns for p in frag_files} == frag_files  # fragments not recomputed
@@ -186,7 +186,7 @@ def test_sharded_probability_gives_sharded_labels_equal_to_unsharded(tmp_path, c
     run_instances(str(tmp_path / "sharded.zarr"), CONFIG)
     plain = write_probability_store(tmp_path / "plain.zarr", prob, (5, 8, 8))
     run_instances(plain, CONFIG)
-    labels = zarr.open_group(str(tmp_path / "sharded.zarr"), mode="r")["labels"]
+    labels = zarr.open_group(str(tmp_path / "sharded.zarr"), mode="r")["neuron_ids"]
     assert labels.shards == (10, 16, 24) and labels.chunks == (5, 8, 8)
     np.testing.assert_array_equal(labels[...], labels_of(plain))
     with pytest.raises(ValueError, match="multiple of the probability shards"):
