@@ -105,6 +105,31 @@ def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:
     return retry
 
 
+def flow_start() -> str:
+    """Now, as the ``created`` time of emunet's stores is written (UTC, whole seconds): taken
+    when a flow run begins, so that its retried tasks tell its own outputs from older ones."""
+    import datetime as _dt
+
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def made_since(url: str, since: str | None) -> bool:
+    """Whether the emunet store at ``url`` was created at or after ``since`` (`flow_start`).
+
+    A retried task continues (or replaces) only what its own flow run made: an output that was
+    there before the run is the user's to resume or overwrite, by their flags alone.
+    """
+    if since is None:
+        return False
+    from pipeline.output import open_group
+
+    try:
+        created = (dict(open_group(url, "r").attrs.asdict()).get("emunet") or {}).get("created")
+    except (FileNotFoundError, KeyError, ValueError, OSError):
+        return False
+    return isinstance(created, str) and created >= since
+
+
 def attempt() -> int:
     """1 for the first run of the current task, 2 for its first retry, …"""
     from prefect.runtime import task_run
@@ -135,10 +160,44 @@ def looks_like_zarr(url: str) -> bool:
     return path.is_dir() and any((path / name).exists() for name in ("zarr.json", ".zarray", ".zgroup"))
 
 
+def check_weight_map(url: str) -> None:
+    """A weight map to train with: one `emunet weights` finished (not a stopped run's, whose
+    missing blocks read as weight 0 and drop out of the loss), and never another emunet
+    store (a probability map or an EM image, whose grey values would weight the loss)."""
+    from pipeline.ownership import describe_kind, store_kind
+    from pipeline.volume import redact_url, split_url
+    from unetcore.io import emunet_tiff_kind, split_hdf5
+
+    if is_file_source(url):
+        found = emunet_tiff_kind(split_hdf5(str(url))[0]) if str(url).lower().endswith((".tif", ".tiff")) else None
+        if found not in (None, "weights"):
+            raise ValueError(f"expected a weight map for --weights, got {url}, a {found} TIFF emunet wrote; pass the "
+                             "output of `emunet weights`")
+        return
+    from pipeline.output import open_group
+
+    store = split_url(str(url))[0]
+    try:
+        attrs = dict(open_group(store, "r").attrs.asdict())
+    except (FileNotFoundError, ValueError, KeyError):
+        return  # not a group: an array of the user's, read as it is
+    kind = store_kind(attrs)
+    if kind not in (None, "weights"):
+        raise ValueError(f"expected a weight map for --weights, got {redact_url(store)}, {describe_kind(kind)}; pass the "
+                         "output of `emunet weights`")
+    if kind == "weights" and attrs["emunet"].get("complete") is False:
+        raise ValueError(
+            f"expected a finished weight map, got {redact_url(store)}, whose `emunet weights` run stopped before every "
+            "block was written (complete: false; the rest would weigh 0); run `emunet weights … --overwrite` again"
+        )
+
+
 def read_any(url: str, kind: ArrayKind = "image") -> np.ndarray:
     """A whole array into memory from a TIFF, an HDF5 dataset or a Zarr volume (3D)."""
     from unetcore.io import read_array
 
+    if kind == "weights":
+        check_weight_map(url)
     if is_file_source(url):
         return read_array(url)
     from pipeline.volume import LABEL_DTYPES, SUPPORTED_DTYPES, open_volume
@@ -151,6 +210,8 @@ def shape_of(url: str, kind: ArrayKind = "image") -> tuple[int, ...]:
     """The shape of what `read_any` would read, without reading the data."""
     from unetcore.io import read_array, split_hdf5
 
+    if kind == "weights":
+        check_weight_map(url)
     if is_file_source(url):
         path, dataset = split_hdf5(str(url))
         if not path.exists():

@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows._common import attempt, retry_on_transient, run_logger
+from flows._common import attempt, flow_start, made_since, retry_on_transient, run_logger
 
 
 class PrecomputeWeightsParams(BaseModel):
@@ -40,13 +40,14 @@ class PrecomputeWeightsParams(BaseModel):
 
 
 @task(name="compute-weight-maps", cache_policy=NO_CACHE, retry_condition_fn=retry_on_transient, retry_delay_seconds=[1, 5, 30])
-def compute(params: PrecomputeWeightsParams) -> dict[str, Any]:
-    """`compute_weight_maps` on the labels; a retry replaces its own partial output."""
+def compute(params: PrecomputeWeightsParams, since: str | None = None) -> dict[str, Any]:
+    """`compute_weight_maps` on the labels; a retry replaces its own partial output (one made
+    since ``since``, the flow run's start), never an older one the flags do not allow."""
     from pipeline.weights import compute_weight_maps
     from unetcore.weightmap import WeightMapConfig
 
     log = run_logger()
-    overwrite = params.overwrite or attempt() > 1
+    overwrite = params.overwrite or (attempt() > 1 and made_since(params.output_url, since))
     config = WeightMapConfig(w0=params.w0, sigma=params.sigma, class_balance=params.class_balance, cutoff=params.cutoff)
     start = time.perf_counter()
     plan = compute_weight_maps(
@@ -84,7 +85,7 @@ def precompute_weights(params: PrecomputeWeightsParams) -> dict[str, Any]:
     from pipeline.volume import redact_url
 
     retry = {"retries": params.retries}
-    done = compute.with_options(**retry)(params)
+    done = compute.with_options(**retry)(params, flow_start())
     stats = statistics.with_options(**retry)(params.output_url)
     out = redact_url(params.output_url)
     create_markdown_artifact(

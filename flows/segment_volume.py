@@ -24,7 +24,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.dtypes import OUTPUT_DTYPES
-from flows._common import ClusterParams, attempt, every, metric_line, metric_rows, quiet_dask, retry_on_transient, run_logger
+from flows._common import ClusterParams, attempt, every, flow_start, made_since, metric_line, metric_rows, quiet_dask, retry_on_transient, run_logger
 
 # SegmentConfig fields a flow run may set; the rest come from EMUNET_SEGMENT_* or defaults.
 CONFIG_FIELDS = frozenset(
@@ -124,7 +124,7 @@ def _stage(name: str):
 @_stage("validate-inputs")
 def validate_inputs(params: SegmentVolumeParams) -> dict[str, Any]:
     """Open the input and the checkpoint, check the ground truth and the output policy."""
-    from pipeline.ownership import check_output
+    from pipeline.ownership import check_em_input, check_output
     from pipeline.volume import open_volume, redact_url
     from unetcore.checkpoint import inspect_checkpoint
 
@@ -133,6 +133,7 @@ def validate_inputs(params: SegmentVolumeParams) -> dict[str, Any]:
     log = run_logger()
     header, sha256 = inspect_checkpoint(params.checkpoint)  # one read; refuses pickles and truncated files
     volume = open_volume(params.input_url, level=params.input_level)
+    check_em_input(params.input_url)
     log.info(
         f"input {redact_url(volume.url)}: {tuple(volume.shape)} {volume.dtype}, chunks {tuple(volume.chunks)}, "
         f"voxel {tuple(volume.voxel_size)} nm; model {header['model_config'].get('spatial_dims')}D from {params.checkpoint}"
@@ -200,7 +201,7 @@ def plan_blocks(params: SegmentVolumeParams, sha256: str, model_config: dict[str
 
 
 @_stage("run-blocks")
-def run_blocks(params: SegmentVolumeParams, sha256: str, num_blocks: int) -> dict[str, Any]:
+def run_blocks(params: SegmentVolumeParams, sha256: str, num_blocks: int, since: str | None = None) -> dict[str, Any]:
     """All blocks on Dask via `pipeline.segment.segment`; progress lines from the ledger."""
     import time
 
@@ -209,7 +210,7 @@ def run_blocks(params: SegmentVolumeParams, sha256: str, num_blocks: int) -> dic
 
     log = run_logger()
     changes: dict[str, Any] = {"checkpoint_sha256": sha256}
-    if attempt() > 1:  # the output exists now: continue it, never wipe what is done
+    if attempt() > 1 and made_since(params.output_url, since):  # this run's output: continue it, never wipe it
         changes.update(resume=True, overwrite=False)
         log.info(f"attempt {attempt()}: resuming from the ledger")
     config = params.segment_config(**changes)
@@ -338,9 +339,10 @@ def segment_volume(params: SegmentVolumeParams) -> dict[str, Any]:
     """Segment a Zarr volume block by block on Dask; publish a summary and the metrics."""
     log = run_logger()
     retry = {"retries": params.retries}
+    since = flow_start()
     info = validate_inputs.with_options(**retry)(params)
     plan = plan_blocks.with_options(**retry)(params, info["checkpoint_sha256"], info["model_config"])
-    result = run_blocks.with_options(**retry)(params, info["checkpoint_sha256"], plan["num_blocks"])
+    result = run_blocks.with_options(**retry)(params, info["checkpoint_sha256"], plan["num_blocks"], since)
     ledger = verify_ledger.with_options(**retry)(params.output_url)
     scores = None
     if ledger["complete"] and params.ground_truth_url:

@@ -26,7 +26,7 @@ from pydantic import Field
 from flows._common import (
     ClusterParams, attempt, every, metric_line, metric_rows, on_gpu_worker, retry_on_transient, run_logger, scheduler_address,
 )  # fmt: skip
-from flows.unet_training import TrainSpec, evaluate_checkpoint, run_training
+from flows.unet_training import TrainSpec, check_out_dir, evaluate_checkpoint, run_training
 
 
 class TrainUNetParams(TrainSpec):
@@ -133,6 +133,7 @@ def train_unet(params: TrainUNetParams) -> dict[str, Any]:
     """Train on raw/labels (TIFF or Zarr), save the checkpoint, evaluate and publish metrics."""
     retry = {"retries": params.retries}
     spec = params.spec()
+    check_out_dir(spec)  # once, before any attempt: a retry may resume only a run this flow run began
     info = check_training_data.with_options(**retry)(spec)
     with scheduler_address(params.cluster) as address:
         result = fit_model.with_options(**retry)(spec, address, params.progress_interval_s)

@@ -130,6 +130,13 @@ class TrainSpec(BaseModel):
     def is_3d(self, model_config: Any) -> bool:
         if self.three_d and model_config.spatial_dims != 3:
             raise ValueError(f"expected a 3D preset with --3d, got a {model_config.spatial_dims}D model")
+        given = [f"{flag} {value}" for flag, value in (("--train-slices", self.train_slices), ("--val-slices", self.val_slices))
+                 if value]
+        if model_config.spatial_dims == 3 and given:
+            raise ValueError(
+                f"expected no slice split with a 3D model, got {', '.join(given)}: a 3D model trains on the whole volume "
+                "(slices of it are not samples); hold out a validation sub-volume in files of its own"
+            )
         return model_config.spatial_dims == 3
 
     def split(self, n: int) -> tuple[list[int], list[int]]:
@@ -165,12 +172,13 @@ def prepare(spec: TrainSpec, log: Log) -> Prepared:
     """Read the data, build the configs, split the slices and make the weight maps."""
     from flows._common import read_any
     from unetcore.trainer import TrainData
-    from unetcore.weightmap import border_weight_map
+    from unetcore.weightmap import border_weight_map, check_has_membrane
 
     model_config, train_config, weight_config = spec.configs()
     raw, lab = read_any(spec.images, "image"), read_any(spec.labels, "labels")
     if raw.shape != lab.shape:
         raise ValueError(f"expected images and labels of one shape, got {raw.shape} and {lab.shape}")
+    check_has_membrane(int(np.count_nonzero(lab)), lab.size, spec.labels)
     given = read_any(spec.weights, "weights").astype(np.float32) if spec.weights else None
     if given is not None and given.shape != lab.shape:
         raise ValueError(f"expected weight maps of the labels' shape {lab.shape}, got {given.shape} at {spec.weights}")
@@ -217,7 +225,8 @@ def isbi_metric_fn(probs: list, labels: list) -> dict[str, float]:
     return isbi_scores(np.stack(probs), np.stack(labels))
 
 
-RUN_FILES = ("last.safetensors", "best.safetensors", "metrics.jsonl")  # what a run leaves in its out_dir
+# what a run writes in its out_dir (checkpoints, their JSON headers, the log, the card)
+RUN_FILES = ("last.safetensors", "best.safetensors", "last.json", "best.json", "metrics.jsonl", "model-card.md")
 
 
 def check_out_dir(spec: TrainSpec) -> None:
@@ -228,11 +237,14 @@ def check_out_dir(spec: TrainSpec) -> None:
 
     check_not_an_input(spec.out_dir, (spec.images, spec.labels, spec.weights, spec.init), what="--out")
     out = Path(spec.out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"expected --out to be a folder, got a file at {out}; choose another --out")
     earlier = [name for name in RUN_FILES if (out / name).exists()]
     if earlier and not spec.resume:
         raise OutputExistsError(
-            f"expected --out to be a new or empty folder, got {out}, which holds an earlier run ({', '.join(earlier)}); "
-            "pass --resume to continue it, or choose another --out (a run's checkpoints are never replaced)"
+            f"expected --out to be a new or empty folder, got {out}, which holds an earlier run or files a run would "
+            f"replace ({', '.join(earlier)}); pass --resume to continue an earlier run, or choose another --out (a run's "
+            "checkpoints are never replaced)"
         )
 
 

@@ -27,6 +27,7 @@ import datetime as _dt
 import hashlib
 import logging
 import os
+import re
 import shutil
 import socket
 import uuid
@@ -79,9 +80,12 @@ def _check_shape_dtype(shape: Sequence[int], dtype: np.dtype, what: str) -> tupl
             "extract one channel/time point first"
         )
     if np.dtype(dtype).name not in SUPPORTED_DTYPES:
+        labels = np.dtype(dtype).kind in "iu"  # int32/uint64…: instance labels, most likely
         raise UnsupportedVolumeError(
             f"expected {', '.join(SUPPORTED_DTYPES)} voxels in {what}, got {np.dtype(dtype)}; "
-            "convert it first (e.g. rescale to uint8)"
+            + ("label volumes need no import (weights, train and evaluate read TIFF, HDF5 and Zarr labels as they are; "
+               "rescaling would merge instance ids); an EM image of this type: convert it to uint16 or float32 first"
+               if labels else "convert it first (e.g. to float32)")
         )
     return shape  # type: ignore[return-value]
 
@@ -329,6 +333,9 @@ def import_volume(
     grey = check_grey_range(tuple(grey_range)) if grey_range is not None else None
     if not dst.rstrip("/").endswith(".zarr"):
         raise ValueError(f"expected a destination ending in .zarr, got {dst!r}")
+    if re.search(r"\.(h5|hdf5|hdf|n5):", dst, re.IGNORECASE):
+        raise ValueError(f"expected a Zarr path for DST, got {dst!r}, an address inside an HDF5/N5 file; write the "
+                         "import beside it (e.g. volume.zarr)")
     source = open_source(src)
     try:
         chosen = _choose_voxel_size(voxel_size, source)

@@ -34,10 +34,11 @@ EMUNET_KEYS = ("emunet", "emunet_import")  # root attributes that mark a store e
 ZARR_METADATA = frozenset({"zarr.json", ".zgroup", ".zattrs", ".zarray", ".zmetadata", ".emunet-claim"})
 SHOWN = 5  # foreign entries named in a message
 # The Zarr nodes emunet writes at a store's top level: the probability array (its name is in
-# the root metadata), mask, ledger, pyramid, OME-Zarr labels, instance fragments/labels and
-# their ledger, weight maps, the coordinate arrays, and multiscale levels "0", "1", ….
+# the root metadata), mask, ledger, pyramid, OME-Zarr labels, instance fragments/neuron_ids
+# and their graph, weight maps (and the scratch labels of a stopped run), the coordinate
+# arrays, and multiscale levels "0", "1", ….
 EMUNET_MEMBERS = frozenset({"probability", "mask", "ledger", "pyramid", "labels", "fragments", "neuron_ids", "instances", "weights",
-                            "x", "y", "z"})  # fmt: skip
+                            "scratch", "x", "y", "z"})  # fmt: skip
 
 
 class OutputExistsError(FileExistsError):
@@ -81,8 +82,16 @@ def store_kind(attrs: Mapping[str, Any] | None) -> str | None:
     return "weights" if "weights" in meta else "segment" if "plan" in meta else "emunet"
 
 
+RESUMABLE = ("segment",)  # the kinds whose command has --resume
 KIND_NAMES = {"segment": "an `emunet segment` output", "weights": "a weight map `emunet weights` wrote",
               "import": "a volume `emunet import` wrote", "emunet": "an emunet store"}
+
+
+IMAGES = frozenset({"import", "demo-image", "demo-labels"})  # volumes to read: the demo imports its input too
+
+
+def _same_kind(found: str, wanted: str) -> bool:
+    return found == wanted or (found in IMAGES and wanted in IMAGES)
 
 
 def describe_kind(kind: str | None) -> str:
@@ -116,6 +125,17 @@ def _within(inner: tuple[str, str], outer: tuple[str, str]) -> bool:
     return a == b or a.startswith(b if b.endswith("/") else b + "/")
 
 
+def _hierarchy_root(path: str) -> str:
+    """The top of the local Zarr hierarchy ``path`` lies in (its highest ancestor that is a
+    Zarr group): a store need not be named ``*.zarr``."""
+    root = os.path.abspath(path)
+    while True:
+        parent = os.path.dirname(root)
+        if parent == root or not any(os.path.isfile(os.path.join(parent, m)) for m in ("zarr.json", ".zgroup")):
+            return root
+        root = parent
+
+
 def check_not_an_input(output_url: str, reads: Iterable[str | os.PathLike[str] | None], *, what: str = "OUT") -> None:
     """Refuse an output that is, contains, or lies inside a store or file the command reads.
 
@@ -132,6 +152,7 @@ def check_not_an_input(output_url: str, reads: Iterable[str | os.PathLike[str] |
             store = str(split_hdf5(store)[0])  # file.h5:/dataset → file.h5
             if ".n5:" in store or ".n5/" in store:
                 store = str(split_n5(store)[0])  # container.n5:dataset → container.n5
+            store = _hierarchy_root(local_path(store))  # mydata/raw → mydata, a Zarr group of any name
         src = _key(store)
         if _within(out, src):
             relation = "is" if out == src else "lies inside"
@@ -216,6 +237,19 @@ def inspect(url: str, storage_options: Mapping[str, Any] | None = None) -> Exist
     return Existing("store", True, describe_kind(kind), kind)
 
 
+def check_em_input(url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Refuse an input to segment that emunet made as an output (a probability map, a weight
+    map): its values are a model's, not grey levels, and a segmentation of them looks plausible."""
+    store = split_url(str(url))[0]
+    fs, path = fsspec_filesystem(store, storage_options)
+    kind = store_kind(_root_attrs(fs, path) if fs.isdir(path) else None)
+    if kind in ("segment", "weights"):
+        raise ValueError(
+            f"expected an EM volume to segment, got {redact_url(str(url))}, {describe_kind(kind)} (its values are not "
+            "grey levels); pass the EM volume itself"
+        )
+
+
 def check_output(
     output_url: str,
     *,
@@ -236,7 +270,7 @@ def check_output(
     check_not_an_input(output_url, reads)
     existing = inspect(output_url, storage_options)
     where = redact_url(str(output_url))
-    if existing.store_kind is not None and kind is not None and existing.store_kind != kind:
+    if existing.store_kind is not None and kind is not None and not _same_kind(existing.store_kind, kind):
         other = describe_kind(existing.store_kind)
         if overwrite:
             raise NotOursError(
@@ -253,10 +287,9 @@ def check_output(
         raise OutputExistsError(f"expected no output at {where}, got an empty directory; remove it or choose another path")
     if not overwrite:
         if existing.ours:
-            raise OutputExistsError(
-                f"expected no output at {where}, got an existing emunet output; pass --resume (resume=True) to "
-                "continue it or --overwrite (overwrite=True) to replace it"
-            )
+            flags = ("pass --resume (resume=True) to continue it or --overwrite (overwrite=True) to replace it"
+                     if kind in (None, *RESUMABLE) else "pass --overwrite (overwrite=True) to replace it")
+            raise OutputExistsError(f"expected no output at {where}, got an existing emunet output; {flags}")
         raise OutputExistsError(f"expected no output at {where}, got {existing.detail}; choose another output path")
     if not existing.ours:
         raise NotOursError(
@@ -290,6 +323,7 @@ __all__ = [
     "NotOursError",
     "OutputExistsError",
     "OutputIsInputError",
+    "check_em_input",
     "check_not_an_input",
     "check_output",
     "describe_kind",

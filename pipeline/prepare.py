@@ -191,7 +191,7 @@ def prepare(input_url: str | Path, output_url: str | Path, checkpoint: str | Pat
     """Check everything that can be checked without workers; nothing is written."""
     from pipeline.fingerprint import input_fingerprint, read_sample
     from pipeline.grey import GreyStats, check_grey, resolve_grey_range
-    from pipeline.ownership import check_output
+    from pipeline.ownership import check_em_input, check_output
     from pipeline.plan import plan_for_volume
     from pipeline.resume import predict_settings
     from pipeline.volume import open_volume, redact_url
@@ -209,6 +209,7 @@ def prepare(input_url: str | Path, output_url: str | Path, checkpoint: str | Pat
     existing = check_output(absolute(output_url), reads=(absolute(input_url), str(checkpoint)), overwrite=config.overwrite,
                             resume=config.resume, kind="segment")  # fmt: skip
     volume = open_volume(absolute(input_url), level=config.input_level, sparse=config.sparse)
+    check_em_input(absolute(input_url))
     model_config, normalization = ckpt.config, ckpt.normalization
     plan = plan_for_volume(volume, absolute(output_url), model_config, checkpoint_sha256=sha256, tta=config.tta,
                            **planned_layout(config, absolute(output_url), existing))  # fmt: skip

@@ -184,15 +184,21 @@ def record_mismatch(group: Any, diffs: list[Difference]) -> None:
     group.attrs.update({"emunet": meta})
 
 
+def _stored_fingerprint(url: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """The input fingerprint an output recorded when it was created (`pipeline.fingerprint`)."""
+    from pipeline.output import open_group
+
+    meta = dict(open_group(url, "r", storage_options).attrs.asdict()).get("emunet") or {}
+    return (meta.get("input") or {}).get("fingerprint")
+
+
 def check_input_unchanged(url: str, volume: Any, storage_options: Mapping[str, Any] | None = None) -> None:
     """Refuse to resume ``url`` when its input was replaced since the output was started
     (`pipeline.fingerprint`: metadata and sampled chunk hashes)."""
     from pipeline.fingerprint import fingerprint_changes
-    from pipeline.output import open_group
     from pipeline.volume import redact_url
 
-    stored = ((dict(open_group(url, "r", storage_options).attrs.asdict()).get("emunet") or {}).get("input") or {})
-    diffs = fingerprint_changes(stored.get("fingerprint"), volume)
+    diffs = fingerprint_changes(_stored_fingerprint(url, storage_options), volume)
     if diffs:
         raise PlanMismatchError(
             f"expected to resume {redact_url(url)} on the input it was started with, got an input that changed since "
@@ -201,5 +207,26 @@ def check_input_unchanged(url: str, volume: Any, storage_options: Mapping[str, A
         )
 
 
-__all__ = ["Difference", "OUTPUT_KEYS", "PLAN_KEYS", "PlanMismatchError", "check_input_unchanged", "check_resume",
+def check_input_held_still(output_url: str, volume: Any) -> None:
+    """The input's fingerprint again, after the blocks: an input replaced during the run (say
+    `emunet import … --overwrite` of it) leaves blocks of the old and of the new data, none of
+    which may count as done."""
+    from pipeline.fingerprint import fingerprint_changes
+    from pipeline.ledger import Ledger
+    from pipeline.volume import open_volume, redact_url
+
+    try:
+        diffs = fingerprint_changes(_stored_fingerprint(output_url), open_volume(volume.url, level=volume.level, sparse=volume.sparse))
+    except (OSError, ValueError) as exc:  # gone, or no longer a volume
+        diffs = [f"unreadable now: {exc}"]
+    if diffs:
+        Ledger.open(output_url).reset()
+        raise PlanMismatchError(
+            f"expected the input {redact_url(volume.url)} to stay as it was while {redact_url(output_url)} was written, "
+            f"got one that changed during the run ({'; '.join(diffs)}): its blocks read old and new data, so none is "
+            "marked done; segment it again with --overwrite"
+        )
+
+
+__all__ = ["Difference", "OUTPUT_KEYS", "PLAN_KEYS", "PlanMismatchError", "check_input_held_still", "check_input_unchanged", "check_resume",
            "differences", "precision", "predict_settings", "record_mismatch"]  # fmt: skip

@@ -187,6 +187,7 @@ def segment(
     """
     from pipeline.ledger import Ledger
     from pipeline.prepare import prepare as check_and_plan
+    from pipeline.resume import check_input_held_still
     from pipeline.runlock import RunLock
     from pipeline.pyramid import pyramid
 
@@ -243,11 +244,14 @@ def segment(
                     spec = dataclasses.replace(spec, torch_threads=cluster.torch_threads)
                 _run(cluster.client, cluster.kind, config, spec, payload, prepare, result, checks)
                 levels(cluster.client)
+        if locks:
+            check_input_held_still(plan.output_url, ready.volume)
     finally:
         for lock in locks:
             lock.release()
     result.seconds = time.perf_counter() - start
     return result
+
 
 
 @dataclass(frozen=True)

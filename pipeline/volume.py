@@ -262,9 +262,11 @@ def open_volume(
                 f"expected the multiscale level {chosen} array {ds_path!r} in {redact_url(url)}, "
                 "got nothing there (incomplete OME-Zarr image)"
             ) from None
-        imported = _attrs(node).get("emunet_import")
-        # `emunet import` without --voxel-size writes 1 nm as a placeholder and says so
-        source = "default" if isinstance(imported, dict) and imported.get("voxel_size_from") == "default" else "ome"
+        # `emunet import` without --voxel-size (and the demo's synthetic images) write 1 nm as a
+        # placeholder and say so
+        marks = [_attrs(node).get(key) for key in ("emunet_import", "emunet")]
+        placeholder = any(isinstance(m, dict) and m.get("voxel_size_from") == "default" for m in marks)
+        source = "default" if placeholder else "ome"
     else:
         array = node
         parent = _parent_voxel_size(store_url, path, storage_options)

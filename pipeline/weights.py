@@ -50,7 +50,7 @@ from pipeline.output import AXES, DENSE, ome_attrs, ome_dataset, ome_multiscale,
 from pipeline.ownership import check_output, link_target, remove_ours
 from pipeline.plan import Block, BlockGrid
 from pipeline.volume import LABEL_DTYPES, Volume, join_url, open_volume, redact_url
-from unetcore.weightmap import WeightMapConfig, border_weight_map
+from unetcore.weightmap import WeightMapConfig, border_weight_map, check_has_membrane
 
 WeightMode = Literal["2d", "3d"]
 SCRATCH = "scratch"
@@ -282,8 +282,11 @@ def compute_weight_maps(
     """
     labels = open_volume(labels_url, storage_options=storage_options, dtypes=LABEL_DTYPES)
     plan = make_weight_plan(labels, output_url, config, instances=instances, mode=mode, block_shape=block_shape, sampling=sampling)
-    if check_output(output_url, reads=(labels_url,), overwrite=overwrite, storage_options=storage_options,
-                    kind="weights").exists:
+    existing = check_output(output_url, reads=(labels_url,), overwrite=overwrite, storage_options=storage_options,
+                            kind="weights").exists
+    counts = foreground_counts(plan, labels)  # pass 0, before anything is replaced or written
+    check_has_membrane(int(counts.sum()), math.prod(plan.volume_shape), redact_url(labels_url))
+    if existing:
         remove_ours(output_url, storage_options)
     group = open_group(link_target(output_url), "w", storage_options)  # a symlinked output: where it points
     from pipeline.version import package_version
@@ -301,7 +304,6 @@ def compute_weight_maps(
         dimension_names=AXES, compressors=zstd(), config=DENSE,
     )
     write_coordinates(group, plan.volume_shape, plan.voxel_size)
-    counts = foreground_counts(plan, labels)
     if instances:
         def cells(roi: Roi) -> np.ndarray:
             return labels.read(roi).astype(np.int64)

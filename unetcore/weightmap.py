@@ -217,6 +217,16 @@ def _two_nearest(
 # --------------------------------------------------------------------------- public maps
 
 
+def check_has_membrane(foreground: int, total: int, where: object) -> None:
+    """Refuse labels without a single membrane voxel (label 0): the EM image given as labels,
+    say with the arguments swapped, whose weight map and training would look plausible."""
+    if total and foreground == total:
+        raise ValueError(
+            f"expected labels with membrane (label 0) somewhere, got none in {where} (every voxel > 0): the EM image "
+            "given as labels? Labels are 0 = membrane, > 0 = cell; check the order of the arguments"
+        )
+
+
 def border_weight_map(
     labels: np.ndarray,
     config: WeightMapConfig = WeightMapConfig(),

@@ -61,7 +61,8 @@ def print_summary(summary: Any) -> None:
         table.add_row(repr(t), str(summary.segments.get(t, "-")))
     table.caption = ("segments are counted in `neuron_ids` (other thresholds: --resume --labels-threshold T); "
                      f"{summary.num_blocks} block(s) of {summary.block_shape}, mode {summary.mode}, "
-                     f"{summary.fragments} fragments, {summary.edges} edges, tree of {summary.tree_levels} level(s)")
+                     + (f"{summary.fragments} fragments, {summary.edges} edges" if summary.fragments else
+                        "fragments and edges of the earlier run (resumed)") + f", tree of {summary.tree_levels} level(s)")
     Console().print(table)
 
 
@@ -129,7 +130,7 @@ def label_source(spec: str, what: str) -> Any:
     """A Zarr label array by address (an emunet output store means its ``neuron_ids``), or a numpy array."""
     from pathlib import Path
 
-    from emunet.cli.evaluate import _split_zarr, load_array
+    from emunet.cli.evaluate import _split_zarr, image_level0, load_array
     from pipeline.instances.layout import NEURON_IDS
     from pipeline.instances.volume_metrics import LabelSource
 
@@ -139,8 +140,8 @@ def label_source(spec: str, what: str) -> Any:
 
         node = zarr.open(store=store, mode="r")
         if isinstance(node, zarr.Group):
-            for name in (NEURON_IDS, "labels"):  # an emunet output's neuron ids; a group's `labels` array
-                if isinstance(node.get(name), zarr.Array):
+            for name in (NEURON_IDS, "labels", image_level0(node)):  # an emunet output's neuron ids; a group's
+                if name is not None and isinstance(node.get(name), zarr.Array):  # `labels`; an OME image
                     return LabelSource(store, name)
             raise ValueError(f"expected {what} to be a label array or an emunet output with `{NEURON_IDS}`, got a group "
                              f"with {sorted(node.keys())}; name the array as {store}:path/in/group")

@@ -88,7 +88,7 @@ def write_image(url: Path, array: Any, name: str = "image") -> str:
     if check_output(str(url), overwrite=True, kind=f"demo-{name}").exists:
         remove_ours(str(url))
     group = open_group(str(url), "w")
-    group.attrs.update({"emunet": {"kind": f"demo-{name}"}})  # ours from the start
+    group.attrs.update({"emunet": {"kind": f"demo-{name}", "voxel_size_from": "default"}})  # ours from the start; 1 nm: a placeholder
     chunks = (1, *array.shape[1:])
     group.create_array("0", shape=array.shape, chunks=chunks, dtype=array.dtype, fill_value=0, dimension_names=AXES,
                        compressors=zstd(), config=DENSE)[...] = array  # fmt: skip
@@ -154,6 +154,9 @@ def demo(
         from emunet.cli.flow_commands import import_prefect, run_flow
 
         t0 = time.perf_counter()
+        if input is None and ground_truth is not None:
+            raise ValueError(f"expected --ground-truth only with an INPUT to segment, got {ground_truth!r} without one; "
+                             "the embedded input brings its own ground truth: pass IN --ground-truth GT, or neither")
         claim_folder(out)
         import_prefect()
         input_url, gt_url, source, block = _inputs(input, ground_truth, out)

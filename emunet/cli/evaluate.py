@@ -37,6 +37,19 @@ def _split_zarr(spec: str) -> tuple[str, str | None]:
     return spec, None
 
 
+def image_level0(group: Any) -> str | None:
+    """The full-resolution array of an OME-Zarr image group (what `emunet import` writes), if any."""
+    from pipeline.ome import multiscales_of, ome_level
+    from pipeline.volume_errors import NotAZarrError
+
+    try:
+        multiscales = multiscales_of(dict(group.attrs.asdict()))
+        path = ome_level(multiscales[0], 0)[0] if multiscales else None
+    except (NotAZarrError, ValueError):
+        return None
+    return path if path is not None and path in group else None
+
+
 def load_array(spec: str, what: str) -> Any:
     """Read a TIFF file or a Zarr array into a numpy array (user-facing errors)."""
     from pathlib import Path
@@ -61,15 +74,18 @@ def load_array(spec: str, what: str) -> Any:
             node = zarr.open(store=str(path), path=inner or "", mode="r")
         except (ValueError, KeyError, FileNotFoundError) as exc:
             raise ValueError(f"expected {what} to name a Zarr array, got {where!r} ({exc})") from None
-        if isinstance(node, zarr.Group):  # e.g. the output group of `emunet segment`
+        if isinstance(node, zarr.Group):  # the output group of `emunet segment`, or an OME-Zarr image
             arrays = sorted(str(k) for k in node.array_keys())
-            if "probability" not in arrays:
+            if "probability" in arrays:
+                node = node["probability"]  # an emunet output: its probability map
+                _warn_if_unfinished(str(path), what)
+            elif image_level0(node) is not None:
+                node = node[image_level0(node)]  # e.g. labels imported with `emunet import`
+            else:
                 raise ValueError(
                     f"expected {what} to name a Zarr array, got the group {where!r} holding arrays {arrays[:10]}; "
                     f"name one as {store}:{(inner + '/') if inner else ''}NAME"
                 )
-            node = node["probability"]  # an emunet output: its probability map
-            _warn_if_unfinished(str(path), what)
         return np.asarray(node[...])
     raise ValueError(
         f"expected {what} as a .tif/.tiff file or a Zarr array (path.zarr or store.zarr:path/in/group), got {spec!r}"

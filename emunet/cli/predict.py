@@ -28,10 +28,14 @@ def predict(
         import numpy as np
 
         from unetcore.checkpoint import load_checkpoint
-        from unetcore.io import check_tiff_output, read_array, write_tiff
+        from unetcore.io import check_tiff_output, emunet_tiff_kind, read_array, write_tiff
         from unetcore.predict import PredictConfig, TilePredictor
 
         check_tiff_output(output, overwrite=overwrite, reads=(input, model), kind="probability")
+        made = emunet_tiff_kind(input) if str(input).lower().endswith((".tif", ".tiff")) else None
+        if made in ("probability", "weights", "synthetic-labels"):
+            raise ValueError(f"expected an EM image to predict, got {input}, a {made} TIFF emunet wrote (its values are "
+                             "not grey levels); pass the EM image itself")
         ckpt = load_checkpoint(model)
         image = read_array(input)
         dims = ckpt.config.spatial_dims

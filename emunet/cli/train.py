@@ -118,7 +118,7 @@ def train(
 ) -> None:
     """Train a U-Net with the paper's recipe (weighted loss, elastic deformation, momentum 0.99)."""
     with user_errors():
-        from flows.unet_training import TrainSpec, run_training
+        from flows.unet_training import TrainSpec, check_out_dir, run_training
 
         cfg = load_config_file(config)
         data_cfg = dict(cfg.get("data") or {})
@@ -157,6 +157,7 @@ def train(
             instances=instances, three_d=three_d, device=device, resume=resume, isbi_metrics=isbi_metrics, init=init_path,
             progress=progress and not flow, command="emunet train",
         )  # fmt: skip
+        check_out_dir(spec)  # before a Prefect server or a cluster starts: a refusal within a second
         if flow:
             from emunet.cli.flow_commands import train_with_flow
 

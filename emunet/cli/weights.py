@@ -95,7 +95,7 @@ def register(app: typer.Typer) -> None:
             import numpy as np
 
             from unetcore.io import check_tiff_output, read_tiff, write_tiff
-            from unetcore.weightmap import WeightMapConfig, border_weight_map, weight_map_stack
+            from unetcore.weightmap import WeightMapConfig, border_weight_map, check_has_membrane, weight_map_stack
 
             labels, out = Path(labels), Path(out)
             if not labels.is_file():
@@ -122,6 +122,7 @@ def register(app: typer.Typer) -> None:
                     f"expected a 2D image or a (z, y, x) stack, got shape {data.shape}"
                 )
             elapsed = time.perf_counter() - start
+            check_has_membrane(int(np.count_nonzero(data)), data.size, labels)  # after the label checks, before writing
             result = np.asarray(result, dtype=np.float32)
             write_tiff(out, result, overwrite=overwrite, kind="weights", reads=(labels,))
             kind = "3D volume" if volume else f"{slices} slice(s)"

@@ -228,6 +228,9 @@ def _create(job: InstanceJob, overwrite: bool) -> None:
         ledger = f"{root.rstrip('/')}/ledger/{GROUP}"
         if fs.exists(ledger):
             fs.rm(ledger, recursive=True)
+    legacy = group.get("labels")  # an earlier version's instance labels (now `neuron_ids`), not the NGFF group
+    if NEURON_IDS not in group and legacy is not None and hasattr(legacy, "dtype") and _instance_node(legacy):
+        del group["labels"]
     for name, long_name in LONG_NAMES.items():
         if name not in group:  # each piece on its own: a run stopped half-way is completed
             group.create_array(name, shape=job.shape, chunks=job.chunks, shards=job.shards, dtype="uint64", fill_value=0,

@@ -123,3 +123,15 @@ def test_an_unfinished_segment_output_is_scored_with_a_warning(tmp_path) -> None
     unfinished = runner.invoke(app, ["evaluate", str(tmp_path / "seg.zarr"), str(tmp_path / "gt.tif")])
     text = " ".join(unfinished.output.split())
     assert unfinished.exit_code == 0 and "unfinished emunet output (1 of 2 blocks done" in text and "--resume" in text
+
+
+def test_ground_truth_imported_as_ome_zarr_is_read_at_full_resolution(files) -> None:
+    """`emunet import gt.tif gt-ome.zarr` makes an OME-Zarr image group: its level 0 is the GT."""
+    from pipeline.importer import import_volume
+
+    import_volume(files / "gt.tif", files / "gt-ome.zarr", voxel_size=(50, 4, 4))
+    plain = runner.invoke(app, ["evaluate", str(files / "pred.tiff"), str(files / "gt.tif"), "--json"])
+    ome = runner.invoke(app, ["evaluate", str(files / "pred.tiff"), str(files / "gt-ome.zarr"), "--json"])
+    assert plain.exit_code == 0 and ome.exit_code == 0, ome.output
+    strip = lambda out: {k: v for k, v in json.loads(out).items() if k not in ("pred", "gt")}  # noqa: E731
+    assert strip(ome.stdout) == strip(plain.stdout)

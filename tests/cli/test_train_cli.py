@@ -55,14 +55,22 @@ def test_a_run_never_writes_over_its_inputs_or_an_earlier_run(app, runner, tmp_p
     data = ["--images", "img.tif", "--labels", "lab.tif"]
     assert runner.invoke(app, ["train", *data, "--out", "first", *TRAIN]).exit_code == 0
     before = {p.name: p.read_bytes() for p in (tmp_path / "first").iterdir()}
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "model-card.md").write_text("my hand-written card")
+    (tmp_path / "mine" / "best.json").write_text('{"mine": 1}')
+    (tmp_path / "notes.txt").write_text("notes")
     for args, says in [
         (["--init", "first/best.safetensors", "--out", "first"], "which contains the input first/best.safetensors"),
-        (["--out", "first"], "holds an earlier run (last.safetensors, best.safetensors, metrics.jsonl); pass --resume"),
+        (["--out", "first"], "holds an earlier run or files a run would replace (last.safetensors, best.safetensors, "
+                             "last.json, best.json, metrics.jsonl, model-card.md); pass --resume"),
         (["--out", "."], "which contains the input img.tif"),
+        (["--out", "mine"], "files a run would replace (best.json, model-card.md)"),  # the user's own card
+        (["--out", "notes.txt"], "expected --out to be a folder, got a file"),
     ]:
         result = runner.invoke(app, ["train", *data, *args, *TRAIN])
         assert result.exit_code == 2 and says in " ".join(result.output.split()), result.output
     assert {p.name: p.read_bytes() for p in (tmp_path / "first").iterdir()} == before  # nothing changed
+    assert (tmp_path / "mine" / "model-card.md").read_text() == "my hand-written card"
     assert runner.invoke(app, ["train", *data, "--out", "first", "--resume", *TRAIN]).exit_code == 0
 
 
@@ -165,3 +173,15 @@ def test_every_shipped_config_builds_its_recipe(config: Path) -> None:
         if "shared/data/" in data[key] and (ROOT.parent / "shared" / "data").is_dir():
             assert Path(resolve_config_path(data[key], config.parent, key, config)).is_file()
 
+
+
+def test_a_3d_model_refuses_a_slice_split_it_would_ignore(app, runner, tmp_path: Path, monkeypatch) -> None:
+    """Slices of a volume are not samples of a 3D model: the split was ignored (validation
+    slices trained on, no validation, a card claiming both); now it is refused."""
+    monkeypatch.chdir(tmp_path)
+    assert runner.invoke(app, ["synthetic", "v.tif", "l.tif", "--shape", "6", "64", "64", "--volume"]).exit_code == 0
+    result = runner.invoke(app, ["train", "--images", "v.tif", "--labels", "l.tif", "--preset", "aniso3d", "--3d",
+                                 "--val-slices", "4:6", "--out", "r3", "--no-flow", "--steps", "1"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "expected no slice split with a 3D model, got --val-slices 4:6" in text, result.output
+    assert not (tmp_path / "r3").exists()

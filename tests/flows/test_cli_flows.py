@@ -57,7 +57,8 @@ def test_train_without_flow_and_usage_errors(volume, tmp_path) -> None:
     assert summary["steps"] == 1 and "metrics" not in summary
     bad = invoke("train", *common, "--no-flow", "--scheduler", "tcp://127.0.0.1:9")
     assert bad.exit_code == 2 and "--flow" in bad.output
-    overlap = invoke("train", *common, "--train-slices", "0:3", "--val-slices", "2")
+    fresh = [tmp_path / "run2" if a == tmp_path / "run" else a for a in common]  # "run" holds the first run
+    overlap = invoke("train", *fresh, "--train-slices", "0:3", "--val-slices", "2")
     assert overlap.exit_code == 2 and "disjoint" in overlap.output
 
 

@@ -61,3 +61,4 @@ def test_xarray_guide_snippets_run(demo_output, capsys) -> None:
     assert "probability" in printed and "pixel agreement at 0.5" in printed
     assert namespace["agreement"] > 0.8 and namespace["section"].shape == (64, 64)
     assert (demo_output.parent / "section-0.png").stat().st_size > 1000
+    assert len(namespace["sizes"]) > 3  # neurons, not one segment for the whole volume

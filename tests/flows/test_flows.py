@@ -108,16 +108,25 @@ def test_ground_truth_of_another_shape_is_refused(volume, tmp_path) -> None:
         segment_volume(params(volume, tmp_path / "seg.zarr", "tcp://127.0.0.1:9", ground_truth_url=str(tmp_path / "gt.tif")))
 
 
-def test_transient_errors_are_retried_and_the_retry_resumes(volume, tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("created", [True, False], ids=["output made by the first try", "first try failed before"])
+def test_transient_errors_are_retried_and_the_retry_resumes(volume, tmp_path, monkeypatch, created) -> None:
+    """The retry resumes the output its flow run made; one that was there before the run (the
+    first try failed before replacing it) is still replaced, as --overwrite asked."""
+    import zarr
+
     import pipeline.segment
+    from flows._common import flow_start
     from flows.segment_volume import run_blocks
     from pipeline.segment import SegmentResult
 
     calls = []
+    zarr.open_group(str(tmp_path / "seg.zarr"), mode="w", zarr_format=3).attrs["emunet"] = {"created": "2020-01-01T00:00:00+00:00"}
 
     def flaky(input_url, output_url, checkpoint, config):
         calls.append(config)
         if len(calls) == 1:
+            if created:
+                zarr.open_group(str(output_url), mode="w", zarr_format=3).attrs["emunet"] = {"created": flow_start()}
             raise ConnectionError("scheduler went away")
         return SegmentResult(str(output_url), 4, computed=4)
 
@@ -126,7 +135,8 @@ def test_transient_errors_are_retried_and_the_retry_resumes(volume, tmp_path, mo
     result = _in_flow(run_blocks.with_options(retries=2, retry_delay_seconds=0), p)
     assert result["computed"] == 4 and len(calls) == 2
     assert (calls[0].overwrite, calls[0].resume) == (True, False)
-    assert (calls[1].overwrite, calls[1].resume) == (False, True)  # never wipe what the first try wrote
+    expected = (False, True) if created else (True, False)  # never wipe what the first try wrote; never resume an older output
+    assert (calls[1].overwrite, calls[1].resume) == expected
 
 
 def test_permanent_errors_are_not_retried(volume, tmp_path, monkeypatch) -> None:
@@ -148,9 +158,11 @@ def test_permanent_errors_are_not_retried(volume, tmp_path, monkeypatch) -> None
 def _in_flow(task, p: SegmentVolumeParams):
     from prefect import flow
 
+    from flows._common import flow_start
+
     @flow
     def one_stage() -> dict:
-        return task(p, "0" * 64, 4)
+        return task(p, "0" * 64, 4, flow_start())
 
     return one_stage()
 
@@ -294,3 +306,61 @@ def test_train_unet_fine_tunes_from_init_and_writes_a_model_card(volume, tmp_pat
     assert '"step": 0, "validation"' in next(line for line in lines if "validation" in line)
     card = (tmp_path / "tuned" / "model-card.md").read_text()
     assert f"fine-tuned from `{start}`" in card and "| starting weights |" in card and "| pixel error" in card
+
+
+def test_a_retry_never_takes_over_an_earlier_run(volume, tmp_path) -> None:
+    """--out checked once, when the flow run begins: a retried fit-model resumes only the run
+    this flow run began (before, a timed-out first attempt resumed, and replaced, an earlier run)."""
+    from flows.train_unet import train_unet
+    from pipeline.ownership import OutputExistsError
+
+    train_unet(train_params(volume, tmp_path / "first"))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "first").iterdir()}
+    dead = ClusterParams(scheduler="tcp://127.0.0.1:9")  # would fail transiently, and be retried
+    with pytest.raises(OutputExistsError, match="holds an earlier run"):
+        train_unet(train_params(volume, tmp_path / "first", cluster=dead))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "first").iterdir()} == before
+
+
+def test_retried_tasks_continue_only_outputs_their_flow_run_made(tmp_path) -> None:
+    import time
+
+    import zarr
+
+    from flows._common import flow_start, made_since
+
+    old = zarr.open_group(str(tmp_path / "old.zarr"), mode="w", zarr_format=3)
+    old.attrs["emunet"] = {"created": flow_start()}
+    time.sleep(1.1)
+    since = flow_start()
+    new = zarr.open_group(str(tmp_path / "new.zarr"), mode="w", zarr_format=3)
+    new.attrs["emunet"] = {"created": flow_start()}
+    assert made_since(str(tmp_path / "new.zarr"), since) and not made_since(str(tmp_path / "old.zarr"), since)
+    assert not made_since(str(tmp_path / "missing.zarr"), since) and not made_since(str(tmp_path / "new.zarr"), None)
+
+
+def test_weights_for_training_are_a_finished_weight_map(tmp_path) -> None:
+    """A stopped `emunet weights` run (missing blocks weigh 0), a probability map or an EM
+    image given as --weights is refused before training; a finished map is read."""
+    import zarr
+
+    from flows._common import read_any, shape_of
+    from unetcore.io import write_tiff
+
+    def store(name: str, meta: dict) -> str:
+        group = zarr.open_group(str(tmp_path / name), mode="w", zarr_format=3)
+        group.create_array("weights", data=np.ones((2, 8, 8), np.float32))
+        group.attrs["emunet"] = meta
+        return str(tmp_path / name / "weights")
+
+    stopped = store("stopped.zarr", {"weights": {}, "complete": False})
+    for read in (shape_of, read_any):
+        with pytest.raises(ValueError, match="expected a finished weight map, got .*stopped.zarr.*complete: false"):
+            read(stopped, "weights")
+    with pytest.raises(ValueError, match="got .*seg.zarr, an `emunet segment` output"):
+        shape_of(store("seg.zarr", {"plan": {}}), "weights")
+    probability = write_tiff(tmp_path / "p.tif", np.ones((2, 8, 8), np.float32), kind="probability")
+    with pytest.raises(ValueError, match="a probability TIFF emunet wrote"):
+        shape_of(str(probability), "weights")
+    assert shape_of(store("done.zarr", {"weights": {}, "complete": True}), "weights") == (2, 8, 8)
+    assert read_any(str(write_tiff(tmp_path / "w.tif", np.ones((2, 8, 8), np.float32), kind="weights")), "weights").shape == (2, 8, 8)

@@ -52,6 +52,17 @@ def test_locations_related_to_an_input_are_refused(tmp_path, scheme) -> None:
     check_output(url(tmp_path / "d" / "out.zarr"), reads=(url(inp),))  # a sibling is fine
 
 
+def test_a_zarr_store_of_any_name_is_one_input(tmp_path) -> None:
+    """`segment mydata/raw mydata/seg`: `mydata` is a Zarr group without the `.zarr` suffix (or
+    with `.ZARR`); the output would land inside the user's hierarchy."""
+    for name in ("mydata", "Lab.ZARR"):
+        store = _store(tmp_path / name, FOREIGN, "raw")
+        for out in (store / "seg", store / "raw" / "seg.zarr"):
+            with pytest.raises(OutputIsInputError, match="lies inside the input"):
+                check_output(str(out), reads=(str(store / "raw"),))
+    assert check_output(str(tmp_path / "seg.zarr"), reads=(str(tmp_path / "mydata" / "raw"),)).kind == "none"
+
+
 def test_what_is_there_decides_the_message_and_the_flag(tmp_path) -> None:
     user = tmp_path / "r"
     user.mkdir()
@@ -102,15 +113,18 @@ def test_an_emunet_store_of_another_command_is_neither_replaced_nor_resumed(tmp_
     for found, path in stores.items():
         assert inspect(str(path)).store_kind == found
         for kind in ("segment", "weights", "import"):
-            if kind == found:
+            if kind == found or {kind, found} == {"import", "demo-image"}:  # the demo imports its input too
                 assert check_output(str(path), overwrite=True, kind=kind).ours
                 continue
-            with pytest.raises(NotOursError, match=f"expected --overwrite to replace .*, got .*replaces only an output of the same command"):
+            with pytest.raises(NotOursError, match="expected --overwrite to replace .*, got .*replaces only an output of the same command"):
                 check_output(str(path), overwrite=True, kind=kind)
             for flags in ({}, {"resume": True}):
                 with pytest.raises(OutputExistsError, match="choose another output path") as err:
                     check_output(str(path), kind=kind, **flags)
                 assert "--overwrite" not in str(err.value) and "--resume" not in str(err.value)
+    with pytest.raises(OutputExistsError, match="got an existing emunet output; pass --overwrite") as err:
+        check_output(str(stores["weights"]), kind="weights")  # `weights` has no --resume to offer
+    assert "--resume" not in str(err.value)
     with pytest.raises(NotOursError, match="got a volume `emunet import` wrote"):
         check_output(str(stores["import"]), overwrite=True, kind="segment")
     assert all((p / "0" / "zarr.json").exists() for p in stores.values())

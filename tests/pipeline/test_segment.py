@@ -208,3 +208,29 @@ def test_groups_are_consecutive_and_even(total, size, extra) -> None:
     assert all(1 <= len(g) <= size for g in groups)
     head = groups[: -(-total // size)] if total else []
     assert sum(map(len, head)) == total and (not head or max(map(len, head)) - min(map(len, head)) <= 1)
+
+
+def test_an_input_replaced_during_the_run_leaves_no_block_done(volume, checkpoint, scheduler, tmp_path, monkeypatch) -> None:
+    """`emunet import other.tif in.zarr --overwrite` while a run reads in.zarr: its blocks mix
+    old and new data. The run ends in an error naming the change, with no block marked done
+    (so `status` and `--resume` cannot take the mix for a result)."""
+    import shutil
+
+    import pipeline.segment as seg
+    from pipeline.resume import PlanMismatchError
+
+    inp = tmp_path / "in.zarr"
+    shutil.copytree(volume[0], inp)
+    real_run = seg._run
+
+    def run_then_replace(*args, **kw):
+        real_run(*args, **kw)  # every block written…
+        zarr.open_array(str(inp), mode="r+")[:] = 255 - volume[1]  # …while the input was replaced
+
+    monkeypatch.setattr(seg, "_run", run_then_replace)
+    out = tmp_path / "out.zarr"
+    with pytest.raises(PlanMismatchError, match=r"changed during the run \(input values of chunk\(s\) .*segment it again with --overwrite"):
+        run((inp, volume[1]), out, checkpoint, scheduler)
+    assert Ledger(str(out), 12).summary().done == 0
+    monkeypatch.setattr(seg, "_run", real_run)
+    assert run((inp, volume[1]), out, checkpoint, scheduler, overwrite=True).computed == 12

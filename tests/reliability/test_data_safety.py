@@ -107,6 +107,24 @@ def _probability_store(h: Here, name: str, attrs: dict) -> Path:
     return h.tmp / name
 
 
+def _labels_tif(h: Here) -> Path:
+    path = h.tmp / "lab.tif"
+    tifffile.imwrite(path, ((h.image[:2] > 100) * 255).astype(np.uint8), photometric="minisblack")
+    return path
+
+
+def _no_membrane_tif(h: Here) -> Path:
+    path = h.tmp / "em.tif"
+    tifffile.imwrite(path, np.clip(h.image[:2], 1, 255), photometric="minisblack")  # EM: no grey value 0
+    return path
+
+
+def _probability_tif(h: Here) -> Path:
+    from unetcore.io import write_tiff
+
+    return write_tiff(h.tmp / "p.tif", (h.image[:2] / 255).astype("float32"), kind="probability")
+
+
 def _agglomerate_users_neuron_ids(h: Here) -> list[str]:
     import zarr
 
@@ -156,6 +174,26 @@ CASES = {
     "agglomerate of a store emunet did not write": Case(
         lambda h: ["agglomerate", str(_probability_store(h, "theirs.zarr", {})), "--workers", "0"],
         ("expected an `emunet segment` output", "a store emunet did not write"), flow=False),
+    "segment of a segment output (its probability map)": Case(
+        lambda h: _seg(h, h.tmp / "again.zarr", inp=_probability_store(h, "seg.zarr", {"emunet": {"plan": {}}}) / "probability"),
+        ("expected an em volume to segment", "an `emunet segment` output")),
+    "predict of emunet's own probability TIFF": Case(
+        lambda h: ["predict", str(_probability_tif(h)), str(h.tmp / "pp.tif"), "--model", str(h.checkpoint)],
+        ("expected an em image to predict", "a probability tiff emunet wrote"), flow=False),
+    "train with a segment output as --weights": Case(
+        lambda h: ["train", "--images", str(_tif(h, "x.tif")), "--labels", str(_labels_tif(h)), "--weights",
+                   str(_probability_store(h, "seg.zarr", {"emunet": {"plan": {}}}) / "probability"), "--out",
+                   str(h.tmp / "run"), "--no-flow"],
+        ("expected a weight map for --weights", "an `emunet segment` output")),
+    "weights of the EM image (a TIFF)": Case(
+        lambda h: ["weights", str(_no_membrane_tif(h)), str(h.tmp / "w.tif")], ("expected labels with membrane",), flow=False),
+    "weights of the EM image (a Zarr volume)": Case(
+        lambda h: ["weights", str(write_zarr(h.tmp / "em.zarr", np.clip(h.image, 1, 255), CHUNKS)), str(h.tmp / "w.zarr"),
+                   "--no-flow"], ("expected labels with membrane", "order of the arguments")),
+    "train --images labels --labels images (swapped)": Case(
+        lambda h: ["train", "--images", str(_tif(h, "y.tif")), "--labels", str(_no_membrane_tif(h)), "--out",
+                   str(h.tmp / "run"), "--no-flow", "--preset", "tiny", "--steps", "1"],
+        ("expected labels with membrane",), flow=False),
     "agglomerate --overwrite of the user's own neuron_ids": Case(
         _agglomerate_users_neuron_ids, ("`neuron_ids`", "the instance stage did not write"), flow=False),
 }

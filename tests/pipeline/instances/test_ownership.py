@@ -69,16 +69,17 @@ def test_the_mask_label_image_and_neuron_ids_live_side_by_side(tmp_path, prob) -
     assert len(np.unique(group["neuron_ids"][...])) > 2
 
 
-def test_a_new_neuron_ids_array_is_relabelled_on_resume(tmp_path, prob) -> None:
-    """A store whose fragments and tree are done but whose `neuron_ids` is new (an earlier
-    version named the array `labels`): the relabel marks are reset, so resume fills it."""
+def test_a_store_of_an_earlier_version_is_relabelled_into_neuron_ids(tmp_path, prob) -> None:
+    """An earlier version named the array `labels`: on resume the relabel marks (which were for
+    that array) are reset, so `neuron_ids` is filled, and the superseded `labels` goes."""
     url = write_probability_store(tmp_path / "out.zarr", prob, (4, 20, 18))
     run_instances(url, CONFIG)
-    group = zarr.open_group(url)
-    done = group["neuron_ids"][...]
-    del group["neuron_ids"]
+    done = zarr.open_group(url, mode="r")["neuron_ids"][...]
+    (tmp_path / "out.zarr" / "neuron_ids").rename(tmp_path / "out.zarr" / "labels")  # the old layout
     run_instances(url, CONFIG, resume=True)
-    np.testing.assert_array_equal(zarr.open_group(url, mode="r")["neuron_ids"][...], done)
+    group = zarr.open_group(url, mode="r")
+    np.testing.assert_array_equal(group["neuron_ids"][...], done)
+    assert "labels" not in group
 
 
 def test_an_unfinished_segment_output_is_refused(tmp_path) -> None:
