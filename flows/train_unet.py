@@ -26,7 +26,7 @@ from pydantic import Field
 from flows._common import (
     ClusterParams, attempt, every, metric_line, metric_rows, on_gpu_worker, retry_on_transient, run_logger, scheduler_address,
 )  # fmt: skip
-from flows.unet_training import TrainSpec, check_out_dir, evaluate_checkpoint, run_training
+from flows.unet_training import RUN_FILES, TrainSpec, check_out_dir, evaluate_checkpoint, run_training
 
 
 class TrainUNetParams(TrainSpec):
@@ -69,9 +69,11 @@ def check_training_data(spec: TrainSpec) -> dict[str, Any]:
 def fit_model(spec: TrainSpec, address: str | None, interval_s: float) -> dict[str, Any]:
     """`Trainer.fit` in process or on a GPU worker; progress from metrics.jsonl."""
     log = run_logger()
-    if attempt() > 1 and (Path(spec.out_dir) / "last.safetensors").is_file():
+    # --out held no run when the flow run began (`check_out_dir`), unless the user resumed one:
+    # what a retry finds there is this flow run's own, to continue
+    if attempt() > 1 and any((Path(spec.out_dir) / name).exists() for name in RUN_FILES):
         spec = spec.model_copy(update={"resume": True})
-        log.info(f"attempt {attempt()}: resuming from {spec.out_dir}/last.safetensors")
+        log.info(f"attempt {attempt()}: resuming in {spec.out_dir} (from last.safetensors, if the first try saved one)")
     metrics = Path(spec.out_dir) / "metrics.jsonl"
 
     def progress() -> None:

@@ -386,7 +386,8 @@ class Trainer:
     def fit(self, *, resume: bool = False) -> dict[str, Any]:
         """Run to `config.steps` (or what fits `max_seconds`); returns validation scores and timings."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        if resume and (self.out_dir / "last.safetensors").is_file():
+        resume = resume and (self.out_dir / "last.safetensors").is_file()  # nothing saved yet: a fresh start
+        if resume:
             self.load_last()
         log = open(self.out_dir / "metrics.jsonl", "a" if resume else "w")
         scores: dict[str, float] = {}

@@ -50,6 +50,32 @@ def image_level0(group: Any) -> str | None:
     return path if path is not None and path in group else None
 
 
+def refuse_output_as_gt(spec: str) -> None:
+    """Ground truth that is one of emunet's outputs (a probability or weight map, synthetic
+    images): the arguments were swapped or mixed up, and the scores would still print."""
+    from pathlib import Path
+
+    store, _ = _split_zarr(spec)
+    if Path(store).suffix.lower() in TIFF_SUFFIXES:
+        from unetcore.io import emunet_tiff_kind
+
+        kind = emunet_tiff_kind(store) if Path(store).is_file() else None
+        made = f"a {kind} TIFF emunet wrote" if kind in ("probability", "weights", "synthetic-image") else None
+    else:
+        from pipeline.ownership import describe_kind, store_kind
+
+        try:
+            import zarr
+
+            found = store_kind(dict(zarr.open_group(store=store, mode="r").attrs.asdict()))
+        except Exception:  # not a group (an array, or nothing): the reader says what is wrong
+            found = None
+        made = describe_kind(found) if found in ("segment", "weights") else None
+    if made:
+        raise ValueError(f"expected ground truth labels as GT, got {spec}, {made}; check the order of the arguments "
+                         "(PRED first, then GT)")
+
+
 def load_array(spec: str, what: str) -> Any:
     """Read a TIFF file or a Zarr array into a numpy array (user-facing errors)."""
     from pathlib import Path
@@ -185,6 +211,7 @@ def register(app: typer.Typer) -> None:
 
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", UserWarning)
+                refuse_output_as_gt(gt)
                 pred_arr = load_array(pred, "PRED")
                 gt_arr = load_array(gt, "GT")
                 result = evaluate_stack(pred_arr, gt_arr, curves=curves)

@@ -158,6 +158,10 @@ def train(
             progress=progress and not flow, command="emunet train",
         )  # fmt: skip
         check_out_dir(spec)  # before a Prefect server or a cluster starts: a refusal within a second
+        if spec.weights:
+            from flows._common import check_weight_map
+
+            check_weight_map(spec.weights)
         if flow:
             from emunet.cli.flow_commands import train_with_flow
 

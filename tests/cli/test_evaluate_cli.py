@@ -135,3 +135,19 @@ def test_ground_truth_imported_as_ome_zarr_is_read_at_full_resolution(files) -> 
     assert plain.exit_code == 0 and ome.exit_code == 0, ome.output
     strip = lambda out: {k: v for k, v in json.loads(out).items() if k not in ("pred", "gt")}  # noqa: E731
     assert strip(ome.stdout) == strip(plain.stdout)
+
+
+def test_an_emunet_output_given_as_ground_truth_is_refused(files) -> None:
+    """`evaluate gt.tif pred.tif` with emunet's own probability TIFF (or segment output) as GT:
+    the scores would print; the arguments were swapped."""
+    from unetcore.io import write_tiff
+
+    prob = write_tiff(files / "p.tif", tifffile.imread(files / "pred.tiff"), kind="probability")
+    seg = zarr.open_group(str(files / "seg.zarr"), mode="w")
+    seg.create_array("probability", data=tifffile.imread(files / "pred.tiff"))
+    seg.attrs["emunet"] = {"plan": {}}
+    for gt, made in ((prob, "a probability TIFF emunet wrote"), (files / "seg.zarr", "an `emunet segment` output")):
+        result = runner.invoke(app, ["evaluate", str(files / "gt.tif"), str(gt)])
+        text = " ".join(result.output.split())
+        assert result.exit_code == 2 and made in text and "PRED first, then GT" in text, result.output
+    assert runner.invoke(app, ["evaluate", str(prob), str(files / "gt.tif")]).exit_code == 0  # the right order

@@ -314,7 +314,9 @@ def test_a_retry_never_takes_over_an_earlier_run(volume, tmp_path) -> None:
     from flows.train_unet import train_unet
     from pipeline.ownership import OutputExistsError
 
-    train_unet(train_params(volume, tmp_path / "first"))
+    (tmp_path / "first").mkdir()
+    for name in ("last.safetensors", "best.safetensors", "metrics.jsonl"):  # an earlier run's (its bytes do not matter)
+        (tmp_path / "first" / name).write_bytes(name.encode())
     before = {p.name: p.read_bytes() for p in (tmp_path / "first").iterdir()}
     dead = ClusterParams(scheduler="tcp://127.0.0.1:9")  # would fail transiently, and be retried
     with pytest.raises(OutputExistsError, match="holds an earlier run"):
@@ -323,15 +325,12 @@ def test_a_retry_never_takes_over_an_earlier_run(volume, tmp_path) -> None:
 
 
 def test_retried_tasks_continue_only_outputs_their_flow_run_made(tmp_path) -> None:
-    import time
-
     import zarr
 
     from flows._common import flow_start, made_since
 
     old = zarr.open_group(str(tmp_path / "old.zarr"), mode="w", zarr_format=3)
-    old.attrs["emunet"] = {"created": flow_start()}
-    time.sleep(1.1)
+    old.attrs["emunet"] = {"created": "2026-01-02T03:04:05+00:00"}  # before the flow run
     since = flow_start()
     new = zarr.open_group(str(tmp_path / "new.zarr"), mode="w", zarr_format=3)
     new.attrs["emunet"] = {"created": flow_start()}
