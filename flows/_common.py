@@ -182,7 +182,7 @@ def check_weight_map(url: str) -> None:
     except (FileNotFoundError, ValueError, KeyError):
         return  # not a group: an array of the user's, read as it is
     kind = store_kind(attrs)
-    if kind not in (None, "weights"):
+    if kind not in (None, "weights", "import"):  # an import: say the user's own map, brought to Zarr
         raise ValueError(f"expected a weight map for --weights, got {redact_url(store)}, {describe_kind(kind)}; pass the "
                          "output of `emunet weights`")
     if kind == "weights" and attrs["emunet"].get("complete") is False:

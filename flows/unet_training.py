@@ -134,8 +134,9 @@ class TrainSpec(BaseModel):
                  if value]
         if model_config.spatial_dims == 3 and given:
             raise ValueError(
-                f"expected no slice split with a 3D model, got {', '.join(given)}: a 3D model trains on the whole volume "
-                "(slices of it are not samples); hold out a validation sub-volume in files of its own"
+                f"expected no slice split with a 3D model, got {', '.join(given)} (from the flags or the config's data "
+                "section): a 3D model trains on the whole volume, slices of it are not samples; drop them (over a "
+                "config: --train-slices '' --val-slices '') and hold out a validation sub-volume in files of its own"
             )
         return model_config.spatial_dims == 3
 

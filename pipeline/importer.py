@@ -240,7 +240,7 @@ def _sweep_leftovers(fs: Any, parent: str, name: str, say: Callable[[str], None]
     prefix = f".{name}.partial-"
     try:
         entries = fs.ls(parent, detail=False)
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:  # best effort: a parent that cannot be listed (permissions) holds no sweep
         return
     from pipeline.runlock import pid_alive
 
@@ -254,8 +254,9 @@ def _sweep_leftovers(fs: Any, parent: str, name: str, say: Callable[[str], None]
             fs.rm(str(entry), recursive=True)
             say(f"removed {base}: the staging folder of an import into {name} that was killed (process {pid})")
         else:
-            say(f"found {base} beside {name}: the staging folder of another import into it, running or killed on "
-                "another machine; remove it once no such import runs")
+            whose = ("another import into it, running or killed on another machine" if pid.isdigit() else
+                     "an import into it that did not finish (an earlier emunet version's)")
+            say(f"found {base} beside {name}: the staging folder of {whose}; remove it once no such import runs")
 
 
 @contextmanager

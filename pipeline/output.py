@@ -34,6 +34,7 @@ from pipeline.chunkwrite import ChunkWriter, ZarrWriter, writer_for
 from pipeline.dtypes import OUTPUT_DTYPES
 from pipeline.geometry import Roi
 from pipeline.labels import LABELS_GROUP, MASK_LABEL_ARRAY, create_mask_labels
+
 from pipeline.ownership import OutputExistsError, check_output, link_target, remove_ours
 from pipeline.plan import SegmentPlan
 from pipeline.resume import PlanMismatchError, check_input_unchanged, check_resume, record_mismatch
@@ -45,6 +46,7 @@ LEDGER_GROUP = "ledger"
 # so that a chunk missing from an emunet store is an error, never a silent zero.
 DENSE = {"write_empty_chunks": True}
 PYRAMID_GROUP = "pyramid"
+INSTANCE_NODES = ("fragments", "neuron_ids", "instances", "scratch")  # what agglomerate (and weights) add later
 
 
 @dataclass(frozen=True)
@@ -60,8 +62,9 @@ class OutputOptions:
     def __post_init__(self) -> None:
         if self.dtype not in OUTPUT_DTYPES:
             raise ValueError(f"expected an output dtype in {OUTPUT_DTYPES}, got {self.dtype!r}")
-        if not self.name or "/" in self.name or self.name in (*AXES, "mask", LEDGER_GROUP, PYRAMID_GROUP, LABELS_GROUP):
-            raise ValueError(f"expected a plain array name other than z/y/x/mask/ledger/pyramid/labels, got {self.name!r}")
+        reserved = (*AXES, "mask", LEDGER_GROUP, PYRAMID_GROUP, LABELS_GROUP, *INSTANCE_NODES)
+        if not self.name or "/" in self.name or self.name in reserved:
+            raise ValueError(f"expected a plain array name other than {'/'.join(reserved)}, got {self.name!r}")
         if not 0.0 < self.mask_threshold < 1.0:
             raise ValueError(f"expected a mask threshold in (0, 1), got {self.mask_threshold}")
 

@@ -140,8 +140,12 @@ def label_source(spec: str, what: str) -> Any:
 
         node = zarr.open(store=store, mode="r")
         if isinstance(node, zarr.Group):
-            for name in (NEURON_IDS, "labels", image_level0(node)):  # an emunet output's neuron ids; a group's
-                if name is not None and isinstance(node.get(name), zarr.Array):  # `labels`; an OME image
+            from pipeline.ownership import store_kind
+
+            # an emunet output's neuron ids; a group's `labels`; an OME image (not a segment output's probability)
+            image = image_level0(node) if store_kind(dict(node.attrs.asdict())) not in ("segment", "weights") else None
+            for name in (NEURON_IDS, "labels", image):
+                if name is not None and isinstance(node.get(name), zarr.Array):
                     return LabelSource(store, name)
             raise ValueError(f"expected {what} to be a label array or an emunet output with `{NEURON_IDS}`, got a group "
                              f"with {sorted(node.keys())}; name the array as {store}:path/in/group")

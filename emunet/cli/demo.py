@@ -19,6 +19,7 @@ reproducible) with its ground truth; the model is the committed
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -115,7 +116,8 @@ def claim_folder(out: Path) -> None:
             f"expected a new or empty folder (or an earlier demo's) for --out, got {out} holding {shown}, which the "
             "demo did not write; choose another --out (the demo never writes into a folder of yours)"
         )
-    foreign = [name for name in entries if name not in DEMO_FILES]
+    # the staging folders of an import the demo made (of IN) and was killed in: the importer sweeps them
+    foreign = [name for name in entries if name not in DEMO_FILES and not re.match(r"\.(input|ground-truth)\.zarr\.(partial|old)-", name)]
     if foreign:
         raise FileExistsError(
             f"expected only the demo's files in {out}, got also {', '.join(foreign[:5])}; move them away or "

@@ -362,4 +362,8 @@ def test_weights_for_training_are_a_finished_weight_map(tmp_path) -> None:
     with pytest.raises(ValueError, match="a probability TIFF emunet wrote"):
         shape_of(str(probability), "weights")
     assert shape_of(store("done.zarr", {"weights": {}, "complete": True}), "weights") == (2, 8, 8)
+    imported = zarr.open_group(str(tmp_path / "imported.zarr"), mode="w", zarr_format=3)  # the user's map, imported
+    imported.create_array("0", data=np.ones((2, 8, 8), np.float32))
+    imported.attrs["emunet_import"] = {"source": "w.tif"}
+    assert shape_of(str(tmp_path / "imported.zarr" / "0"), "weights") == (2, 8, 8)
     assert read_any(str(write_tiff(tmp_path / "w.tif", np.ones((2, 8, 8), np.float32), kind="weights")), "weights").shape == (2, 8, 8)

@@ -234,3 +234,24 @@ def test_an_input_replaced_during_the_run_leaves_no_block_done(volume, checkpoin
     assert Ledger(str(out), 12).summary().done == 0
     monkeypatch.setattr(seg, "_run", real_run)
     assert run((inp, volume[1]), out, checkpoint, scheduler, overwrite=True).computed == 12
+
+
+def test_an_input_that_cannot_be_read_again_keeps_the_blocks(volume, checkpoint, scheduler, tmp_path, monkeypatch, caplog) -> None:
+    """A failed read at the final check (throttling, a network blip) proves no change: the run's
+    blocks stay done, with a warning, instead of a finished run thrown away."""
+    import shutil
+
+    import pipeline.segment as seg
+
+    inp = tmp_path / "in.zarr"
+    shutil.copytree(volume[0], inp)
+    real_run = seg._run
+
+    def run_then_hide(*args, **kw):
+        real_run(*args, **kw)
+        (inp / "zarr.json").rename(inp / "zarr.json.away")  # unreadable for a moment
+
+    monkeypatch.setattr(seg, "_run", run_then_hide)
+    result = run((inp, volume[1]), tmp_path / "out.zarr", checkpoint, scheduler)
+    assert result.ok and Ledger(str(tmp_path / "out.zarr"), 12).summary().done == 12
+    assert "could not read the input" in caplog.text and "the blocks stay done" in caplog.text

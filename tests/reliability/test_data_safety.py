@@ -230,6 +230,7 @@ def test_the_demo_writes_only_into_a_new_or_its_own_folder(tmp_path) -> None:
     claim_folder(tmp_path / "new")  # a new folder becomes the demo's
     assert (tmp_path / "new" / DEMO_MARK).is_file()
     (tmp_path / "new" / "report.json").write_text("{}")
+    (tmp_path / "new" / ".input.zarr.partial-0a1b2c3d-42-deadbeef").mkdir()  # an import the demo made, killed
     claim_folder(tmp_path / "new")  # an earlier demo's folder is reused
     (tmp_path / "new" / "mine.csv").write_text("the user's")
     with pytest.raises(FileExistsError, match="mine.csv"):

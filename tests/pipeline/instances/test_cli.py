@@ -70,3 +70,20 @@ def test_voxel_size_mismatch_is_refused(app, runner, tmp_path, cells) -> None:
     gt.attrs["emunet"] = {"voxel_size_nm": [8.0, 8.0, 8.0]}
     same = runner.invoke(app, ["evaluate", str(tmp_path / "seg.zarr"), f"{tmp_path / 'gt.zarr'}:labels", "--json"])
     assert same.exit_code == 0 and json.loads(same.stdout)["vi_split"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_segment_output_without_neuron_ids_is_no_label_volume(app, runner, tmp_path, cells) -> None:
+    """Its OME image is the probability map: scored as labels it would print numbers (say with
+    the arguments swapped, or --segmentation before `agglomerate`)."""
+    from pipeline.output import ome_attrs, ome_dataset, ome_multiscale
+
+    seg = zarr.open_group(str(tmp_path / "seg.zarr"), mode="w", zarr_format=3)
+    seg.create_array("probability", data=(cells > 3).astype("uint8") * 255)
+    seg.attrs.update(ome_attrs([ome_multiscale("probability", [ome_dataset("probability", (1.0, 1.0, 1.0))])])
+                     | {"emunet": {"plan": {}}})
+    gt = zarr.open_group(str(tmp_path / "gt.zarr"), mode="w", zarr_format=3)
+    gt.create_array("labels", data=cells)
+    for args in ([f"{tmp_path / 'gt.zarr'}:labels", str(tmp_path / "seg.zarr")],
+                 [str(tmp_path / "seg.zarr"), f"{tmp_path / 'gt.zarr'}:labels", "--segmentation"]):
+        refused = runner.invoke(app, ["evaluate", *args])
+        assert refused.exit_code == 2 and "an emunet output with `neuron_ids`" in " ".join(refused.output.split()), refused.output
