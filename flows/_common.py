@@ -192,12 +192,32 @@ def check_weight_map(url: str) -> None:
         )
 
 
+def check_kind_of_data(url: str, kind: ArrayKind) -> None:
+    """What emunet made as an output is no training image or label volume (a probability or
+    weight map given as --images/--labels), and a weight map must be a finished one."""
+    if kind == "weights":
+        check_weight_map(url)
+        return
+    what, values = ("an EM image", "grey levels") if kind == "image" else ("labels (0 = membrane, > 0 = cell)", "labels")
+    if is_file_source(url):
+        from unetcore.io import emunet_tiff_kind, split_hdf5
+
+        path = split_hdf5(str(url))[0]
+        made = emunet_tiff_kind(path) if path.suffix.lower() in (".tif", ".tiff") and path.is_file() else None
+        if made in ("probability", "weights"):
+            raise ValueError(f"expected {what}, got {url}, a {made} TIFF emunet wrote (its values are not {values}); "
+                             "check the order of the arguments")
+        return
+    from pipeline.ownership import check_em_input
+
+    check_em_input(str(url), what=what, values=values)
+
+
 def read_any(url: str, kind: ArrayKind = "image") -> np.ndarray:
     """A whole array into memory from a TIFF, an HDF5 dataset or a Zarr volume (3D)."""
     from unetcore.io import read_array
 
-    if kind == "weights":
-        check_weight_map(url)
+    check_kind_of_data(url, kind)
     if is_file_source(url):
         return read_array(url)
     from pipeline.volume import LABEL_DTYPES, SUPPORTED_DTYPES, open_volume
@@ -210,8 +230,7 @@ def shape_of(url: str, kind: ArrayKind = "image") -> tuple[int, ...]:
     """The shape of what `read_any` would read, without reading the data."""
     from unetcore.io import read_array, split_hdf5
 
-    if kind == "weights":
-        check_weight_map(url)
+    check_kind_of_data(url, kind)
     if is_file_source(url):
         path, dataset = split_hdf5(str(url))
         if not path.exists():

@@ -237,16 +237,18 @@ def inspect(url: str, storage_options: Mapping[str, Any] | None = None) -> Exist
     return Existing("store", True, describe_kind(kind), kind)
 
 
-def check_em_input(url: str, storage_options: Mapping[str, Any] | None = None) -> None:
-    """Refuse an input to segment that emunet made as an output (a probability map, a weight
-    map): its values are a model's, not grey levels, and a segmentation of them looks plausible."""
+def check_em_input(url: str, storage_options: Mapping[str, Any] | None = None, *, what: str = "an EM volume to segment",
+                   values: str = "grey levels") -> None:
+    """Refuse an input that emunet made as an output (a probability map, a weight map) where
+    data is read (EM to segment or train on, labels): its values are a model's, not
+    ``values``, and whatever is computed from them looks plausible."""
     store = split_url(str(url))[0]
     fs, path = fsspec_filesystem(store, storage_options)
     kind = store_kind(_root_attrs(fs, path) if fs.isdir(path) else None)
     if kind in ("segment", "weights"):
         raise ValueError(
-            f"expected an EM volume to segment, got {redact_url(str(url))}, {describe_kind(kind)} (its values are not "
-            "grey levels); pass the EM volume itself"
+            f"expected {what}, got {redact_url(str(url))}, {describe_kind(kind)} (its values are not {values}); "
+            "check the order of the arguments"
         )
 
 

@@ -47,7 +47,7 @@ from scipy.sparse.csgraph import connected_components
 
 from pipeline.geometry import Coordinate, Roi
 from pipeline.output import AXES, DENSE, ome_attrs, ome_dataset, ome_multiscale, open_group, remove_store, write_coordinates, zstd
-from pipeline.ownership import check_output, link_target, remove_ours
+from pipeline.ownership import check_em_input, check_output, link_target, remove_ours
 from pipeline.plan import Block, BlockGrid
 from pipeline.volume import LABEL_DTYPES, Volume, join_url, open_volume, redact_url
 from unetcore.weightmap import WeightMapConfig, border_weight_map, check_has_membrane
@@ -281,6 +281,7 @@ def compute_weight_maps(
     a scratch array inside the output (deleted at the end), pass 2 writes the blocks.
     """
     labels = open_volume(labels_url, storage_options=storage_options, dtypes=LABEL_DTYPES)
+    check_em_input(labels_url, storage_options, what="labels (0 = membrane, > 0 = cell)", values="labels")
     plan = make_weight_plan(labels, output_url, config, instances=instances, mode=mode, block_shape=block_shape, sampling=sampling)
     existing = check_output(output_url, reads=(labels_url,), overwrite=overwrite, storage_options=storage_options,
                             kind="weights").exists

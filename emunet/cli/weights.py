@@ -100,6 +100,9 @@ def register(app: typer.Typer) -> None:
             labels, out = Path(labels), Path(out)
             if not labels.is_file():
                 raise FileNotFoundError(f"expected a label TIFF at {labels}, got no such file")
+            from flows._common import check_kind_of_data
+
+            check_kind_of_data(str(labels), "labels")  # not a probability or weight map emunet wrote
             check_tiff_output(out, overwrite=overwrite, reads=(labels,), kind="weights")
             config = WeightMapConfig(w0=w0, sigma=sigma, class_balance=class_balance.value)
             data = read_tiff(labels)

@@ -194,6 +194,16 @@ CASES = {
         lambda h: ["train", "--images", str(_tif(h, "y.tif")), "--labels", str(_no_membrane_tif(h)), "--out",
                    str(h.tmp / "run"), "--no-flow", "--preset", "tiny", "--steps", "1"],
         ("expected labels with membrane",), flow=False),
+    "weights of emunet's probability TIFF": Case(
+        lambda h: ["weights", str(_probability_tif(h)), str(h.tmp / "w.tif")], ("expected labels", "a probability tiff"),
+        flow=False),
+    "weights of a segment output": Case(
+        lambda h: ["weights", str(_probability_store(h, "seg.zarr", {"emunet": {"plan": {}}}) / "probability"),
+                   str(h.tmp / "w.zarr"), "--no-flow"], ("expected labels", "an `emunet segment` output"), flow=False),
+    "train --images of emunet's probability TIFF": Case(
+        lambda h: ["train", "--images", str(_probability_tif(h)), "--labels", str(_labels_tif(h)), "--out",
+                   str(h.tmp / "run"), "--no-flow", "--preset", "tiny", "--steps", "1"],
+        ("expected an em image", "a probability tiff emunet wrote"), flow=False),
     "agglomerate --overwrite of the user's own neuron_ids": Case(
         _agglomerate_users_neuron_ids, ("`neuron_ids`", "the instance stage did not write"), flow=False),
 }
