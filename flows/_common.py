@@ -160,57 +160,40 @@ def looks_like_zarr(url: str) -> bool:
     return path.is_dir() and any((path / name).exists() for name in ("zarr.json", ".zarray", ".zgroup"))
 
 
-def check_weight_map(url: str) -> None:
-    """A weight map to train with: one `emunet weights` finished (not a stopped run's, whose
-    missing blocks read as weight 0 and drop out of the loss), and never another emunet
-    store (a probability map or an EM image, whose grey values would weight the loss)."""
-    from pipeline.ownership import describe_kind, store_kind
+def check_kind_of_data(url: str, kind: ArrayKind) -> None:
+    """What emunet made as an output is no training image or label volume (a probability or
+    weight map given as --images/--labels); a weight map must be one `emunet weights` finished
+    (a stopped run's missing blocks read as weight 0 and drop out of the loss), never another
+    emunet output (whose values would weight the loss)."""
+    from pipeline.ownership import check_em_input, describe_kind, store_attrs_at, store_kind
     from pipeline.volume import redact_url, split_url
     from unetcore.io import emunet_tiff_kind, split_hdf5
 
+    what, values = ("an EM image", "grey levels") if kind == "image" else ("labels (0 = membrane, > 0 = cell)", "labels")
     if is_file_source(url):
-        found = emunet_tiff_kind(split_hdf5(str(url))[0]) if str(url).lower().endswith((".tif", ".tiff")) else None
-        if found not in (None, "weights"):
-            raise ValueError(f"expected a weight map for --weights, got {url}, a {found} TIFF emunet wrote; pass the "
+        path = split_hdf5(str(url))[0]
+        made = emunet_tiff_kind(path) if path.suffix.lower() in (".tif", ".tiff") else None
+        if kind == "weights" and made not in (None, "weights"):
+            raise ValueError(f"expected a weight map for --weights, got {url}, a {made} TIFF emunet wrote; pass the "
                              "output of `emunet weights`")
+        if kind != "weights" and made in ("probability", "weights"):
+            raise ValueError(f"expected {what}, got {url}, a {made} TIFF emunet wrote (its values are not {values}); "
+                             "check the order of the arguments")
         return
-    from pipeline.output import open_group
-
+    if kind != "weights":
+        check_em_input(str(url), what=what, values=values)
+        return
     store = split_url(str(url))[0]
-    try:
-        attrs = dict(open_group(store, "r").attrs.asdict())
-    except (FileNotFoundError, ValueError, KeyError):
-        return  # not a group: an array of the user's, read as it is
-    kind = store_kind(attrs)
-    if kind not in (None, "weights", "import"):  # an import: say the user's own map, brought to Zarr
-        raise ValueError(f"expected a weight map for --weights, got {redact_url(store)}, {describe_kind(kind)}; pass the "
+    attrs = store_attrs_at(store)
+    found = store_kind(attrs)
+    if found not in (None, "weights", "import"):  # an import: say the user's own map, brought to Zarr
+        raise ValueError(f"expected a weight map for --weights, got {redact_url(store)}, {describe_kind(found)}; pass the "
                          "output of `emunet weights`")
-    if kind == "weights" and attrs["emunet"].get("complete") is False:
+    if found == "weights" and attrs["emunet"].get("complete") is False:
         raise ValueError(
             f"expected a finished weight map, got {redact_url(store)}, whose `emunet weights` run stopped before every "
             "block was written (complete: false; the rest would weigh 0); run `emunet weights … --overwrite` again"
         )
-
-
-def check_kind_of_data(url: str, kind: ArrayKind) -> None:
-    """What emunet made as an output is no training image or label volume (a probability or
-    weight map given as --images/--labels), and a weight map must be a finished one."""
-    if kind == "weights":
-        check_weight_map(url)
-        return
-    what, values = ("an EM image", "grey levels") if kind == "image" else ("labels (0 = membrane, > 0 = cell)", "labels")
-    if is_file_source(url):
-        from unetcore.io import emunet_tiff_kind, split_hdf5
-
-        path = split_hdf5(str(url))[0]
-        made = emunet_tiff_kind(path) if path.suffix.lower() in (".tif", ".tiff") and path.is_file() else None
-        if made in ("probability", "weights"):
-            raise ValueError(f"expected {what}, got {url}, a {made} TIFF emunet wrote (its values are not {values}); "
-                             "check the order of the arguments")
-        return
-    from pipeline.ownership import check_em_input
-
-    check_em_input(str(url), what=what, values=values)
 
 
 def read_any(url: str, kind: ArrayKind = "image") -> np.ndarray:

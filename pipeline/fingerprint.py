@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -37,8 +38,6 @@ def read_sample(volume: Any, samples: int = SAMPLES, only: list[str] | None = No
     """The decoded values of `samples` chunks spread over the grid, by index ("z,y,x");
     None for a chunk that cannot be read now. ``only``: these indices instead."""
     from pipeline.geometry import Roi
-
-    from concurrent.futures import ThreadPoolExecutor
 
     grid = tuple(-(-s // c) for s, c in zip(volume.shape, volume.chunks, strict=True))
     indices = [tuple(int(v) for v in k.split(",")) for k in only] if only is not None else _sample_chunks(grid, samples)

@@ -34,7 +34,6 @@ from pipeline.chunkwrite import ChunkWriter, ZarrWriter, writer_for
 from pipeline.dtypes import OUTPUT_DTYPES
 from pipeline.geometry import Roi
 from pipeline.labels import LABELS_GROUP, MASK_LABEL_ARRAY, create_mask_labels
-
 from pipeline.ownership import OutputExistsError, check_output, link_target, remove_ours
 from pipeline.plan import SegmentPlan
 from pipeline.resume import PlanMismatchError, check_input_unchanged, check_resume, record_mismatch

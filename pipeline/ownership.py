@@ -30,7 +30,6 @@ from pipeline.n5 import split_n5
 from pipeline.volume import fsspec_filesystem, is_remote, local_path, redact_url, split_url
 from unetcore.io import split_hdf5
 
-EMUNET_KEYS = ("emunet", "emunet_import")  # root attributes that mark a store emunet wrote
 ZARR_METADATA = frozenset({"zarr.json", ".zgroup", ".zattrs", ".zarray", ".zmetadata", ".emunet-claim"})
 SHOWN = 5  # foreign entries named in a message
 # The Zarr nodes emunet writes at a store's top level: the probability array (its name is in
@@ -237,14 +236,19 @@ def inspect(url: str, storage_options: Mapping[str, Any] | None = None) -> Exist
     return Existing("store", True, describe_kind(kind), kind)
 
 
+def store_attrs_at(url: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """The root attributes of the Zarr store ``url`` lies in (`store_kind` reads them), or None
+    where that is no Zarr store (a file, nothing)."""
+    fs, path = fsspec_filesystem(split_url(str(url))[0], storage_options)
+    return _root_attrs(fs, path) if fs.isdir(path) else None
+
+
 def check_em_input(url: str, storage_options: Mapping[str, Any] | None = None, *, what: str = "an EM volume to segment",
                    values: str = "grey levels") -> None:
     """Refuse an input that emunet made as an output (a probability map, a weight map) where
     data is read (EM to segment or train on, labels): its values are a model's, not
     ``values``, and whatever is computed from them looks plausible."""
-    store = split_url(str(url))[0]
-    fs, path = fsspec_filesystem(store, storage_options)
-    kind = store_kind(_root_attrs(fs, path) if fs.isdir(path) else None)
+    kind = store_kind(store_attrs_at(url, storage_options))
     if kind in ("segment", "weights"):
         raise ValueError(
             f"expected {what}, got {redact_url(str(url))}, {describe_kind(kind)} (its values are not {values}); "
@@ -333,5 +337,6 @@ __all__ = [
     "link_target",
     "remove_ours",
     "same_location",
+    "store_attrs_at",
     "store_kind",
 ]

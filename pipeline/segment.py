@@ -253,7 +253,6 @@ def segment(
     return result
 
 
-
 @dataclass(frozen=True)
 class _Prechecks:
     """What `_run` checks on the cluster before it writes: the tile against the workers'

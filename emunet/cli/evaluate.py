@@ -59,17 +59,12 @@ def refuse_output_as_gt(spec: str) -> None:
     if Path(store).suffix.lower() in TIFF_SUFFIXES:
         from unetcore.io import emunet_tiff_kind
 
-        kind = emunet_tiff_kind(store) if Path(store).is_file() else None
+        kind = emunet_tiff_kind(store)  # None for a missing file: the reader says so
         made = f"a {kind} TIFF emunet wrote" if kind in ("probability", "weights", "synthetic-image") else None
     else:
-        from pipeline.ownership import describe_kind, store_kind
+        from pipeline.ownership import describe_kind, store_attrs_at, store_kind
 
-        try:
-            import zarr
-
-            found = store_kind(dict(zarr.open_group(store=store, mode="r").attrs.asdict()))
-        except Exception:  # not a group (an array, or nothing): the reader says what is wrong
-            found = None
+        found = store_kind(store_attrs_at(store))
         made = describe_kind(found) if found in ("segment", "weights") else None
     if made:
         raise ValueError(f"expected ground truth labels as GT, got {spec}, {made}; check the order of the arguments "

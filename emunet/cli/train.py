@@ -159,9 +159,9 @@ def train(
         )  # fmt: skip
         check_out_dir(spec)  # before a Prefect server or a cluster starts: a refusal within a second
         if spec.weights:
-            from flows._common import check_weight_map
+            from flows._common import check_kind_of_data
 
-            check_weight_map(spec.weights)
+            check_kind_of_data(spec.weights, "weights")
         if flow:
             from emunet.cli.flow_commands import train_with_flow
 
